@@ -1,0 +1,393 @@
+package bnb
+
+import (
+	"bytes"
+	"compress/gzip"
+	"flag"
+	"io"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// This file holds a deliberately plain reference implementation of the
+// CUDA quantizer, written independently of the fast path: the code choice
+// is the kernels' decision trees with the decimal literals of kernels.cu
+// (a Go constant conversion rounds a decimal directly to float32, as the
+// CUDA compiler does), absmax uses float comparisons, and the reciprocal
+// table is read from the embedded file as plain int8.
+
+var exhaustive = flag.Bool("bnb.exhaustive", false, "check the code tables against the decision trees for all 2^32 float32 bit patterns")
+
+var refRcpTable = sync.OnceValue(func() []int8 {
+	zr, err := gzip.NewReader(bytes.NewReader(rcpTableGz))
+	if err != nil {
+		panic(err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		panic(err)
+	}
+	out := make([]int8, len(b))
+	for i, v := range b {
+		out[i] = int8(v)
+	}
+	return out
+})
+
+func refFTZ(x float32) float32 {
+	if x != 0 && math.Abs(float64(x)) < 0x1p-126 {
+		return float32(math.Copysign(0, float64(x)))
+	}
+	return x
+}
+
+func refRcp(x float32) float32 {
+	x = refFTZ(x)
+	switch {
+	case math.IsNaN(float64(x)):
+		return x
+	case x == 0:
+		return float32(math.Copysign(math.Inf(1), float64(x)))
+	case math.IsInf(float64(x), 0):
+		return float32(math.Copysign(0, float64(x)))
+	}
+	y := refFTZ(1 / x)
+	if y == 0 {
+		return y
+	}
+	d := refRcpTable()[math.Float32bits(x)&(1<<23-1)]
+	return math.Float32frombits(uint32(int64(math.Float32bits(y)) + int64(d)))
+}
+
+// refNF4 is dQuantizeNF4 of csrc/kernels.cu.
+func refNF4(x float32) byte {
+	if x > 0.03979014977812767 {
+		if x > 0.3893125355243683 {
+			if x > 0.6427869200706482 {
+				if x > 0.8614784181118011 {
+					return 0b1111
+				}
+				return 0b1110
+			}
+			if x > 0.5016634166240692 {
+				return 0b1101
+			}
+			return 0b1100
+		}
+		if x > 0.2035212516784668 {
+			if x > 0.2920137718319893 {
+				return 0b1011
+			}
+			return 0b1010
+		}
+		if x > 0.1202552504837513 {
+			return 0b1001
+		}
+		return 0b1000
+	}
+	if x > -0.33967943489551544 {
+		if x > -0.13791173323988914 {
+			if x > -0.045525018125772476 {
+				return 0b0111
+			}
+			return 0b0110
+		}
+		if x > -0.23460740596055984 {
+			return 0b0101
+		}
+		return 0b0100
+	}
+	if x > -0.6106329262256622 {
+		if x > -0.4599952697753906 {
+			return 0b0011
+		}
+		return 0b0010
+	}
+	if x > -0.8480964004993439 {
+		return 0b0001
+	}
+	return 0b0000
+}
+
+// refFP4 is dQuantizeFP4 of csrc/kernels.cu.
+func refFP4(x float32) byte {
+	var sign byte
+	if x < 0 {
+		sign = 0b1000
+	}
+	x = float32(math.Abs(float64(x)))
+	if x > 0.29166667 {
+		if x > 0.583333 {
+			if x > 0.8333333 {
+				return 0b0011 + sign
+			}
+			return 0b0010 + sign
+		}
+		if x > 0.4166667 {
+			return 0b0101 + sign
+		}
+		return 0b0100 + sign
+	}
+	if x > 0.0859375 {
+		if x > 0.20833333 {
+			return 0b0111 + sign
+		}
+		return 0b0110 + sign
+	}
+	if x > 0.00260417 {
+		return 0b0001 + sign
+	}
+	return 0b0000 + sign
+}
+
+func refCode(q QuantType, s float32) byte {
+	s = refFTZ(s)
+	if q == NF4 {
+		return refNF4(s)
+	}
+	return refFP4(s)
+}
+
+// refQuantize is kQuantizeBlockwise written out plainly.
+func refQuantize(src []float32, bs int, q QuantType) (packed []byte, absmax []float32) {
+	var codes []byte
+	for b0 := 0; b0 < len(src); b0 += bs {
+		blk := src[b0:min(b0+bs, len(src))]
+		am := float32(-math.MaxFloat32)
+		for _, x := range blk {
+			a := float32(math.Abs(float64(refFTZ(x))))
+			if a > am { // fmaxf: a NaN never wins
+				am = a
+			}
+		}
+		absmax = append(absmax, am)
+		r := refRcp(am)
+		for _, x := range blk {
+			codes = append(codes, refCode(q, refFTZ(x)*r))
+		}
+		if len(codes)%2 == 1 && b0+bs >= len(src) {
+			var zero float32
+			codes = append(codes, refCode(q, zero*r))
+		}
+	}
+	for i := 0; i < len(codes); i += 2 {
+		packed = append(packed, codes[i]<<4|codes[i+1])
+	}
+	return packed, absmax
+}
+
+func TestThresholdsMatchKernelLiterals(t *testing.T) {
+	// The hex thresholds of the fast path must be the literals of the trees.
+	for _, tc := range []struct {
+		q    QuantType
+		bits []uint32
+	}{{NF4, nf4ThresholdBits[:]}, {FP4, fp4ThresholdBits[:]}} {
+		for _, b := range tc.bits {
+			for _, u := range []uint32{b - 1, b, b + 1} {
+				s := math.Float32frombits(u)
+				if got, want := scalarCode(tc.q, s), refCode(tc.q, s); got != want {
+					t.Errorf("%v: scalarCode(%#08x) = %d, tree says %d", tc.q, u, got, want)
+				}
+				if got, want := scalarCode(tc.q, -s), refCode(tc.q, -s); got != want {
+					t.Errorf("%v: scalarCode(-%#08x) = %d, tree says %d", tc.q, u, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestCodeTable checks the bucket table against the decision trees at every
+// bucket edge, around every threshold, and at random bit patterns; with
+// -bnb.exhaustive, at all 2^32 bit patterns.
+func TestCodeTable(t *testing.T) {
+	for _, q := range []QuantType{NF4, FP4} {
+		tab := tableFor(q)
+		check := func(u uint32) {
+			if got, want := tab.lookup(u), refCode(q, math.Float32frombits(u)); got != want {
+				t.Fatalf("%v: code(%#08x) = %d, want %d", q, u, got, want)
+			}
+		}
+		for k := uint32(0); k < 1<<16; k++ {
+			check(k << 16)
+			check(k<<16 | 0xffff)
+			if uint32(tab[k]) != math.MaxUint32 { // a bucket with a threshold: all of it
+				for m := uint32(0); m < 1<<16; m++ {
+					check(k<<16 | m)
+				}
+			}
+		}
+		rng := rand.New(rand.NewPCG(1, uint64(q)))
+		for range 1 << 20 {
+			check(rng.Uint32())
+		}
+		if *exhaustive {
+			exhaustiveCheck(t, q)
+		}
+	}
+}
+
+func exhaustiveCheck(t *testing.T, q QuantType) {
+	tab := tableFor(q)
+	workers := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	bad := make([]int64, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for hi := uint32(w); hi < 1<<16; hi += uint32(workers) {
+				for lo := uint32(0); lo < 1<<16; lo++ {
+					u := hi<<16 | lo
+					if tab.lookup(u) != refCode(q, math.Float32frombits(u)) {
+						bad[w]++
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, b := range bad {
+		if b != 0 {
+			t.Fatalf("%v: %v mismatches over all 2^32 patterns", q, bad)
+		}
+	}
+	t.Logf("%v: all 2^32 bit patterns agree", q)
+}
+
+func TestRcpTable(t *testing.T) {
+	ref := refRcpTable()
+	if len(ref) != 1<<23 {
+		t.Fatalf("table has %d entries", len(ref))
+	}
+	tab := rcpTable()
+	nonzero := 0
+	for m, d := range ref {
+		if got := rcpDelta(tab, uint32(m)); got != int32(d) {
+			t.Fatalf("entry %d: %d, want %d", m, got, d)
+		}
+		if d != 0 {
+			nonzero++
+		}
+	}
+	// The spec (§2.3) counts 1,108,522 mantissas where MUFU.RCP is not
+	// correctly rounded.
+	if nonzero != 1108522 {
+		t.Errorf("%d non-zero entries, want 1108522", nonzero)
+	}
+	for _, x := range []float32{1, 2, 0.5, 3, 1e-3, 7.5e-5, 65504, 1e30, 1e-37, float32(math.Inf(1)), 0, 1e-40, float32(math.Copysign(0, -1)), -3} {
+		got, want := rcpApprox(x), refRcp(x)
+		if math.Float32bits(got) != math.Float32bits(want) {
+			t.Errorf("rcpApprox(%g) = %g, want %g", x, got, want)
+		}
+	}
+	if r := rcpApprox(1); r != 1 {
+		t.Errorf("rcpApprox(1) = %g", r)
+	}
+}
+
+// specialValues are inputs that exercise every edge of the kernel.
+func specialValues() []float32 {
+	nan := math.Float32frombits(0x7fc00000)
+	v := []float32{
+		0, float32(math.Copysign(0, -1)), 1, -1, nan, -nan, math.Float32frombits(0x7f800001), math.Float32frombits(0xffbfffff),
+		float32(math.Inf(1)), float32(math.Inf(-1)), math.MaxFloat32, -math.MaxFloat32,
+		0x1p-126, -0x1p-126, 0x1p-149, -0x1p-149, 0x1.fffffcp-127, -0x1.fffffcp-127, 1e-30, -1e-30, 1e-6, -1e-6,
+		65504, -65504, 0.5, -0.5,
+	}
+	for _, b := range append(nf4ThresholdBits[:], fp4ThresholdBits[:]...) {
+		for _, u := range []uint32{b - 1, b, b + 1} {
+			f := math.Float32frombits(u)
+			v = append(v, f, -f)
+		}
+	}
+	return v
+}
+
+func TestQuantizeMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	special := specialValues()
+	gen := func(n int, mode int) []float32 {
+		x := make([]float32, n)
+		scale := float32(math.Ldexp(1, rng.IntN(60)-40))
+		for i := range x {
+			switch {
+			case mode == 0:
+				x[i] = float32(rng.NormFloat64()) * scale
+			case mode == 1 || rng.IntN(4) == 0:
+				x[i] = special[rng.IntN(len(special))]
+			case mode == 2:
+				x[i] = math.Float32frombits(rng.Uint32())
+			default:
+				x[i] = float32(rng.NormFloat64()) * scale
+			}
+		}
+		if mode == 1 && n > 0 && rng.IntN(2) == 0 {
+			x[0] = 1 // absmax 1: the special values are then scaled exactly
+		}
+		return x
+	}
+	for iter := range 3000 {
+		q := QuantType(1 + iter%2)
+		bs := validBlocksizes[rng.IntN(len(validBlocksizes))]
+		n := rng.IntN(3*bs + 2)
+		if iter%7 == 0 {
+			n = rng.IntN(5)
+		}
+		src := gen(n, iter%4)
+		wantP, wantA := refQuantize(src, bs, q)
+		gotP := make([]byte, PackedBytes(int64(n)))
+		gotA := make([]float32, NumBlocks(int64(n), bs))
+		QuantizeBlocks(gotP, gotA, src, bs, q)
+		if !bytes.Equal(gotP, wantP) || !bytes.Equal(f32Bytes(gotA), f32Bytes(wantA)) {
+			t.Fatalf("iter %d (%v, bs %d, n %d): fast path differs from reference\n src %v\n got %x %v\nwant %x %v",
+				iter, q, bs, n, src, gotP, gotA, wantP, wantA)
+		}
+	}
+}
+
+// TestQuantizeSpecialBlocks pins the CUDA behaviour of spec §2.6 on
+// hand-made blocks.
+func TestQuantizeSpecialBlocks(t *testing.T) {
+	nan := float32(math.NaN())
+	inf := float32(math.Inf(1))
+	for _, tc := range []struct {
+		name   string
+		q      QuantType
+		src    []float32
+		packed []byte
+		absmax float32
+	}{
+		{"nf4 all zero", NF4, []float32{0, 0, 0, 0}, []byte{0x00, 0x00}, 0},
+		{"fp4 all zero", FP4, []float32{0, 0, 0, 0}, []byte{0x00, 0x00}, 0},
+		{"nf4 NaN ignored", NF4, []float32{nan, 1, -1, 0}, []byte{0x0f, 0x07}, 1},
+		{"fp4 NaN ignored", FP4, []float32{nan, 1, -1, 0}, []byte{0x03, 0xb0}, 1},
+		{"nf4 inf", NF4, []float32{inf, 1, -1, 0}, []byte{0x07, 0x77}, inf},
+		{"fp4 inf", FP4, []float32{inf, 1, -1, 0}, []byte{0x00, 0x00}, inf},
+		{"fp4 tiny negative", FP4, []float32{1, -1e-6, -0.0, 0}, []byte{0x38, 0x00}, 1},
+		{"nf4 odd tail", NF4, []float32{1, -1, 0.5}, []byte{0xf0, 0xc7}, 1},
+		{"fp4 odd tail", FP4, []float32{1, -1, 0.5}, []byte{0x3b, 0x50}, 1},
+		{"nf4 odd all-zero tail", NF4, []float32{0}, []byte{0x00}, 0},
+		{"nf4 subnormal flushed", NF4, []float32{2e-38, 1e-39, -1e-39, 0}, []byte{0xf7, 0x77}, 2e-38},
+		{"fp4 subnormal-only block", FP4, []float32{1e-40, -1e-40, 0, 0}, []byte{0x00, 0x00}, 0},
+	} {
+		packed := make([]byte, PackedBytes(int64(len(tc.src))))
+		absmax := make([]float32, 1)
+		QuantizeBlocks(packed, absmax, tc.src, 64, tc.q)
+		if !bytes.Equal(packed, tc.packed) || math.Float32bits(absmax[0]) != math.Float32bits(tc.absmax) {
+			t.Errorf("%s: got %x absmax %g, want %x absmax %g", tc.name, packed, absmax[0], tc.packed, tc.absmax)
+		}
+		wantP, _ := refQuantize(tc.src, 64, tc.q)
+		if !bytes.Equal(packed, wantP) {
+			t.Errorf("%s: reference gives %x", tc.name, wantP)
+		}
+	}
+	// An all-NaN block keeps fmaxf's starting value.
+	absmax := make([]float32, 1)
+	QuantizeBlocks(make([]byte, 1), absmax, []float32{nan, nan}, 32, NF4)
+	if absmax[0] != -math.MaxFloat32 {
+		t.Errorf("all-NaN block: absmax %g, want -MaxFloat32", absmax[0])
+	}
+}
