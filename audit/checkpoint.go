@@ -1,0 +1,387 @@
+package audit
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/pyjson"
+)
+
+// Well-known file names in a checkpoint directory.
+const (
+	IndexName         = "model.safetensors.index.json"
+	ConfigName        = "config.json"
+	adapterConfigName = "adapter_config.json"
+	adapterModelName  = "adapter_model.safetensors"
+)
+
+// maxJSONFile is the largest config.json or index the auditor reads. Real
+// ones are kilobytes (a 1T-parameter index is a few MB).
+const maxJSONFile = 64 << 20
+
+// Checkpoint is the lenient view of one PATH argument that rules inspect:
+// whatever could be read is there, and what could not be read carries its
+// error, so that rules can report it instead of the audit stopping.
+type Checkpoint struct {
+	// Path is the argument as given.
+	Path string
+	// Dir is the directory holding the files ("." style paths are kept as
+	// given so that findings show paths the user recognises).
+	Dir string
+	// IsDir reports whether Path is a directory. A file argument is
+	// audited alone: no config.json or index is read for it.
+	IsDir bool
+	// Files are the .safetensors files audited, sorted by name.
+	Files []*File
+	// Config is config.json, or nil if the directory has none (always nil
+	// for a file argument).
+	Config *Config
+	// Index is model.safetensors.index.json, or nil if there is none.
+	Index *Index
+	// Adapter reports that the checkpoint is a PEFT adapter
+	// (adapter_config.json, or a file named adapter_model.safetensors),
+	// not a full model.
+	Adapter bool
+	// Deep reports that the audit may read tensor data (Options.Deep).
+	Deep bool
+
+	tensors []*Tensor
+	byName  map[string][]*Tensor
+	groups  []*QuantGroup
+	grouped bool
+}
+
+// File is one .safetensors file of a checkpoint.
+type File struct {
+	// Path is the file's path as shown in findings.
+	Path string
+	// Name is the base name.
+	Name string
+	// Size is the file size in bytes.
+	Size int64
+	// Reader is the opened file, or nil if it could not be opened; then
+	// Err says why (a *safetensors.FormatError for malformed files).
+	Reader *safetensors.Reader
+	Err    error
+	// Member reports whether the file's tensors belong to the checkpoint:
+	// false for a .safetensors file that the index does not reference.
+	Member bool
+
+	f *os.File
+}
+
+// Tensor is one tensor of a checkpoint, with the file that holds it.
+type Tensor struct {
+	safetensors.TensorInfo
+	File *File
+}
+
+// Section returns a reader of the tensor's bytes.
+func (t *Tensor) Section() *io.SectionReader {
+	return t.File.Reader.SectionReader(t.TensorInfo)
+}
+
+// Config is config.json.
+type Config struct {
+	Path  string        // as shown in findings
+	Value *pyjson.Value // nil if Err != nil
+	Err   error         // why the file could not be read or parsed
+}
+
+// Index is model.safetensors.index.json, read leniently.
+type Index struct {
+	Path string // as shown in findings
+	// Err says why the file could not be used (unreadable, invalid JSON,
+	// no weight_map object); the fields below are then empty.
+	Err error
+	// Names lists the tensors of weight_map in file order; WeightMap maps
+	// each to its shard's file name.
+	Names     []string
+	WeightMap map[string]string
+	// Problems lists weight_map entries that are not strings.
+	Problems []string
+	// TotalSize is metadata.total_size, if HasTotalSize.
+	TotalSize    int64
+	HasTotalSize bool
+}
+
+// Shards returns the distinct shard names the index references, sorted.
+func (x *Index) Shards() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range x.Names {
+		s := x.WeightMap[n]
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ErrNothingToAudit is returned (wrapped) by [Run] for a path that is
+// neither a safetensors file nor a directory holding one or an index.
+var ErrNothingToAudit = errors.New("audit: nothing to audit")
+
+// load builds the lenient view of path. It fails only when there is
+// nothing to audit at all; everything else is recorded for the rules.
+func load(path string, deep bool) (*Checkpoint, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	c := &Checkpoint{Path: path, Deep: deep}
+	if !st.IsDir() {
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%w: %s is not a regular file or a directory", ErrNothingToAudit, path)
+		}
+		c.Dir = filepath.Dir(path)
+		f := openFile(path)
+		f.Member = true
+		c.Files = []*File{f}
+		c.Adapter = f.Name == adapterModelName
+		return c, nil
+	}
+	c.IsDir = true
+	c.Dir = path
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	var names []string
+	hasIndex, hasConfig := false, false
+	for _, e := range entries {
+		name := e.Name()
+		full := filepath.Join(path, name)
+		fi, err := os.Stat(full) // follows symlinks (Hub caches link to blobs)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		switch {
+		case name == IndexName:
+			hasIndex = true
+		case name == ConfigName:
+			hasConfig = true
+		case name == adapterConfigName || name == adapterModelName:
+			c.Adapter = true
+		}
+		if strings.HasSuffix(name, ".safetensors") {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	if len(names) == 0 && !hasIndex {
+		return nil, fmt.Errorf("%w: %s holds no .safetensors file and no %s", ErrNothingToAudit, path, IndexName)
+	}
+	if hasConfig {
+		c.Config = readConfig(filepath.Join(path, ConfigName))
+	}
+	if hasIndex {
+		c.Index = readIndex(filepath.Join(path, IndexName))
+	}
+	referenced := map[string]bool{}
+	useIndex := c.Index != nil && c.Index.Err == nil
+	if useIndex {
+		for _, s := range c.Index.WeightMap {
+			referenced[s] = true
+		}
+	}
+	for _, name := range names {
+		f := openFile(filepath.Join(path, name))
+		f.Member = !useIndex || referenced[name]
+		c.Files = append(c.Files, f)
+	}
+	return c, nil
+}
+
+func openFile(path string) *File {
+	f := &File{Path: path, Name: filepath.Base(path)}
+	osf, err := os.Open(path)
+	if err != nil {
+		f.Err = err
+		return f
+	}
+	st, err := osf.Stat()
+	if err != nil {
+		osf.Close()
+		f.Err = err
+		return f
+	}
+	f.Size = st.Size()
+	r, err := safetensors.NewReader(osf, f.Size)
+	if err != nil {
+		osf.Close()
+		f.Err = err
+		return f
+	}
+	f.f = osf
+	f.Reader = r
+	return f
+}
+
+// Close closes the checkpoint's files.
+func (c *Checkpoint) Close() error {
+	var first error
+	for _, f := range c.Files {
+		if f.f != nil {
+			if err := f.f.Close(); err != nil && first == nil {
+				first = err
+			}
+			f.f = nil
+		}
+	}
+	return first
+}
+
+func readSmallFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxJSONFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxJSONFile {
+		return nil, fmt.Errorf("file is larger than %d bytes", maxJSONFile)
+	}
+	return b, nil
+}
+
+func readConfig(path string) *Config {
+	c := &Config{Path: path}
+	b, err := readSmallFile(path)
+	if err != nil {
+		c.Err = err
+		return c
+	}
+	v, err := pyjson.Parse(b)
+	if err != nil {
+		c.Err = err
+		return c
+	}
+	if v.Kind() != pyjson.KindObject {
+		c.Err = fmt.Errorf("the top level is a JSON %s, not an object", v.Kind())
+		return c
+	}
+	c.Value = v
+	return c
+}
+
+func readIndex(path string) *Index {
+	x := &Index{Path: path}
+	b, err := readSmallFile(path)
+	if err != nil {
+		x.Err = err
+		return x
+	}
+	v, err := pyjson.Parse(b)
+	if err != nil {
+		x.Err = err
+		return x
+	}
+	wm := v.Get("weight_map")
+	if wm.Kind() != pyjson.KindObject {
+		x.Err = errors.New(`there is no "weight_map" object`)
+		return x
+	}
+	x.WeightMap = make(map[string]string, wm.Len())
+	for _, m := range wm.Members() {
+		s, ok := m.Value.AsString()
+		if !ok {
+			x.Problems = append(x.Problems, m.Key)
+			continue
+		}
+		x.Names = append(x.Names, m.Key)
+		x.WeightMap[m.Key] = s
+	}
+	if ts := v.Get("metadata").Get("total_size"); ts != nil {
+		if n, ok := ts.Int64(); ok {
+			x.TotalSize, x.HasTotalSize = n, true
+		}
+	}
+	return x
+}
+
+// Tensors returns the tensors of the checkpoint's member files that could
+// be opened, file by file in header order.
+func (c *Checkpoint) Tensors() []*Tensor {
+	if c.byName == nil {
+		c.byName = map[string][]*Tensor{}
+		for _, f := range c.Files {
+			if !f.Member || f.Reader == nil {
+				continue
+			}
+			for _, ti := range f.Reader.Tensors() {
+				t := &Tensor{TensorInfo: ti, File: f}
+				c.tensors = append(c.tensors, t)
+				c.byName[ti.Name] = append(c.byName[ti.Name], t)
+			}
+		}
+	}
+	return c.tensors
+}
+
+// Tensor returns the tensor called name (the first one if several files
+// hold it), or nil.
+func (c *Checkpoint) Tensor(name string) *Tensor {
+	c.Tensors()
+	if ts := c.byName[name]; len(ts) > 0 {
+		return ts[0]
+	}
+	return nil
+}
+
+// TensorsNamed returns every tensor called name, one per file that holds
+// it.
+func (c *Checkpoint) TensorsNamed(name string) []*Tensor {
+	c.Tensors()
+	return c.byName[name]
+}
+
+// ReadSmall reads the bytes of t if it is at most max bytes long, for the
+// small tensors (quant states, code books) that a header-only audit reads.
+func (c *Checkpoint) ReadSmall(t *Tensor, max int64) ([]byte, error) {
+	if n := t.End - t.Begin; n > max {
+		return nil, fmt.Errorf("audit: %s: tensor %q is %d bytes, more than the %d expected", t.File.Path, t.Name, n, max)
+	}
+	b := make([]byte, t.End-t.Begin)
+	if _, err := io.ReadFull(t.Section(), b); err != nil {
+		return nil, fmt.Errorf("audit: %s: tensor %q: %w", t.File.Path, t.Name, err)
+	}
+	return b, nil
+}
+
+// MemberFiles returns the files whose tensors belong to the checkpoint.
+func (c *Checkpoint) MemberFiles() []*File {
+	var out []*File
+	for _, f := range c.Files {
+		if f.Member {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// FindingFile returns the file to name in a finding about the checkpoint
+// as a whole: config.json when there is one, else the index, else the
+// first file.
+func (c *Checkpoint) FindingFile() string {
+	switch {
+	case c.Config != nil:
+		return c.Config.Path
+	case c.Index != nil:
+		return c.Index.Path
+	case len(c.Files) > 0:
+		return c.Files[0].Path
+	}
+	return c.Path
+}

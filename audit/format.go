@@ -1,0 +1,329 @@
+package audit
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"unicode"
+)
+
+// Tool names the program in JSON and SARIF output.
+type Tool struct {
+	Name    string // "qconv"
+	Version string // the program version, such as "0.1.0" or "devel"
+}
+
+// Formatter writes a report in one output format.
+type Formatter interface {
+	Format(w io.Writer, r *Report) error
+}
+
+// FormatNames lists the names NewFormatter accepts.
+func FormatNames() []string { return []string{"text", "json", "sarif", "github"} }
+
+// NewFormatter returns the formatter called name: "text", "json", "sarif"
+// or "github".
+func NewFormatter(name string, tool Tool) (Formatter, error) {
+	switch name {
+	case "text":
+		return TextFormatter{}, nil
+	case "json":
+		return JSONFormatter{Tool: tool}, nil
+	case "sarif":
+		return SARIFFormatter{Tool: tool}, nil
+	case "github":
+		return GitHubFormatter{}, nil
+	}
+	return nil, fmt.Errorf("audit: unknown format %q (want one of %s)", name, strings.Join(FormatNames(), ", "))
+}
+
+// TextFormatter writes one finding a line:
+//
+//	FILE: TENSOR: SEVERITY RULE: MESSAGE
+//
+// leaving out "TENSOR: " for findings about no tensor. Nothing is written
+// for a clean report.
+type TextFormatter struct{}
+
+// Format implements Formatter.
+func (TextFormatter) Format(w io.Writer, r *Report) error {
+	bw := bufio.NewWriter(w)
+	for _, d := range r.Findings {
+		bw.WriteString(d.File)
+		bw.WriteString(": ")
+		if d.Tensor != "" {
+			bw.WriteString(d.Tensor)
+			bw.WriteString(": ")
+		}
+		fmt.Fprintf(bw, "%s %s: %s\n", d.Severity, d.Rule, oneLine(d.Message))
+	}
+	return bw.Flush()
+}
+
+// oneLine replaces line breaks so that a finding stays on one line.
+func oneLine(s string) string {
+	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+}
+
+// JSONSchemaVersion is the version of the JSON output's layout; it changes
+// only when a field is removed or changes meaning.
+const JSONSchemaVersion = 1
+
+// JSONFormatter writes the report as one JSON object:
+//
+//	{"schema_version": 1, "tool": {"name": ..., "version": ...},
+//	 "findings": [{"rule", "severity", "file", "tensor", "message"}...],
+//	 "counts": {"error": n, "warning": n, "info": n}}
+//
+// "tensor" is "" for findings about no tensor.
+type JSONFormatter struct {
+	Tool Tool
+}
+
+type jsonFinding struct {
+	Rule     string `json:"rule"`
+	Severity string `json:"severity"`
+	File     string `json:"file"`
+	Tensor   string `json:"tensor"`
+	Message  string `json:"message"`
+}
+
+type jsonTool struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+type jsonReport struct {
+	SchemaVersion int           `json:"schema_version"`
+	Tool          jsonTool      `json:"tool"`
+	Findings      []jsonFinding `json:"findings"`
+	Counts        Counts        `json:"counts"`
+}
+
+// Format implements Formatter.
+func (f JSONFormatter) Format(w io.Writer, r *Report) error {
+	out := jsonReport{
+		SchemaVersion: JSONSchemaVersion,
+		Tool:          jsonTool{Name: f.Tool.Name, Version: f.Tool.Version},
+		Findings:      []jsonFinding{},
+		Counts:        r.Counts,
+	}
+	for _, d := range r.Findings {
+		out.Findings = append(out.Findings, jsonFinding{
+			Rule: d.Rule, Severity: d.Severity.String(), File: d.File, Tensor: d.Tensor, Message: d.Message,
+		})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// SARIFFormatter writes a SARIF 2.1.0 log with one run, whose driver
+// lists every rule that ran with its documentation. Severities map to
+// SARIF levels error, warning and note; the tensor is the result's
+// logical location.
+type SARIFFormatter struct {
+	Tool Tool
+}
+
+type sarifLog struct {
+	Schema  string     `json:"$schema"`
+	Version string     `json:"version"`
+	Runs    []sarifRun `json:"runs"`
+}
+
+type sarifRun struct {
+	Tool    sarifTool     `json:"tool"`
+	Results []sarifResult `json:"results"`
+}
+
+type sarifTool struct {
+	Driver sarifDriver `json:"driver"`
+}
+
+type sarifDriver struct {
+	Name           string      `json:"name"`
+	Version        string      `json:"version,omitempty"`
+	InformationURI string      `json:"informationUri,omitempty"`
+	Rules          []sarifRule `json:"rules"`
+}
+
+type sarifText struct {
+	Text string `json:"text"`
+}
+
+type sarifRule struct {
+	ID                   string         `json:"id"`
+	Name                 string         `json:"name"`
+	ShortDescription     sarifText      `json:"shortDescription"`
+	FullDescription      sarifText      `json:"fullDescription"`
+	Help                 sarifText      `json:"help"`
+	DefaultConfiguration sarifRuleLevel `json:"defaultConfiguration"`
+	Properties           sarifProps     `json:"properties"`
+}
+
+type sarifRuleLevel struct {
+	Level string `json:"level"`
+}
+
+type sarifProps struct {
+	Tags []string `json:"tags"`
+}
+
+type sarifResult struct {
+	RuleID    string          `json:"ruleId"`
+	RuleIndex int             `json:"ruleIndex"`
+	Level     string          `json:"level"`
+	Message   sarifText       `json:"message"`
+	Locations []sarifLocation `json:"locations"`
+}
+
+type sarifLocation struct {
+	PhysicalLocation sarifPhysical  `json:"physicalLocation"`
+	LogicalLocations []sarifLogical `json:"logicalLocations,omitempty"`
+}
+
+type sarifPhysical struct {
+	ArtifactLocation sarifArtifact `json:"artifactLocation"`
+}
+
+type sarifArtifact struct {
+	URI string `json:"uri"`
+}
+
+type sarifLogical struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+}
+
+// SARIFLevel maps a severity to a SARIF level: "error", "warning" or
+// "note".
+func SARIFLevel(s Severity) string {
+	switch s {
+	case Error:
+		return "error"
+	case Warning:
+		return "warning"
+	}
+	return "note"
+}
+
+// Format implements Formatter.
+func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
+	driver := sarifDriver{
+		Name:           f.Tool.Name,
+		Version:        f.Tool.Version,
+		InformationURI: "https://github.com/qconv/qconv",
+		Rules:          []sarifRule{},
+	}
+	index := map[string]int{}
+	for _, rule := range r.Rules {
+		index[rule.ID] = len(driver.Rules)
+		driver.Rules = append(driver.Rules, sarifRule{
+			ID:                   rule.ID,
+			Name:                 RuleName(rule),
+			ShortDescription:     sarifText{Text: rule.Title},
+			FullDescription:      sarifText{Text: rule.Doc},
+			Help:                 sarifText{Text: rule.Doc},
+			DefaultConfiguration: sarifRuleLevel{Level: SARIFLevel(rule.Severity)},
+			Properties:           sarifProps{Tags: []string{GroupTitle(GroupPrefix(rule.ID))}},
+		})
+	}
+	run := sarifRun{Tool: sarifTool{Driver: driver}, Results: []sarifResult{}}
+	for _, d := range r.Findings {
+		res := sarifResult{
+			RuleID:    d.Rule,
+			RuleIndex: -1,
+			Level:     SARIFLevel(d.Severity),
+			Message:   sarifText{Text: d.Message},
+		}
+		if i, ok := index[d.Rule]; ok {
+			res.RuleIndex = i
+		}
+		loc := sarifLocation{PhysicalLocation: sarifPhysical{ArtifactLocation: sarifArtifact{URI: fileURI(d.File)}}}
+		if d.Tensor != "" {
+			loc.LogicalLocations = []sarifLogical{{Name: d.Tensor, Kind: "variable"}}
+		}
+		res.Locations = []sarifLocation{loc}
+		run.Results = append(run.Results, res)
+	}
+	log := sarifLog{
+		Schema:  "https://json.schemastore.org/sarif-2.1.0.json",
+		Version: "2.1.0",
+		Runs:    []sarifRun{run},
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(log)
+}
+
+// fileURI turns a path into a relative (or, for an absolute path, file:)
+// URI reference with forward slashes and percent-escapes.
+func fileURI(p string) string {
+	p = filepath.ToSlash(p)
+	u := url.URL{Path: p}
+	if strings.HasPrefix(p, "/") {
+		u.Scheme = "file"
+	}
+	return u.String()
+}
+
+// RuleName derives a SARIF rule name (an identifier in PascalCase) from
+// the rule's title, such as "PackedWeightStoredAsFloat32".
+func RuleName(r *Rule) string {
+	var b strings.Builder
+	upper := true
+	for _, c := range r.Title {
+		if !unicode.IsLetter(c) && !unicode.IsDigit(c) {
+			upper = true
+			continue
+		}
+		if upper {
+			c = unicode.ToUpper(c)
+			upper = false
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// GitHubFormatter writes GitHub Actions workflow commands, one a finding:
+//
+//	::error file=FILE,title=RULE::TENSOR: MESSAGE
+//
+// with ::warning for warnings and ::notice for info.
+type GitHubFormatter struct{}
+
+// Format implements Formatter.
+func (GitHubFormatter) Format(w io.Writer, r *Report) error {
+	bw := bufio.NewWriter(w)
+	for _, d := range r.Findings {
+		cmd := "notice"
+		switch d.Severity {
+		case Error:
+			cmd = "error"
+		case Warning:
+			cmd = "warning"
+		}
+		msg := d.Message
+		if d.Tensor != "" {
+			msg = d.Tensor + ": " + msg
+		}
+		fmt.Fprintf(bw, "::%s file=%s,title=%s::%s\n", cmd, ghProperty(d.File), ghProperty(d.Rule), ghData(msg))
+	}
+	return bw.Flush()
+}
+
+// ghData escapes a workflow command's message.
+func ghData(s string) string {
+	return strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A").Replace(s)
+}
+
+// ghProperty escapes a workflow command's property value.
+func ghProperty(s string) string {
+	return strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A", ":", "%3A", ",", "%2C").Replace(s)
+}

@@ -1,0 +1,28 @@
+// Package rules holds the rules of `qconv audit`, one rule per file. Each
+// rule is an *audit.Rule value with a stable ID, a title, documentation
+// (the text of `qconv audit --explain ID`), a default severity and the code
+// that runs it.
+//
+// ID groups: ST structure of one safetensors file, IX sharded index, BNB
+// bitsandbytes 4-bit tensors, CFG config.json, NAME tensor names, DEEP
+// checks of tensor data (run only with --deep). IDs are never renumbered
+// or reused; a retired rule keeps its number out of use.
+//
+// This package is NOT a framework: the driver, the checkpoint view and the
+// output formats are in package audit.
+package rules
+
+import "github.com/qconv/qconv/audit"
+
+// All returns every rule, sorted by group and ID. Each call returns new
+// values, so callers may not affect each other.
+func All() []*audit.Rule {
+	rs := []*audit.Rule{
+		st001(), st002(), st003(), st004(), st005(), st006(), st007(),
+		st008(), st009(), st010(), st011(), st012(), st013(), st014(),
+		st015(), st016(), st017(), st018(), st019(), st020(), st021(),
+		st022(),
+	}
+	audit.SortRules(rs)
+	return rs
+}
