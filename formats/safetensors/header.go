@@ -377,6 +377,36 @@ func (p *parser) readInt() (int64, intResult) {
 	return v, intOK
 }
 
+// countElems estimates the number of elements of the array whose '['
+// was just consumed, to size the slice that holds them: appending instead
+// would allocate several times the final size on a long shape. The count
+// is exact for an array of numbers and bounded by the header size for
+// anything else.
+func (p *parser) countElems() int {
+	n := 0
+	for i := p.pos; i < len(p.h); i++ {
+		switch p.h[i] {
+		case ',':
+			n++
+		case ']':
+			if n == 0 && bytesTrimmedEmpty(p.h[p.pos:i]) {
+				return 0
+			}
+			return n + 1
+		}
+	}
+	return n + 1
+}
+
+func bytesTrimmedEmpty(b []byte) bool {
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\n' && c != '\r' {
+			return false
+		}
+	}
+	return true
+}
+
 // parseHeader decodes and validates header bytes h, which sit at file
 // offset base, for a data section of dataLen bytes. It checks every rule
 // except the global layout ones (see checkLayout).
@@ -561,7 +591,7 @@ func (p *parser) readEntry(name string, keyAt int, dataLen int64) (TensorInfo, e
 				return entryErr("shape is a JSON %s, not an array", kind(c))
 			}
 			p.pos++
-			t.Shape = []int64{}
+			t.Shape = make([]int64, 0, p.countElems())
 			for {
 				p.ws()
 				switch p.peek() {
