@@ -6,16 +6,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
+	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
 // Well-known file names in a checkpoint directory.
 const (
-	IndexName         = "model.safetensors.index.json"
+	IndexName         = checkpoint.IndexFileName
+	SingleName        = "model.safetensors"
 	ConfigName        = "config.json"
 	adapterConfigName = "adapter_config.json"
 	adapterModelName  = "adapter_model.safetensors"
@@ -44,6 +47,10 @@ type Checkpoint struct {
 	Config *Config
 	// Index is model.safetensors.index.json, or nil if there is none.
 	Index *Index
+	// BothLayouts reports a directory holding both model.safetensors and
+	// an index. Like transformers, the audit then takes model.safetensors
+	// as the checkpoint and ignores the index's shards.
+	BothLayouts bool
 	// Adapter reports that the checkpoint is a PEFT adapter
 	// (adapter_config.json, or a file named adapter_model.safetensors),
 	// not a full model.
@@ -94,36 +101,14 @@ type Config struct {
 	Err   error         // why the file could not be read or parsed
 }
 
-// Index is model.safetensors.index.json, read leniently.
+// Index is model.safetensors.index.json.
 type Index struct {
 	Path string // as shown in findings
-	// Err says why the file could not be used (unreadable, invalid JSON,
-	// no weight_map object); the fields below are then empty.
+	// Index is the parsed file, or nil if Err != nil.
+	*checkpoint.Index
+	// Err says why the file could not be used: an I/O error, or a
+	// *checkpoint.Problem from checkpoint.ParseIndex.
 	Err error
-	// Names lists the tensors of weight_map in file order; WeightMap maps
-	// each to its shard's file name.
-	Names     []string
-	WeightMap map[string]string
-	// Problems lists weight_map entries that are not strings.
-	Problems []string
-	// TotalSize is metadata.total_size, if HasTotalSize.
-	TotalSize    int64
-	HasTotalSize bool
-}
-
-// Shards returns the distinct shard names the index references, sorted.
-func (x *Index) Shards() []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, n := range x.Names {
-		s := x.WeightMap[n]
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 // ErrNothingToAudit is returned (wrapped) by [Run] for a path that is
@@ -186,16 +171,25 @@ func load(path string, deep bool) (*Checkpoint, error) {
 	if hasIndex {
 		c.Index = readIndex(filepath.Join(path, IndexName))
 	}
+	// Like transformers: model.safetensors wins over an index beside it.
+	c.BothLayouts = hasIndex && slices.Contains(names, SingleName)
 	referenced := map[string]bool{}
-	useIndex := c.Index != nil && c.Index.Err == nil
+	useIndex := c.Index != nil && c.Index.Err == nil && !c.BothLayouts
 	if useIndex {
-		for _, s := range c.Index.WeightMap {
-			referenced[s] = true
+		for _, e := range c.Index.WeightMap {
+			referenced[e.File] = true
 		}
 	}
 	for _, name := range names {
 		f := openFile(filepath.Join(path, name))
-		f.Member = !useIndex || referenced[name]
+		switch {
+		case c.BothLayouts:
+			f.Member = name == SingleName
+		case useIndex:
+			f.Member = referenced[name]
+		default:
+			f.Member = true
+		}
 		c.Files = append(c.Files, f)
 	}
 	return c, nil
@@ -283,31 +277,7 @@ func readIndex(path string) *Index {
 		x.Err = err
 		return x
 	}
-	v, err := pyjson.Parse(b)
-	if err != nil {
-		x.Err = err
-		return x
-	}
-	wm := v.Get("weight_map")
-	if wm.Kind() != pyjson.KindObject {
-		x.Err = errors.New(`there is no "weight_map" object`)
-		return x
-	}
-	x.WeightMap = make(map[string]string, wm.Len())
-	for _, m := range wm.Members() {
-		s, ok := m.Value.AsString()
-		if !ok {
-			x.Problems = append(x.Problems, m.Key)
-			continue
-		}
-		x.Names = append(x.Names, m.Key)
-		x.WeightMap[m.Key] = s
-	}
-	if ts := v.Get("metadata").Get("total_size"); ts != nil {
-		if n, ok := ts.Int64(); ok {
-			x.TotalSize, x.HasTotalSize = n, true
-		}
-	}
+	x.Index, x.Err = checkpoint.ParseIndex(b)
 	return x
 }
 

@@ -22,6 +22,7 @@ func All() []*audit.Rule {
 		st008(), st009(), st010(), st011(), st012(), st013(), st014(),
 		st015(), st016(), st017(), st018(), st019(), st020(), st021(),
 		st022(),
+		ix001(), ix002(), ix003(), ix004(), ix005(), ix006(), ix007(), ix008(), ix009(),
 	}
 	audit.SortRules(rs)
 	return rs
