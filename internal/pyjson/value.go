@@ -115,10 +115,23 @@ func Array(items ...*Value) *Value {
 
 // Object returns a new object holding members, in order. As in a Python
 // dict, a repeated key keeps its first position and takes the last value.
+//
+// Object takes time linear in len(members); Set, Get and Delete take time
+// linear in the size of the object.
 func Object(members ...Member) *Value {
 	v := &Value{kind: KindObject, members: make([]Member, 0, len(members))}
+	pos := make(map[string]int, len(members))
 	for _, m := range members {
-		v.Set(m.Key, m.Value)
+		val := m.Value
+		if val == nil {
+			val = Null()
+		}
+		if i, ok := pos[m.Key]; ok {
+			v.members[i].Value = val
+			continue
+		}
+		pos[m.Key] = len(v.members)
+		v.members = append(v.members, Member{Key: m.Key, Value: val})
 	}
 	return v
 }
