@@ -1,0 +1,303 @@
+package dequant
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+// maxQuantStateBytes bounds the quant-state JSON tensor that LoadWeight
+// reads; bitsandbytes writes under 300 bytes.
+const maxQuantStateBytes = 64 << 10
+
+// ErrWeight is matched (with errors.Is) by every *WeightError.
+var ErrWeight = errors.New("dequant: invalid 4-bit weight")
+
+// A WeightError says that a packed 4-bit weight and its quant state do not
+// fit together (a missing or mis-sized quant-state tensor, an invalid
+// quant-state JSON). I/O errors are not WeightErrors.
+type WeightError struct {
+	Path   string // the checkpoint
+	Tensor string // the weight
+	Msg    string
+}
+
+func (e *WeightError) Error() string {
+	return fmt.Sprintf("dequant: %s: tensor %q: %s", e.Path, e.Tensor, e.Msg)
+}
+
+// Is reports whether target is ErrWeight.
+func (e *WeightError) Is(target error) bool { return target == ErrWeight }
+
+// A Weight is one bitsandbytes 4-bit weight of a checkpoint: the packed
+// codes, the tensors of its quant state, and the parsed quant-state JSON.
+// LoadWeight checks that they fit together, so that ReadBlocks can only fail
+// on I/O. A Weight is safe for concurrent use.
+type Weight struct {
+	// Name is the weight's name, "<module>.weight".
+	Name string
+	// State is the parsed quant-state JSON: quant type, block size, the
+	// dtype and shape of the original weight, double-quant settings.
+	State bnb.QuantState
+	// Packed is the tensor of packed 4-bit codes. Its dtype is the
+	// checkpoint's quant storage (U8, or F32/BF16/F16...); only its raw
+	// bytes matter.
+	Packed checkpoint.Tensor
+	// Companions are the names of the quant-state tensors stored next to
+	// the weight (absmax, quant_map, nested_absmax, nested_quant_map and
+	// the JSON blob), sorted. A dense checkpoint has none of them.
+	Companions []string
+	// DType is State.DType as a dtype: the dtype of the weight before it
+	// was quantized, and of bitsandbytes' dequantize_4bit output.
+	DType dtype.DType
+
+	n            int64 // elements of the original weight
+	nblocks      int64
+	absmax       checkpoint.Tensor // F32 [nblocks], or U8 [nblocks] with double quant
+	nestedAbsmax checkpoint.Tensor // F32 [ceil(nblocks/256)], double quant only
+	// nestedMap is the stored nested_quant_map (double quant only);
+	// stdMap reports whether it is bitsandbytes' dynamic map.
+	nestedMap [256]float32
+	stdMap    bool
+}
+
+// NumElements is the number of elements of the original weight, the
+// product of State.Shape.
+func (w *Weight) NumElements() int64 { return w.n }
+
+// NumBlocks is the number of 4-bit blocks, the length of the absmax vector.
+func (w *Weight) NumBlocks() int64 { return w.nblocks }
+
+// NestedMap returns the 8-bit code book of the double-quantized absmax
+// values, as stored in nested_quant_map (what bitsandbytes uses to
+// dequantize them). Without double quantization it is all zeros.
+func (w *Weight) NestedMap() [256]float32 { return w.nestedMap }
+
+// FindWeights returns the bitsandbytes 4-bit weights of c, sorted by name,
+// each checked by LoadWeight. A checkpoint without any gives none.
+func FindWeights(c *checkpoint.Checkpoint) ([]*Weight, error) {
+	names := make([]string, 0, len(c.Tensors()))
+	for _, t := range c.Tensors() {
+		names = append(names, t.Name)
+	}
+	var ws []*Weight
+	for _, pw := range checkpoint.FindPackedWeights(names) {
+		w, err := LoadWeight(c, pw)
+		if err != nil {
+			return nil, err
+		}
+		ws = append(ws, w)
+	}
+	return ws, nil
+}
+
+// LoadWeight reads the quant state of the packed weight pw of c (the JSON
+// blob, and the nested code book under double quantization) and checks that
+// every tensor the state needs is there with the dtype and size bitsandbytes
+// gives it. Errors name the checkpoint and the tensor.
+func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, error) {
+	errf := func(format string, args ...any) error {
+		return &WeightError{Path: c.Path, Tensor: pw.Name, Msg: fmt.Sprintf(format, args...)}
+	}
+	get := func(suffix string) (checkpoint.Tensor, error) {
+		t, ok := c.Tensor(pw.Name + suffix)
+		if !ok {
+			return t, errf("missing quant-state tensor %q", pw.Name+suffix)
+		}
+		return t, nil
+	}
+	w := &Weight{Name: pw.Name, Companions: pw.Companions}
+	var ok bool
+	if w.Packed, ok = c.Tensor(pw.Name); !ok {
+		return nil, errf("missing")
+	}
+	qs, err := get("." + bnb.QuantStateSuffix(qtOf(pw.QuantType)))
+	if err != nil {
+		return nil, err
+	}
+	if qs.Size() > maxQuantStateBytes {
+		return nil, errf("quant state %q is %d bytes, more than %d", qs.Name, qs.Size(), maxQuantStateBytes)
+	}
+	blob, err := qs.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("dequant: %s: %w", c.Path, err)
+	}
+	if w.State, err = bnb.ParseQuantState(blob); err != nil {
+		return nil, errf("%v", err)
+	}
+	st := &w.State
+	if st.QuantType.String() != pw.QuantType {
+		return nil, errf("quant state says %q but its key says %q", st.QuantType, pw.QuantType)
+	}
+	if w.DType, ok = dtype.FromTorchName(st.DType); !ok {
+		return nil, errf("quant state has unknown dtype %q", st.DType)
+	}
+	w.n = 1
+	for _, d := range st.Shape {
+		if d != 0 && w.n > math.MaxInt64/4/d {
+			return nil, errf("quant-state shape %v is too large", st.Shape)
+		}
+		w.n *= d
+	}
+	w.nblocks = bnb.NumBlocks(w.n, st.Blocksize)
+	if need := bnb.PackedBytes(w.n); w.Packed.Size() < need {
+		return nil, errf("packed data holds %d bytes, but shape %v needs %d", w.Packed.Size(), st.Shape, need)
+	}
+	if w.absmax, err = get(".absmax"); err != nil {
+		return nil, err
+	}
+	wantAbsmax := dtype.F32
+	if st.DoubleQuant {
+		wantAbsmax = dtype.U8
+	}
+	if w.absmax.DType != wantAbsmax || w.absmax.NumElements() != w.nblocks {
+		return nil, errf("absmax is %v %v, want %v [%d] (double quant %v, blocksize %d)",
+			w.absmax.DType, w.absmax.Shape, wantAbsmax, w.nblocks, st.DoubleQuant, st.Blocksize)
+	}
+	if !st.DoubleQuant {
+		return w, nil
+	}
+	if w.nestedAbsmax, err = get(".nested_absmax"); err != nil {
+		return nil, err
+	}
+	if nn := bnb.NumBlocks(w.nblocks, bnb.NestedBlocksize); w.nestedAbsmax.DType != dtype.F32 || w.nestedAbsmax.NumElements() != nn {
+		return nil, errf("nested_absmax is %v %v, want F32 [%d]", w.nestedAbsmax.DType, w.nestedAbsmax.Shape, nn)
+	}
+	nm, err := get(".nested_quant_map")
+	if err != nil {
+		return nil, err
+	}
+	if nm.DType != dtype.F32 || nm.NumElements() != 256 {
+		return nil, errf("nested_quant_map is %v %v, want F32 [256]", nm.DType, nm.Shape)
+	}
+	raw, err := nm.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("dequant: %s: %w", c.Path, err)
+	}
+	decodeF32(w.nestedMap[:], raw)
+	w.stdMap = w.nestedMap == bnb.DynamicMap()
+	return w, nil
+}
+
+func qtOf(s string) bnb.QuantType {
+	q, _ := bnb.ParseQuantType(s)
+	return q
+}
+
+// Blocks is a run of whole 4-bit blocks of a Weight as stored, read by
+// ReadBlocks. Its slices are reused by the next ReadBlocks call.
+type Blocks struct {
+	// First is the index of the first block.
+	First int64
+	// Elements is the number of weight elements the blocks cover (the
+	// last block of a weight may be partial).
+	Elements int
+	// Packed holds the 4-bit codes of the elements, two per byte, the
+	// first element in the high nibble.
+	Packed []byte
+	// Absmax holds the scale of each block, after undoing double
+	// quantization.
+	Absmax []float32
+	// Codes (double quantization only) holds the stored 8-bit code of each
+	// block's absmax, and Nested the nested absmax that scales it: block
+	// First+i uses Nested[i/bnb.NestedBlocksize] (First is a multiple of
+	// bnb.NestedBlocksize).
+	Codes  []byte
+	Nested []float32
+
+	raw []byte
+}
+
+// ReadBlocks reads count blocks starting at block first into b, clipped to
+// the weight's last block. Under double quantization first must be a
+// multiple of bnb.NestedBlocksize. Absmax values are recovered exactly as
+// bitsandbytes' dequantize_4bit does, with the stored nested_quant_map.
+func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
+	if first < 0 || count < 0 || first > w.nblocks {
+		return fmt.Errorf("dequant: tensor %q: blocks [%d,+%d) out of range", w.Name, first, count)
+	}
+	if w.State.DoubleQuant && first%bnb.NestedBlocksize != 0 {
+		return fmt.Errorf("dequant: tensor %q: first block %d is not a multiple of %d", w.Name, first, bnb.NestedBlocksize)
+	}
+	count = min(count, w.nblocks-first)
+	bs := int64(w.State.Blocksize)
+	elems := min(w.n-first*bs, count*bs)
+	b.First, b.Elements = first, int(elems)
+	b.Packed = grow(b.Packed, int(bnb.PackedBytes(elems)))
+	if err := readAt(w.Packed, b.Packed, first*bs/2); err != nil {
+		return err
+	}
+	b.Absmax = grow(b.Absmax, int(count))
+	if !w.State.DoubleQuant {
+		b.raw = grow(b.raw, int(4*count))
+		if err := readAt(w.absmax, b.raw, 4*first); err != nil {
+			return err
+		}
+		decodeF32(b.Absmax, b.raw)
+		b.Codes, b.Nested = b.Codes[:0], b.Nested[:0]
+		return nil
+	}
+	b.Codes = grow(b.Codes, int(count))
+	if err := readAt(w.absmax, b.Codes, first); err != nil {
+		return err
+	}
+	nn := bnb.NumBlocks(count, bnb.NestedBlocksize)
+	b.raw = grow(b.raw, int(4*nn))
+	if err := readAt(w.nestedAbsmax, b.raw, 4*(first/bnb.NestedBlocksize)); err != nil {
+		return err
+	}
+	b.Nested = grow(b.Nested, int(nn))
+	decodeF32(b.Nested, b.raw)
+	if w.stdMap {
+		bnb.UndoDoubleQuant(b.Absmax, b.Codes, b.Nested, w.State.NestedOffset)
+	} else {
+		undoDoubleQuant(b.Absmax, b.Codes, &w.nestedMap, b.Nested, w.State.NestedOffset)
+	}
+	return nil
+}
+
+// Dequantize writes the values of the elements b covers to dst[:b.Elements]
+// as float32, exactly as bitsandbytes' CUDA dequantize_4bit computes them
+// before it rounds them to the weight's dtype.
+func (w *Weight) Dequantize(dst []float32, b *Blocks) {
+	bnb.DequantizeBlocks(dst[:b.Elements], b.Packed, b.Absmax, w.State.Blocksize, w.State.QuantType)
+}
+
+// undoDoubleQuant is bnb.UndoDoubleQuant with a code book other than the
+// standard dynamic map (bitsandbytes uses the stored nested_quant_map; CPU
+// builds before 0.50 could store code[0] = -1).
+func undoDoubleQuant(dst []float32, codes []byte, code *[256]float32, nested []float32, offset float32) {
+	for i, c := range codes {
+		p := code[c] * nested[i/bnb.NestedBlocksize]
+		if math.Abs(float64(p)) < 0x1p-126 {
+			p = float32(math.Copysign(0, float64(p))) // the GPU flushes subnormal products
+		}
+		dst[i] = p + offset
+	}
+}
+
+func readAt(t checkpoint.Tensor, p []byte, off int64) error {
+	if _, err := t.SectionReader().ReadAt(p, off); err != nil {
+		return fmt.Errorf("dequant: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
+	}
+	return nil
+}
+
+func decodeF32(dst []float32, b []byte) {
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+}
+
+// grow returns s resized to n elements, reusing its array when it can.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}

@@ -1,0 +1,114 @@
+package convert
+
+import (
+	"context"
+	"iter"
+	"sync"
+)
+
+// runJobs runs do for every job of jobs, on workers goroutines.
+//
+// Jobs are produced in order by one goroutine (the caller's) and handed to
+// the workers through an unbuffered channel, so at most workers jobs are
+// being worked on. A job may be handed out only while it is fewer than
+// window jobs ahead of the oldest unfinished job: per-tensor state that
+// lives from a tensor's first job to its last (the absmax vector of a
+// double-quantized weight) therefore exists for at most the tensors that
+// overlap a run of window consecutive jobs.
+//
+// The first error returned by do wins: it cancels the rest (jobs not
+// started are skipped, running ones finish) and is returned. With
+// workers == 1 the jobs run in order on the calling goroutine: that is
+// the reference path, which the parallel path must match byte for byte.
+//
+// newWorker makes the per-worker state (buffers) passed to do; each worker
+// gets its own, so do never shares buffers between goroutines.
+func runJobs[W any, J any](ctx context.Context, workers, window int, jobs iter.Seq[J], newWorker func() W, do func(ctx context.Context, w W, j J) error) error {
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	if workers <= 1 {
+		w := newWorker()
+		for j := range jobs {
+			if err := ctx.Err(); err != nil {
+				return context.Cause(ctx)
+			}
+			if err := do(ctx, w, j); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	window = max(window, workers)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	type seqJob struct {
+		seq int
+		job J
+	}
+	ch := make(chan seqJob)
+	tokens := make(chan struct{}, window) // one per job handed out and not yet retired
+	var (
+		mu   sync.Mutex
+		done = make([]bool, window) // done[seq%window] for seq in [low, low+window)
+		low  int                    // oldest unfinished job
+	)
+	finish := func(seq int) {
+		mu.Lock()
+		done[seq%window] = true
+		n := 0
+		for done[low%window] {
+			done[low%window] = false
+			low++
+			n++
+		}
+		mu.Unlock()
+		for range n {
+			<-tokens
+		}
+	}
+
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := newWorker()
+			for sj := range ch {
+				if ctx.Err() == nil {
+					if err := do(ctx, w, sj.job); err != nil {
+						cancel(err)
+					}
+				}
+				finish(sj.seq)
+			}
+		}()
+	}
+
+	seq := 0
+	for j := range jobs {
+		select {
+		case tokens <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case ch <- seqJob{seq, j}:
+			seq++
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(ch)
+	wg.Wait()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}

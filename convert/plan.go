@@ -1,0 +1,428 @@
+package convert
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/pyjson"
+)
+
+// A srcTensor is a tensor of the source checkpoint as the plan sees it:
+// its header entry and the ordinal of the shard file that holds it.
+type srcTensor struct {
+	safetensors.TensorInfo
+	shard int // index into Plan.srcFiles
+}
+
+// entryKind says what one output tensor holds.
+type entryKind uint8
+
+const (
+	entryData             entryKind = iota // a kept tensor, or the packed 4-bit weight
+	entryAbsmax                            // "<w>.absmax": U8 codes (double quant) or F32
+	entryQuantMap                          // "<w>.quant_map"
+	entryNestedAbsmax                      // "<w>.nested_absmax"
+	entryNestedQuantMap                    // "<w>.nested_quant_map"
+	entryQuantState                        // "<w>.quant_state.bitsandbytes__<type>"
+)
+
+// An entry is one tensor of the output: its name, dtype and shape, and
+// which output file holds it.
+type entry struct {
+	kind  entryKind
+	name  string
+	dtype dtype.DType
+	shape []int64
+	file  int // index into Plan.Files
+}
+
+// An item is one source tensor and what becomes of it.
+type item struct {
+	src      srcTensor
+	quantize bool
+	// dtype is the dtype of the output tensor for a kept floating-point
+	// tensor, and the dtype the weight is rounded to before it is
+	// quantized (the quant state's "dtype") for a quantized one. Kept
+	// non-float tensors keep their dtype.
+	dtype   dtype.DType
+	entries []entry // in state-dict order
+	index   int     // position in Plan.items
+}
+
+func (it *item) numElements() int64 { return it.src.NumElements() }
+
+// numBlocks is the number of 4-bit blocks of a quantized item.
+func (it *item) numBlocks(blocksize int) int64 { return bnb.NumBlocks(it.numElements(), blocksize) }
+
+// entry returns the item's entry of the given kind, or nil.
+func (it *item) entry(k entryKind) *entry {
+	for i := range it.entries {
+		if it.entries[i].kind == k {
+			return &it.entries[i]
+		}
+	}
+	return nil
+}
+
+// A FilePlan is one output weight file.
+type FilePlan struct {
+	// Name is the file name: "model.safetensors", or
+	// "model-00001-of-00003.safetensors" for a sharded output.
+	Name string
+	// Entries indexes the output tensors of the file, in state-dict
+	// order, as (item, entry) pairs.
+	entries []entryRef
+}
+
+type entryRef struct{ item, entry int }
+
+// A Plan is everything about a conversion that follows from the source's
+// headers and config.json and the options alone, before any tensor data
+// is read: which tensors are quantized, the names, dtypes and shapes of the
+// output tensors, which output file holds each and in what order.
+//
+// The one thing it cannot know is the length of each double-quantized
+// weight's quant-state JSON, which prints the float32 mean of the weight's
+// absmax values ("nested_offset") in Python's shortest repr; that decides
+// the byte offsets inside a file. Files are therefore laid out (see
+// layoutFile) once a statistics pass has computed those means. To choose
+// shard boundaries without the data, the plan counts each such JSON at its
+// largest possible length; transformers counts the actual length, so a
+// shard boundary that falls within a few bytes per quantized tensor of
+// the limit can differ (no golden sharded 4-bit output exists to check).
+type Plan struct {
+	s *settings
+
+	// ModelDType is the resolved dtype of the model (dtype.Invalid when
+	// tensors keep their own mixed dtypes).
+	ModelDType dtype.DType
+	// ComputeDType is written to bnb_4bit_compute_dtype.
+	ComputeDType dtype.DType
+	// Files are the output weight files, in order.
+	Files []FilePlan
+	// TotalParameters is transformers' num_parameters() of the quantized
+	// model: the element count of kept tensors plus, for each 4-bit
+	// weight, twice its packed byte count.
+	TotalParameters int64
+	// SkipModules is llm_int8_skip_modules: nil (written as null) when the
+	// selection is transformers' default.
+	SkipModules []string
+	// Quantized and Kept count source tensors.
+	Quantized, Kept int
+
+	items    []*item
+	srcFiles []string // source shard names, by ordinal
+}
+
+// Sharded reports whether the output has more than one weight file (and
+// so a model.safetensors.index.json).
+func (p *Plan) Sharded() bool { return len(p.Files) > 1 }
+
+// maxPyFloatLen is the longest Python repr of a float32 widened to a
+// double: a sign, 17 significant digits, a point and an exponent
+// ("-1.2345678901234567e-38" is 23 bytes).
+const maxPyFloatLen = 24
+
+// quantState returns the quant state of a quantized item with the given
+// nested offset (ignored without double quantization).
+func (p *Plan) quantState(it *item, offset float32) bnb.QuantState {
+	st := bnb.QuantState{
+		QuantType: p.s.quant,
+		Blocksize: p.s.blocksize,
+		DType:     it.dtype.TorchName(),
+		Shape:     slices.Clone(it.src.Shape),
+	}
+	if p.s.doubleQuant {
+		st.DoubleQuant = true
+		st.NestedBlocksize = bnb.NestedBlocksize
+		st.NestedDType = "float32"
+		st.NestedOffset = offset
+	}
+	return st
+}
+
+// maxQuantStateLen is the length of the quant-state JSON of it, exact
+// without double quantization and an upper bound with it.
+func (p *Plan) maxQuantStateLen(it *item) int64 {
+	n := int64(len(p.quantState(it, 0).MarshalPython()))
+	if p.s.doubleQuant {
+		n += maxPyFloatLen - int64(len("0.0"))
+	}
+	return n
+}
+
+// naturalLess orders tensor names as a model's state dict usually is:
+// modules in natural order (numbers compared by value, so layers.2 comes
+// before layers.10), and within a module "weight" before "bias" before the
+// rest.
+func naturalCompare(a, b string) int {
+	ma, mb := moduleName(a), moduleName(b)
+	if c := naturalCmp(ma, mb); c != 0 {
+		return c
+	}
+	rank := func(s string) int {
+		switch lastComponent(s) {
+		case "weight":
+			return 0
+		case "bias":
+			return 1
+		}
+		return 2
+	}
+	return cmp.Or(cmp.Compare(rank(a), rank(b)), naturalCmp(a, b))
+}
+
+// naturalCmp compares strings with runs of digits compared by value.
+func naturalCmp(a, b string) int {
+	for a != "" && b != "" {
+		da, db := digitRun(a), digitRun(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb)); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+func digitRun(s string) int {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+// configDType returns the dtype recorded in config.json ("dtype", else
+// "torch_dtype"), or Invalid.
+func configDType(cfg *pyjson.Value) (dtype.DType, error) {
+	for _, key := range []string{"dtype", "torch_dtype"} {
+		v := cfg.Get(key)
+		if v.IsNull() {
+			continue
+		}
+		s, ok := v.AsString()
+		if !ok {
+			return dtype.Invalid, fmt.Errorf("convert: config.json: %q is not a string", key)
+		}
+		if s == "auto" {
+			continue
+		}
+		d, ok := dtype.FromTorchName(s)
+		if !ok || !modelDType(d) {
+			return dtype.Invalid, fmt.Errorf("convert: config.json: unsupported %s %q (want bfloat16, float16 or float32, or pass --dtype)", key, s)
+		}
+		return d, nil
+	}
+	return dtype.Invalid, nil
+}
+
+// newPlan plans the conversion of the given source tensors (srcFiles[i] is
+// the name of shard i, for errors). It reads no tensor data.
+func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Value) (*Plan, error) {
+	if len(tensors) == 0 {
+		return nil, fmt.Errorf("convert: the source holds no tensors")
+	}
+	p := &Plan{s: s, srcFiles: srcFiles}
+	names := make(map[string]bool, len(tensors))
+	for _, t := range tensors {
+		names[t.Name] = true
+	}
+	// An already-quantized input is not converted again.
+	for _, t := range tensors {
+		if strings.Contains(lastComponent(t.Name), "quant_state") || strings.Contains(t.Name, ".quant_state.") {
+			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (it has bitsandbytes quant state)", srcFiles[t.shard], t.Name)
+		}
+		if t.DType == dtype.U8 && len(t.Shape) == 2 && t.Shape[1] == 1 && names[t.Name+".absmax"] {
+			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (packed 4-bit weight with absmax)", srcFiles[t.shard], t.Name)
+		}
+	}
+	if cfg.Has("quantization_config") {
+		return nil, fmt.Errorf("convert: config.json already has a quantization_config: the checkpoint is already quantized")
+	}
+
+	// The model dtype.
+	p.ModelDType = s.dtype
+	if p.ModelDType == dtype.Invalid {
+		d, err := configDType(cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.ModelDType = d
+	}
+	if p.ModelDType == dtype.Invalid {
+		// The dtype the floating-point tensors share, if they do.
+		for _, t := range tensors {
+			if !t.DType.IsFloat() {
+				continue
+			}
+			if p.ModelDType == dtype.Invalid {
+				p.ModelDType = t.DType
+			} else if p.ModelDType != t.DType {
+				p.ModelDType = dtype.Invalid
+				break
+			}
+		}
+		if !modelDType(p.ModelDType) {
+			p.ModelDType = dtype.Invalid
+		}
+	}
+	p.ComputeDType = s.computeDType
+	if p.ComputeDType == dtype.Invalid {
+		p.ComputeDType = p.ModelDType
+		if p.ComputeDType == dtype.Invalid {
+			p.ComputeDType = dtype.F32
+		}
+	}
+
+	// Items in state-dict order.
+	sorted := slices.Clone(tensors)
+	slices.SortStableFunc(sorted, func(a, b srcTensor) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), naturalCompare(a.Name, b.Name))
+	})
+	sel := selector{skip: s.skip, include: s.include}
+	defaultSel := true
+	var skipModules []string
+	for _, t := range sorted {
+		q, err := sel.quantize(t.Name, t.DType, t.Shape)
+		if err != nil {
+			return nil, fmt.Errorf("%w (in %s)", err, srcFiles[t.shard])
+		}
+		it := &item{src: t, quantize: q, dtype: t.DType, index: len(p.items)}
+		if t.DType.IsFloat() && p.ModelDType != dtype.Invalid {
+			it.dtype = p.ModelDType
+		}
+		if t.DType.IsFloat() && !modelDType(t.DType) && it.dtype != t.DType {
+			return nil, fmt.Errorf("convert: %s: tensor %q: unsupported dtype %v (cannot convert it to %v)", srcFiles[t.shard], t.Name, t.DType, it.dtype)
+		}
+		if q != byDefault(t.Name, t.DType, t.Shape) {
+			defaultSel = false
+		}
+		if !q && linearLike(t.Name, t.DType, t.Shape) {
+			skipModules = append(skipModules, moduleName(t.Name))
+		}
+		p.items = append(p.items, it)
+		if q {
+			p.Quantized++
+			p.TotalParameters += 2 * bnb.PackedBytes(t.NumElements())
+		} else {
+			p.Kept++
+			p.TotalParameters += t.NumElements()
+		}
+	}
+	if !defaultSel {
+		p.SkipModules = skipModules
+		if p.SkipModules == nil {
+			p.SkipModules = []string{}
+		}
+		slices.Sort(p.SkipModules)
+	}
+
+	// Output entries, in state-dict order, and their sizes for sharding.
+	var sizes []int64
+	var refs []entryRef
+	for _, it := range p.items {
+		p.addEntries(it)
+		for j := range it.entries {
+			e := &it.entries[j]
+			refs = append(refs, entryRef{it.index, j})
+			sz, err := p.entrySize(it, e)
+			if err != nil {
+				return nil, err
+			}
+			sizes = append(sizes, sz)
+		}
+	}
+
+	// Shards as huggingface_hub's split_state_dict_into_shards_factory:
+	// entries in order; one larger than the limit gets a shard of its own
+	// (appended while the current shard stays open); otherwise a new
+	// shard starts when the next entry would overflow the current one.
+	var shards [][]entryRef
+	var cur []entryRef
+	var curSize int64
+	for i, r := range refs {
+		sz := sizes[i]
+		if sz > s.maxShard {
+			shards = append(shards, []entryRef{r})
+			continue
+		}
+		if curSize+sz > s.maxShard {
+			shards = append(shards, cur)
+			cur, curSize = nil, 0
+		}
+		cur = append(cur, r)
+		curSize += sz
+	}
+	if len(cur) > 0 {
+		shards = append(shards, cur)
+	}
+	for i, sh := range shards {
+		name := "model.safetensors"
+		if len(shards) > 1 {
+			name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
+		}
+		p.Files = append(p.Files, FilePlan{Name: name, entries: sh})
+		for _, r := range sh {
+			p.items[r.item].entries[r.entry].file = i
+		}
+	}
+	return p, nil
+}
+
+// addEntries fills it.entries, in the order of the state dict bitsandbytes'
+// Linear4bit saves: the weight, then its quant state as
+// QuantState.as_dict(packed=True) lists it.
+func (p *Plan) addEntries(it *item) {
+	t := it.src
+	if !it.quantize {
+		it.entries = []entry{{kind: entryData, name: t.Name, dtype: it.dtype, shape: slices.Clone(t.Shape)}}
+		return
+	}
+	n := t.NumElements()
+	nb := it.numBlocks(p.s.blocksize)
+	it.entries = []entry{{kind: entryData, name: t.Name, dtype: dtype.U8, shape: []int64{bnb.PackedBytes(n), 1}}}
+	if p.s.doubleQuant {
+		it.entries = append(it.entries,
+			entry{kind: entryAbsmax, name: t.Name + ".absmax", dtype: dtype.U8, shape: []int64{nb}},
+			entry{kind: entryQuantMap, name: t.Name + ".quant_map", dtype: dtype.F32, shape: []int64{16}},
+			entry{kind: entryNestedAbsmax, name: t.Name + ".nested_absmax", dtype: dtype.F32, shape: []int64{bnb.NumBlocks(nb, bnb.NestedBlocksize)}},
+			entry{kind: entryNestedQuantMap, name: t.Name + ".nested_quant_map", dtype: dtype.F32, shape: []int64{256}},
+		)
+	} else {
+		it.entries = append(it.entries,
+			entry{kind: entryAbsmax, name: t.Name + ".absmax", dtype: dtype.F32, shape: []int64{nb}},
+			entry{kind: entryQuantMap, name: t.Name + ".quant_map", dtype: dtype.F32, shape: []int64{16}},
+		)
+	}
+	it.entries = append(it.entries, entry{kind: entryQuantState, name: t.Name + "." + bnb.QuantStateSuffix(p.s.quant), dtype: dtype.U8})
+}
+
+// entrySize is the byte size of an entry; for a double-quantized quant
+// state, the largest it can be.
+func (p *Plan) entrySize(it *item, e *entry) (int64, error) {
+	if e.kind == entryQuantState {
+		return p.maxQuantStateLen(it), nil
+	}
+	n := int64(1)
+	for _, d := range e.shape {
+		n *= d
+	}
+	sz := e.dtype.Size()
+	if sz == 0 {
+		return 0, fmt.Errorf("convert: tensor %q: unsupported dtype %v", e.name, e.dtype)
+	}
+	return n * int64(sz), nil
+}

@@ -1,0 +1,410 @@
+package verify
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/qconv/qconv/convert/dequant"
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+// DefaultJobElements is the number of elements one job compares: at most
+// Workers jobs are in memory at once, each holding about 16 bytes per
+// element (original, quantized and dequantized values), so the default
+// bounds memory near Workers × 16 MiB.
+const DefaultJobElements = 1 << 20
+
+// Options controls Compare. The zero value uses every CPU.
+type Options struct {
+	// Workers is the number of goroutines comparing in parallel. Zero
+	// means runtime.GOMAXPROCS(0); 1 compares every job in order on the
+	// calling goroutine. The report does not depend on it.
+	Workers int
+	// JobElements is the number of elements per job (rounded up, for a
+	// quantized weight, to whole groups of 256 blocks). Zero means
+	// DefaultJobElements.
+	JobElements int
+}
+
+// Compare checks the checkpoint at quantized against the checkpoint it was
+// made from, at original (see the package documentation for what is
+// checked). It returns an error, and no report, only if a checkpoint
+// cannot be opened or read, or if original is itself quantized; every
+// problem with the quantized checkpoint's contents is a finding in the
+// report.
+func Compare(ctx context.Context, original, quantized string, opts Options) (*Report, error) {
+	orig, err := checkpoint.Open(original)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	defer orig.Close()
+	quant, err := checkpoint.Open(quantized)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	defer quant.Close()
+	return CompareCheckpoints(ctx, orig, quant, opts)
+}
+
+// CompareCheckpoints is Compare on checkpoints that are already open.
+func CompareCheckpoints(ctx context.Context, orig, quant *checkpoint.Checkpoint, opts Options) (*Report, error) {
+	if ws := checkpoint.FindPackedWeights(names(orig)); len(ws) > 0 {
+		return nil, fmt.Errorf("verify: %s: the original checkpoint is quantized (tensor %q is a packed 4-bit weight)", orig.Path, ws[0].Name)
+	}
+	v := &verifier{jobElems: int64(opts.JobElements)}
+	if v.jobElems <= 0 {
+		v.jobElems = DefaultJobElements
+	}
+	rep := &Report{Original: orig.Path, Quantized: quant.Path}
+
+	// Sort the quantized checkpoint's tensors into packed weights, their
+	// companions, and dense tensors.
+	packed := map[string]*TensorReport{}
+	companion := map[string]bool{}
+	var weights []*dequant.Weight
+	for _, pw := range checkpoint.FindPackedWeights(names(quant)) {
+		for _, c := range pw.Companions {
+			companion[c] = true
+		}
+		tr := &TensorReport{Name: pw.Name, Kind: KindQuantized, QuantType: pw.QuantType}
+		packed[pw.Name] = tr
+		w, err := dequant.LoadWeight(quant, pw)
+		if errors.Is(err, dequant.ErrWeight) {
+			tr.fail(StatusInvalid, "%v", err)
+		} else if err != nil {
+			return nil, fmt.Errorf("verify: %w", err)
+		} else {
+			weights = append(weights, w)
+			tr.fill(w)
+		}
+	}
+	byName := map[string]*dequant.Weight{}
+	for _, w := range weights {
+		byName[w.Name] = w
+	}
+
+	for _, o := range orig.Tensors() {
+		if tr, ok := packed[o.Name]; ok {
+			rep.Tensors = append(rep.Tensors, tr)
+			if w := byName[o.Name]; w != nil && tr.Status == StatusOK {
+				v.planQuantized(tr, o, w)
+			}
+			continue
+		}
+		tr := &TensorReport{Name: o.Name, Kind: KindDense, OrigDType: o.DType.String(), Shape: o.Shape, Elements: o.NumElements()}
+		rep.Tensors = append(rep.Tensors, tr)
+		q, ok := quant.Tensor(o.Name)
+		if !ok || companion[o.Name] {
+			tr.fail(StatusMissing, "not in the quantized checkpoint")
+			continue
+		}
+		v.planDense(tr, o, q)
+	}
+	for _, q := range quant.Tensors() {
+		if _, ok := orig.Tensor(q.Name); ok || companion[q.Name] {
+			continue
+		}
+		tr := packed[q.Name]
+		if tr == nil {
+			tr = &TensorReport{Name: q.Name, Kind: KindDense, DType: q.DType.String(), Shape: q.Shape, Elements: q.NumElements()}
+		}
+		tr.fail(StatusExtra, "not in the original checkpoint")
+		rep.Tensors = append(rep.Tensors, tr)
+	}
+
+	if err := v.run(ctx, opts.Workers); err != nil {
+		return nil, err
+	}
+	for _, tr := range rep.Tensors {
+		tr.finish()
+	}
+	rep.summarize()
+	return rep, nil
+}
+
+func names(c *checkpoint.Checkpoint) []string {
+	ts := c.Tensors()
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.Name
+	}
+	return out
+}
+
+// fill copies a weight's quant state into its report.
+func (tr *TensorReport) fill(w *dequant.Weight) {
+	st := w.State
+	tr.QuantType = st.QuantType.String()
+	tr.Blocksize = st.Blocksize
+	tr.DoubleQuant = st.DoubleQuant
+	tr.DType = w.DType.String()
+	tr.Shape = st.Shape
+	tr.Elements = w.NumElements()
+}
+
+// fail marks tr as failed with status s, keeping the first message.
+func (tr *TensorReport) fail(s Status, format string, args ...any) {
+	if tr.Status == StatusOK || tr.Status == s {
+		tr.Status = s
+		if tr.Message == "" {
+			tr.Message = fmt.Sprintf(format, args...)
+		}
+	}
+}
+
+// A job compares one range of one tensor. Its result goes to stats, which
+// are merged into the tensor's report in job order, so the report does not
+// depend on scheduling.
+type job struct {
+	tr    *TensorReport
+	run   func(*scratch, *acc) error
+	stats acc
+}
+
+type verifier struct {
+	jobElems int64
+	jobs     []*job
+}
+
+func (v *verifier) add(tr *TensorReport, run func(*scratch, *acc) error) {
+	v.jobs = append(v.jobs, &job{tr: tr, run: run})
+}
+
+// scratch holds one worker's buffers.
+type scratch struct {
+	raw, raw2 []byte
+	x, y      []float32
+	blocks    dequant.Blocks
+}
+
+// run runs the planned jobs on the given number of workers (zero: all
+// CPUs) and merges their results. The first error stops the others and
+// is returned.
+func (v *verifier) run(ctx context.Context, workers int) error {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, max(1, len(v.jobs)))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next    atomic.Int64
+		errOnce sync.Once
+		first   error
+		wg      sync.WaitGroup
+	)
+	work := func() {
+		var s scratch
+		for ctx.Err() == nil {
+			i := next.Add(1) - 1
+			if i >= int64(len(v.jobs)) {
+				return
+			}
+			j := v.jobs[i]
+			if err := j.run(&s, &j.stats); err != nil {
+				errOnce.Do(func() { first = err; cancel() })
+				return
+			}
+		}
+	}
+	if workers == 1 {
+		work()
+	} else {
+		for range workers {
+			wg.Go(work)
+		}
+		wg.Wait()
+	}
+	if first != nil {
+		return first
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	for _, j := range v.jobs {
+		j.tr.acc.merge(&j.stats)
+	}
+	return nil
+}
+
+// planDense plans the comparison of a dense tensor of the original with
+// the tensor of the same name in the quantized checkpoint: after casting
+// the original to the quantized tensor's dtype, the bytes must be equal.
+func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
+	tr.DType = q.DType.String()
+	if !slices.Equal(o.Shape, q.Shape) {
+		tr.fail(StatusInvalid, "shape %v, original %v", q.Shape, o.Shape)
+		return
+	}
+	cast := castable(o.DType) && castable(q.DType) && q.DType != dtype.F64
+	if o.DType != q.DType && !cast {
+		tr.fail(StatusMismatch, "dtype %v cannot be compared with the original's %v", q.DType, o.DType)
+		return
+	}
+	n := o.NumElements()
+	for e0 := int64(0); e0 < n || (n == 0 && e0 == 0); e0 += v.jobElems {
+		cnt := min(v.jobElems, n-e0)
+		v.add(tr, func(s *scratch, a *acc) error {
+			return compareDense(s, a, o, q, e0, cnt, cast)
+		})
+		if n == 0 {
+			break
+		}
+	}
+}
+
+func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cast bool) error {
+	if cnt == 0 {
+		return nil
+	}
+	osz, qsz := int64(o.DType.Size()), int64(q.DType.Size())
+	s.raw = grow(s.raw, int(cnt*osz))
+	s.raw2 = grow(s.raw2, int(cnt*qsz))
+	if err := readAt(o, s.raw, e0*osz); err != nil {
+		return err
+	}
+	if err := readAt(q, s.raw2, e0*qsz); err != nil {
+		return err
+	}
+	if !cast {
+		// Same non-float dtype: bytes only.
+		if !bytes.Equal(s.raw, s.raw2) {
+			for i := int64(0); i < cnt; i++ {
+				if !bytes.Equal(s.raw[i*osz:(i+1)*osz], s.raw2[i*qsz:(i+1)*qsz]) {
+					a.differ(e0 + i)
+				}
+			}
+		}
+		a.n += cnt
+		return nil
+	}
+	s.x = grow(s.x, int(cnt))
+	s.y = grow(s.y, int(cnt))
+	decode(s.x, s.raw, o.DType, q.DType)
+	decode(s.y, s.raw2, q.DType, q.DType)
+	if o.DType != q.DType {
+		// Compare the encodings, so that the sign of zero and NaN
+		// payloads count.
+		s.raw = grow(s.raw, int(cnt*qsz))
+		encode(s.raw, s.x, q.DType)
+	}
+	for i := int64(0); i < cnt; i++ {
+		x, y := float64(s.x[i]), float64(s.y[i])
+		if !bytes.Equal(s.raw[i*qsz:(i+1)*qsz], s.raw2[i*qsz:(i+1)*qsz]) {
+			a.differ(e0 + i)
+		}
+		a.add(x, y)
+	}
+	return nil
+}
+
+// planQuantized plans the comparison of a packed 4-bit weight with the
+// original tensor it was made from.
+func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequant.Weight) {
+	tr.OrigDType = o.DType.String()
+	if !slices.Equal(o.Shape, w.State.Shape) {
+		tr.fail(StatusInvalid, "quant-state shape %v, original %v", w.State.Shape, o.Shape)
+		return
+	}
+	if !castable(o.DType) {
+		tr.fail(StatusInvalid, "the original is %v, not a float tensor", o.DType)
+		return
+	}
+	unit := int64(bnb.NestedBlocksize)
+	per := max(unit, v.jobElems/int64(w.State.Blocksize)/unit*unit)
+	m := newMeasure(w)
+	for b0 := int64(0); b0 < w.NumBlocks(); b0 += per {
+		v.add(tr, func(s *scratch, a *acc) error {
+			return m.blocks(s, a, o, b0, per)
+		})
+	}
+}
+
+// readAt reads len(p) bytes of t at offset off.
+func readAt(t checkpoint.Tensor, p []byte, off int64) error {
+	if _, err := t.SectionReader().ReadAt(p, off); err != nil {
+		return fmt.Errorf("verify: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
+	}
+	return nil
+}
+
+// grow returns s resized to n elements, reusing its array when it can.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// summarize sorts the tensors worst first and computes the totals.
+func (r *Report) summarize() {
+	var all acc
+	t := &r.Totals
+	for _, tr := range r.Tensors {
+		t.Tensors++
+		switch {
+		case tr.Status == StatusMissing:
+			t.Missing++
+		case tr.Status == StatusExtra:
+			t.Extra++
+		}
+		if tr.Status != StatusOK {
+			t.Failed++
+		}
+		if tr.Kind == KindQuantized {
+			t.Quantized++
+			if tr.Status != StatusMissing && tr.Status != StatusExtra {
+				all.mergeErrors(&tr.acc)
+			}
+		} else {
+			t.Dense++
+		}
+	}
+	t.Elements = all.n
+	t.MaxAbsError, t.RMSE, t.SNR = all.maxErr, all.rmse(), all.snr()
+	slices.SortStableFunc(r.Tensors, func(a, b *TensorReport) int {
+		return cmp.Or(
+			cmp.Compare(a.Status.rank(), b.Status.rank()),
+			cmp.Compare(b.BoundRatio, a.BoundRatio),
+			cmp.Compare(a.Kind, b.Kind),
+			cmp.Compare(float64(a.SNR), float64(b.SNR)),
+			cmp.Compare(a.Name, b.Name),
+		)
+	})
+}
+
+// finish turns a tensor's accumulated statistics into its report fields.
+func (tr *TensorReport) finish() {
+	a := &tr.acc
+	tr.MaxAbsError, tr.RMSE, tr.SNR = a.maxErr, a.rmse(), a.snr()
+	if tr.Kind == KindDense {
+		tr.Differing = a.diff
+		if a.diff > 0 {
+			tr.fail(StatusMismatch, "%d of %d elements differ after casting the original to %s (first at element %d)", a.diff, a.n, tr.DType, a.firstDiff)
+		}
+		if a.n == 0 && tr.Status == StatusOK {
+			tr.SNR = Decibels(math.Inf(1))
+		}
+		return
+	}
+	tr.OutOfBounds, tr.BadAbsmax, tr.NonFinite = a.out, a.badBlocks, a.nonFinite
+	tr.BoundRatio = a.worst
+	switch {
+	case a.badBlocks > 0:
+		tr.fail(StatusOutOfBounds, "%d of %d block absmax values off by more than their rounding allows (first: block %d, absmax %g, want %g)",
+			a.badBlocks, bnb.NumBlocks(tr.Elements, max(tr.Blocksize, 1)), a.firstBadBlock, a.badGot, a.badWant)
+	case a.out > 0:
+		tr.fail(StatusOutOfBounds, "%d of %d elements out of bounds (first: element %d, error %.4g > bound %.4g)",
+			a.out, a.n+a.nonFinite, a.firstOut, a.outErr, a.outBound)
+	}
+}
