@@ -23,15 +23,14 @@ const (
 
 // measure compares the blocks of one quantized weight with the original.
 type measure struct {
-	w       *dequant.Weight
-	code    [16]float64 // value of each 4-bit code (before scaling)
-	cell4   []float64   // halfCells of the 4-bit code book
-	cell8   []float64   // halfCells of the nested 8-bit code book (double quant)
-	to      dtype.DType // the quant state's dtype
-	dq      bool
-	offset  float64
-	bsize   int64
-	sizeOrg int64
+	w      *dequant.Weight
+	code   [16]float64 // value of each 4-bit code (before scaling)
+	cell4  []float64   // halfCells of the 4-bit code book
+	cell8  []float64   // halfCells of the nested 8-bit code book (double quant)
+	to     dtype.DType // the quant state's dtype
+	dq     bool
+	offset float64
+	bsize  int64
 }
 
 func newMeasure(w *dequant.Weight) *measure {
