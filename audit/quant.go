@@ -34,11 +34,14 @@ type QuantGroup struct {
 	NestedAbsmax   *Tensor
 	NestedQuantMap *Tensor
 
+	// The fields below are set only when there is exactly one state.
+
 	// StateKind is the key suffix of States[0] ("bitsandbytes__nf4").
 	StateKind string
-	// StateJSON is the bytes of States[0], if it could be read.
+	// StateJSON is the bytes of States[0], if they could be read.
 	StateJSON []byte
-	// State is StateJSON parsed; nil if StateErr != nil or no state.
+	// State is StateJSON parsed; nil if StateErr != nil or no single
+	// state.
 	State *bnb.QuantState
 	// StateErr says why States[0] could not be read or parsed.
 	StateErr error
@@ -124,7 +127,7 @@ func (c *Checkpoint) QuantGroups() []*QuantGroup {
 	for _, g := range byBase {
 		g.Packed = c.Tensor(g.Base)
 		sort.Slice(g.States, func(i, j int) bool { return g.States[i].Name < g.States[j].Name })
-		if len(g.States) > 0 {
+		if len(g.States) == 1 { // with several, none is authoritative (BNB003)
 			s := g.States[0]
 			g.StateKind = s.Name[len(g.Base)+len(StateInfix):]
 			g.StateJSON, g.StateErr = c.ReadSmall(s, MaxStateBytes)
@@ -157,7 +160,7 @@ func (c *Checkpoint) InQuantGroup(name string) bool {
 // weight (any quant-state tensor).
 func (c *Checkpoint) IsQuantized() bool {
 	for _, g := range c.QuantGroups() {
-		if len(g.States) > 0 {
+		if len(g.States) == 1 { // with several, none is authoritative (BNB003)
 			return true
 		}
 	}
