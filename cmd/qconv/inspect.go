@@ -1,0 +1,285 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/pyjson"
+)
+
+const inspectUsage = `
+usage: qconv inspect [--json] PATH
+
+List the tensors of a checkpoint (name, dtype, shape, bytes, file) and its
+totals: tensor count, bytes per dtype, logical parameters and, for 4-bit
+checkpoints, the storage cost of the quantized weights in bits per weight.
+
+PATH is a .safetensors file, or a directory holding model.safetensors or
+model.safetensors.index.json and its shards. Only headers, the index and
+config.json are read. The checkpoint must be consistent (use 'qconv audit'
+to list the problems of one that is not).
+
+Parameters are counted logically: a packed 4-bit weight counts as the
+elements of its original shape (from its quant-state JSON) and its
+quant-state tensors (absmax, quant_map, nested_*, quant_state) count zero.
+Bits per weight = 8 x (bytes of the packed weights and all their
+quant-state tensors) / (logical elements of those weights).
+
+--json writes one JSON object:
+  path, layout ("file", "dir" or "sharded"), files (shard file names),
+  config (null without config.json; else dtype, quant_method, quant_type,
+    double_quant, quant_storage when present),
+  tensors ([{name, dtype, shape, bytes, file}], sorted by name),
+  tensor_count, total_bytes, bytes_by_dtype ({"BF16": n, ...}),
+  parameters (logical),
+  quantized (null without 4-bit weights; else {weights, parameters, bytes,
+    bits_per_weight}).
+`
+
+func inspectCommand() *command {
+	return &command{
+		name:    "inspect",
+		summary: "list a checkpoint's tensors, sizes and parameter counts",
+		run:     runInspect,
+	}
+}
+
+func runInspect(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("inspect")
+	asJSON := fs.Bool("json", false, "write one JSON object instead of text")
+	pos, code, ok := parseFlags(fs, inspectUsage, args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if len(pos) != 1 {
+		return usageError(stderr, "inspect", "expected one PATH, got %d arguments", len(pos))
+	}
+	c, err := checkpoint.Open(pos[0])
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+	defer c.Close()
+	rep, err := newInspectReport(c)
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+	if *asJSON {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			printError(stderr, err)
+			return exitError
+		}
+		stdout.Write(append(b, '\n'))
+		return exitOK
+	}
+	rep.writeText(stdout)
+	return exitOK
+}
+
+// inspectReport is what inspect prints; its JSON form is the --json output
+// (field names are a stable interface).
+type inspectReport struct {
+	Path         string           `json:"path"`
+	Layout       string           `json:"layout"`
+	Files        []string         `json:"files"`
+	Config       *configSummary   `json:"config"`
+	Tensors      []inspectTensor  `json:"tensors"`
+	TensorCount  int              `json:"tensor_count"`
+	TotalBytes   int64            `json:"total_bytes"`
+	BytesByDType map[string]int64 `json:"bytes_by_dtype"`
+	Parameters   int64            `json:"parameters"`
+	Quantized    *quantSummary    `json:"quantized"`
+
+	countByDType map[string]int
+}
+
+type inspectTensor struct {
+	Name  string  `json:"name"`
+	DType string  `json:"dtype"`
+	Shape []int64 `json:"shape"`
+	Bytes int64   `json:"bytes"`
+	File  string  `json:"file"`
+}
+
+type configSummary struct {
+	DType        string `json:"dtype,omitempty"`
+	QuantMethod  string `json:"quant_method,omitempty"`
+	QuantType    string `json:"quant_type,omitempty"`
+	DoubleQuant  *bool  `json:"double_quant,omitempty"`
+	QuantStorage string `json:"quant_storage,omitempty"`
+}
+
+type quantSummary struct {
+	Weights       int     `json:"weights"`
+	Parameters    int64   `json:"parameters"`
+	Bytes         int64   `json:"bytes"`
+	BitsPerWeight float64 `json:"bits_per_weight"`
+}
+
+func newInspectReport(c *checkpoint.Checkpoint) (*inspectReport, error) {
+	rep := &inspectReport{
+		Path:         c.Path,
+		Layout:       c.Layout.String(),
+		Files:        []string{},
+		Tensors:      make([]inspectTensor, 0, len(c.Tensors())),
+		BytesByDType: make(map[string]int64),
+		countByDType: make(map[string]int),
+	}
+	for _, s := range c.Shards {
+		rep.Files = append(rep.Files, s.Name)
+	}
+	for _, t := range c.Tensors() {
+		shape := t.Shape
+		if shape == nil {
+			shape = []int64{}
+		}
+		dt := t.DType.String()
+		rep.Tensors = append(rep.Tensors, inspectTensor{Name: t.Name, DType: dt, Shape: shape, Bytes: t.Size(), File: t.Shard.Name})
+		rep.TotalBytes += t.Size()
+		rep.BytesByDType[dt] += t.Size()
+		rep.countByDType[dt]++
+	}
+	rep.TensorCount = len(rep.Tensors)
+	p, err := c.Parameters()
+	if err != nil {
+		return nil, err
+	}
+	rep.Parameters = p.Total
+	if p.PackedWeights > 0 {
+		rep.Quantized = &quantSummary{Weights: p.PackedWeights, Parameters: p.Quantized, Bytes: p.PackedBytes, BitsPerWeight: p.BitsPerWeight()}
+	}
+	if c.Config != nil {
+		rep.Config = summarizeConfig(c.Config)
+	}
+	return rep, nil
+}
+
+func summarizeConfig(cfg *pyjson.Value) *configSummary {
+	s := &configSummary{}
+	if v := cfg.Get("dtype"); v != nil {
+		s.DType, _ = v.AsString()
+	} else {
+		s.DType, _ = cfg.Get("torch_dtype").AsString()
+	}
+	q := cfg.Get("quantization_config")
+	s.QuantMethod, _ = q.Get("quant_method").AsString()
+	s.QuantType, _ = q.Get("bnb_4bit_quant_type").AsString()
+	if b, ok := q.Get("bnb_4bit_use_double_quant").AsBool(); ok {
+		s.DoubleQuant = &b
+	}
+	s.QuantStorage, _ = q.Get("bnb_4bit_quant_storage").AsString()
+	return s
+}
+
+func (rep *inspectReport) writeText(w io.Writer) {
+	fmt.Fprintf(w, "path:        %s\n", rep.Path)
+	files := "1 file"
+	if len(rep.Files) != 1 {
+		files = strconv.Itoa(len(rep.Files)) + " files"
+	}
+	fmt.Fprintf(w, "layout:      %s, %s\n", rep.Layout, files)
+	if cs := rep.Config; cs != nil {
+		var parts []string
+		if cs.DType != "" {
+			parts = append(parts, "dtype "+cs.DType)
+		}
+		if cs.QuantMethod != "" {
+			q := cs.QuantMethod
+			if cs.QuantType != "" {
+				q += " " + cs.QuantType
+			}
+			if cs.DoubleQuant != nil && *cs.DoubleQuant {
+				q += ", double quant"
+			}
+			if cs.QuantStorage != "" {
+				q += ", storage " + cs.QuantStorage
+			}
+			parts = append(parts, q)
+		}
+		if len(parts) == 0 {
+			parts = append(parts, "present")
+		}
+		fmt.Fprintf(w, "config:      %s\n", strings.Join(parts, "; "))
+	}
+	fmt.Fprintln(w)
+
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tDTYPE\tSHAPE\tBYTES\tFILE")
+	for _, t := range rep.Tensors {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Name, t.DType, formatShape(t.Shape), t.Bytes, t.File)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+
+	fmt.Fprintf(w, "tensors:     %d\n", rep.TensorCount)
+	fmt.Fprintf(w, "size:        %s (%d bytes)\n", humanBytes(rep.TotalBytes), rep.TotalBytes)
+	dts := make([]dtype.DType, 0, len(rep.BytesByDType))
+	for name := range rep.BytesByDType {
+		if d, ok := dtype.Parse(name); ok {
+			dts = append(dts, d)
+		}
+	}
+	slices.Sort(dts)
+	for _, d := range dts {
+		n := rep.countByDType[d.String()]
+		plural := "s"
+		if n == 1 {
+			plural = ""
+		}
+		fmt.Fprintf(w, "  %-10s %s in %d tensor%s\n", d.String()+":", humanBytes(rep.BytesByDType[d.String()]), n, plural)
+	}
+	fmt.Fprintf(w, "parameters:  %d (%s)\n", rep.Parameters, humanCount(rep.Parameters))
+	if q := rep.Quantized; q != nil {
+		fmt.Fprintf(w, "quantized:   %d weights, %d parameters, %s with quant state, %.2f bpw\n",
+			q.Weights, q.Parameters, humanBytes(q.Bytes), q.BitsPerWeight)
+	}
+}
+
+// formatShape writes a shape as "[512, 128]" ("[]" for a scalar).
+func formatShape(shape []int64) string {
+	parts := make([]string, len(shape))
+	for i, d := range shape {
+		parts[i] = strconv.FormatInt(d, 10)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// humanBytes formats n in binary units: "512 B", "1.91 MiB", "3.80 GiB".
+func humanBytes(n int64) string {
+	if n < 1024 {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	f := float64(n) / 1024
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.2f %s", f, units[i])
+}
+
+// humanCount formats a parameter count with a decimal suffix: "500.35K",
+// "6.74B".
+func humanCount(n int64) string {
+	const units = "KMBT"
+	if n < 1000 {
+		return strconv.FormatInt(n, 10)
+	}
+	f := float64(n) / 1000
+	i := 0
+	for f >= 1000 && i < len(units)-1 {
+		f /= 1000
+		i++
+	}
+	return fmt.Sprintf("%.2f%c", f, units[i])
+}
