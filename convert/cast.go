@@ -123,22 +123,17 @@ func blockAbsmax(absmax, src []float32, blocksize int) {
 	for b := 0; len(src) > 0; b++ {
 		blk := src[:min(blocksize, len(src))]
 		src = src[len(blk):]
-		var mx uint32
-		nan := false
+		var mx uint32 // |x| as bits: unsigned order is numeric order, NaNs above +Inf
 		for _, v := range blk {
-			m := math.Float32bits(v) & 0x7fffffff
-			if m > 0x7f800000 {
-				nan = true
-				continue
-			}
-			mx = max(mx, m)
+			mx = max(mx, math.Float32bits(v)&0x7fffffff)
 		}
-		if nan {
+		if mx > 0x7f800000 { // a NaN: the largest of the others
+			mx = 0
 			seen := false
 			for _, v := range blk {
-				if math.Float32bits(v)&0x7fffffff <= 0x7f800000 {
+				if m := math.Float32bits(v) & 0x7fffffff; m <= 0x7f800000 {
+					mx = max(mx, m)
 					seen = true
-					break
 				}
 			}
 			if !seen {

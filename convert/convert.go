@@ -15,7 +15,6 @@ import (
 
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
-	"github.com/qconv/qconv/internal/pyjson"
 )
 
 // Summary reports what a conversion did.
@@ -108,9 +107,13 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		}
 	}()
 
+	byName := make(map[string]io.ReaderAt, len(in.tensors))
+	for i, t := range in.tensors {
+		byName[t.Name] = in.readers[i]
+	}
 	readers := make([]io.ReaderAt, len(p.items))
 	for i, it := range p.items {
-		readers[i] = findReader(in, it)
+		readers[i] = byName[it.src.Name]
 		if s.hooks != nil && s.hooks.reader != nil {
 			readers[i] = s.hooks.reader(it.src.Name, readers[i])
 		}
@@ -144,16 +147,6 @@ func interrupted(ctx context.Context, err error) error {
 		return fmt.Errorf("convert: interrupted; no output written")
 	}
 	return err
-}
-
-// findReader returns the reader of an item's source bytes.
-func findReader(in *source, it *item) io.ReaderAt {
-	for i := range in.tensors {
-		if in.tensors[i].Name == it.src.Name {
-			return in.readers[i]
-		}
-	}
-	return nil
 }
 
 // finish writes the index, config.json and the copied files into work,
@@ -400,5 +393,3 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
-
-var _ = pyjson.Null

@@ -23,12 +23,12 @@ type srcTensor struct {
 type entryKind uint8
 
 const (
-	entryData             entryKind = iota // a kept tensor, or the packed 4-bit weight
-	entryAbsmax                            // "<w>.absmax": U8 codes (double quant) or F32
-	entryQuantMap                          // "<w>.quant_map"
-	entryNestedAbsmax                      // "<w>.nested_absmax"
-	entryNestedQuantMap                    // "<w>.nested_quant_map"
-	entryQuantState                        // "<w>.quant_state.bitsandbytes__<type>"
+	entryData           entryKind = iota // a kept tensor, or the packed 4-bit weight
+	entryAbsmax                          // "<w>.absmax": U8 codes (double quant) or F32
+	entryQuantMap                        // "<w>.quant_map"
+	entryNestedAbsmax                    // "<w>.nested_absmax"
+	entryNestedQuantMap                  // "<w>.nested_quant_map"
+	entryQuantState                      // "<w>.quant_state.bitsandbytes__<type>"
 )
 
 // An entry is one tensor of the output: its name, dtype and shape, and

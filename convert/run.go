@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 
 	"github.com/qconv/qconv/formats/bnb"
-	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
 )
 
@@ -36,8 +35,8 @@ type runner struct {
 	src    []io.ReaderAt // per item: the tensor's bytes
 	inPart []bool        // per output file: written by this run
 
-	files   []*os.File      // per output file (nil if not in part)
-	outs    []io.WriterAt   // per output file: where writes go
+	files   []*os.File    // per output file (nil if not in part)
+	outs    []io.WriterAt // per output file: where writes go
 	layouts []*safetensors.Plan
 	off     [][]int64 // [item][entry]: absolute offset in the entry's file
 	qstate  [][]byte  // per item: the quant-state JSON, once known
@@ -473,5 +472,3 @@ func putF32(b []byte, v float32) {
 	u := math.Float32bits(v)
 	b[0], b[1], b[2], b[3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
 }
-
-var _ = dtype.F32
