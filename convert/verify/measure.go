@@ -112,7 +112,11 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 			bound := m.cell4[c]*absmax + math.Abs(m.code[c])*d + tolElem
 			a.check(e0+int64(lo+i), x, w, bound)
 		}
+		if (blk+1)%bnb.NestedBlocksize == 0 {
+			a.cut()
+		}
 	}
+	a.cut()
 	return nil
 }
 

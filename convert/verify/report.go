@@ -214,11 +214,14 @@ func fmtG(f float64) string { return strconv.FormatFloat(f, 'g', 4, 64) }
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
-// acc accumulates the comparison of one range of a tensor. Sums are
-// float64; merging ranges in a fixed order keeps reports deterministic.
+// acc accumulates the comparison of one range of a tensor. Sums of
+// squares are float64, kept per unit of work (a group of 256 blocks, or
+// denseUnit elements) and added up in order at the end, so that reports do
+// not depend on how the work was split into jobs.
 type acc struct {
 	n                int64 // elements compared
-	sumSq, sumErrSq  float64
+	cur              part  // sums of the current unit
+	parts            []part
 	maxErr           float64
 	worst            float64 // largest err/bound
 	out              int64
@@ -233,15 +236,36 @@ type acc struct {
 	haveDiff         bool
 }
 
+// part holds the sums of squares of one unit of work.
+type part struct{ sumSq, sumErrSq float64 }
+
 // add records an original value x and the value y it became.
 func (a *acc) add(x, y float64) {
 	e := math.Abs(x - y)
 	a.n++
-	a.sumSq += x * x
-	a.sumErrSq += e * e
+	a.cur.sumSq += x * x
+	a.cur.sumErrSq += e * e
 	if e > a.maxErr || e != e {
 		a.maxErr = e
 	}
+}
+
+// cut ends a unit of work.
+func (a *acc) cut() {
+	a.parts = append(a.parts, a.cur)
+	a.cur = part{}
+}
+
+// sums returns the sums of squares of every unit, added in order.
+func (a *acc) sums() part {
+	var s part
+	for _, p := range a.parts {
+		s.sumSq += p.sumSq
+		s.sumErrSq += p.sumErrSq
+	}
+	s.sumSq += a.cur.sumSq
+	s.sumErrSq += a.cur.sumErrSq
+	return s
 }
 
 // check is add plus the bound check of element i.
@@ -296,28 +320,33 @@ func (a *acc) merge(b *acc) {
 	a.diff += b.diff
 	a.nonFinite += b.nonFinite
 	a.worst = math.Max(a.worst, b.worst)
-	a.mergeErrors(b)
+	a.n += b.n
+	a.maxErr = math.Max(a.maxErr, b.maxErr)
+	a.parts = append(a.parts, b.parts...)
+	if b.cur != (part{}) {
+		a.parts = append(a.parts, b.cur)
+	}
 }
 
-// mergeErrors adds b's error sums to a.
+// mergeErrors adds the error measures of b, a whole tensor, to a.
 func (a *acc) mergeErrors(b *acc) {
 	a.n += b.n
-	a.sumSq += b.sumSq
-	a.sumErrSq += b.sumErrSq
 	a.maxErr = math.Max(a.maxErr, b.maxErr)
+	a.parts = append(a.parts, b.sums())
 }
 
 func (a *acc) rmse() float64 {
 	if a.n == 0 {
 		return 0
 	}
-	return math.Sqrt(a.sumErrSq / float64(a.n))
+	return math.Sqrt(a.sums().sumErrSq / float64(a.n))
 }
 
 // snr is 10·log10(Σx² / Σ(x−y)²), +Inf without error.
 func (a *acc) snr() Decibels {
-	if a.sumErrSq == 0 {
+	s := a.sums()
+	if s.sumErrSq == 0 {
 		return Decibels(math.Inf(1))
 	}
-	return Decibels(10 * math.Log10(a.sumSq/a.sumErrSq))
+	return Decibels(10 * math.Log10(s.sumSq/s.sumErrSq))
 }

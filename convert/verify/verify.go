@@ -24,6 +24,10 @@ import (
 // bounds memory near Workers × 16 MiB.
 const DefaultJobElements = 1 << 20
 
+// denseUnit is the number of elements of a dense tensor whose error sums
+// are added up together (see acc); jobs are whole units.
+const denseUnit = 1 << 16
+
 // Options controls Compare. The zero value uses every CPU.
 type Options struct {
 	// Workers is the number of goroutines comparing in parallel. Zero
@@ -252,21 +256,22 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 		return
 	}
 	n := o.NumElements()
-	for e0 := int64(0); e0 < n || (n == 0 && e0 == 0); e0 += v.jobElems {
-		cnt := min(v.jobElems, n-e0)
+	per := (v.jobElems + denseUnit - 1) / denseUnit * denseUnit
+	for e0 := int64(0); e0 < n; e0 += per {
+		cnt := min(per, n-e0)
 		v.add(tr, func(s *scratch, a *acc) error {
-			return compareDense(s, a, o, q, e0, cnt, cast)
+			for u := int64(0); u < cnt; u += denseUnit {
+				if err := compareDense(s, a, o, q, e0+u, min(denseUnit, cnt-u), cast); err != nil {
+					return err
+				}
+				a.cut()
+			}
+			return nil
 		})
-		if n == 0 {
-			break
-		}
 	}
 }
 
 func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cast bool) error {
-	if cnt == 0 {
-		return nil
-	}
 	osz, qsz := int64(o.DType.Size()), int64(q.DType.Size())
 	s.raw = grow(s.raw, int(cnt*osz))
 	s.raw2 = grow(s.raw2, int(cnt*qsz))

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/qconv/qconv/convert/verify"
+)
+
+const verifyUsage = `
+usage: qconv verify [--json] [-j N] ORIGINAL QUANTIZED
+
+Check a bitsandbytes 4-bit checkpoint (QUANTIZED) against the checkpoint it
+was made from (ORIGINAL), tensor by tensor:
+
+  - every tensor must be in both (a 4-bit weight's quant-state tensors go
+    with it);
+  - a 4-bit weight is dequantized exactly as bitsandbytes does and compared
+    with the original cast to the quant state's dtype (what was quantized):
+    each block's absmax must be the original's (within the rounding of its
+    8-bit code under double quantization), and each element's error must
+    be within half the cell of its 4-bit code x absmax (at most half the
+    widest gap between neighbouring codes), plus |code| x that absmax
+    rounding. It reports the largest error, RMSE, SNR in dB, and BOUND, how
+    much of its bound the worst element used (at most 1);
+  - any other tensor must be identical to the original after a
+    round-to-nearest-even cast to its dtype.
+
+Tensors are listed worst first, then the totals. --json writes one object:
+  ok, original, quantized,
+  tensors ([{name, kind ("quantized" or "dense"), status ("ok",
+    "out-of-bounds", "mismatch", "invalid", "missing", "extra"), message,
+    dtype, original_dtype, shape, elements, quant_type, blocksize,
+    double_quant, max_abs_error, rmse, snr_db (null when there is no
+    error), bound_ratio, out_of_bounds, bad_absmax_blocks, non_finite,
+    differing}]),
+  totals ({tensors, quantized, dense, failed, missing, extra, elements,
+    max_abs_error, rmse, snr_db} over the quantized weights).
+
+Exit status: 0 every tensor passes, 1 a tensor is out of bounds, differs,
+is missing or cannot be compared, 2 a checkpoint cannot be read.
+`
+
+func verifyCommand() *command {
+	return &command{
+		name:    "verify",
+		summary: "check a 4-bit checkpoint's error against its source, tensor by tensor",
+		run:     runVerify,
+	}
+}
+
+func runVerify(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("verify")
+	asJSON := fs.Bool("json", false, "write one JSON object instead of text")
+	workers := fs.Int("j", 0, "number of parallel workers (0: all CPUs)")
+	pos, code, ok := parseFlags(fs, verifyUsage, args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return usageError(stderr, "verify", "expected ORIGINAL and QUANTIZED, got %d arguments", len(pos))
+	}
+	if *workers < 0 {
+		return usageError(stderr, "verify", "-j must be at least 0")
+	}
+	rep, err := verify.Compare(context.Background(), pos[0], pos[1], verify.Options{Workers: *workers})
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+	if *asJSON {
+		err = rep.WriteJSON(stdout)
+	} else {
+		err = rep.WriteText(stdout)
+	}
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+	if !rep.OK() {
+		return exitFindings
+	}
+	return exitOK
+}
