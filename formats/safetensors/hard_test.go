@@ -169,14 +169,11 @@ func (s *sparseFile) ReadAt(b []byte, off int64) (int, error) {
 	if rem := s.size - off; int64(n) > rem {
 		n = int(rem)
 	}
-	for i := range n {
-		p := off + int64(i)
-		if p < int64(len(s.head)) {
-			b[i] = s.head[p]
-		} else {
-			b[i] = 0
-		}
+	k := 0
+	if off < int64(len(s.head)) {
+		k = copy(b[:n], s.head[off:])
 	}
+	clear(b[k:n])
 	s.reads += int64(n)
 	if n < len(b) {
 		return n, io.EOF

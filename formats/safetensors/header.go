@@ -285,6 +285,22 @@ func (p *parser) decodeString(start, end int, escaped bool) string {
 	return b.String()
 }
 
+// fieldName returns the entry key with raw contents h[start:end], without
+// allocating for the three keys an entry normally holds.
+func (p *parser) fieldName(start, end int, escaped bool) string {
+	if !escaped {
+		switch string(p.h[start:end]) {
+		case "dtype":
+			return "dtype"
+		case "shape":
+			return "shape"
+		case "data_offsets":
+			return "data_offsets"
+		}
+	}
+	return p.decodeString(start, end, escaped)
+}
+
 // readString reads the string at p.pos, which the syntax pass has checked.
 func (p *parser) readString() (string, error) {
 	start, end, escaped, err := p.scanString()
@@ -560,10 +576,11 @@ func (p *parser) readEntry(name string, keyAt int, dataLen int64) (TensorInfo, e
 			p.ws()
 		}
 		fieldAt := p.pos
-		field, err := p.readString()
+		start, end, escaped, err := p.scanString()
 		if err != nil {
 			return TensorInfo{}, err
 		}
+		field := p.fieldName(start, end, escaped)
 		p.ws()
 		p.pos++ // ':'
 		p.ws()

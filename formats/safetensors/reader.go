@@ -133,7 +133,7 @@ func checkLayout(tensors []TensorInfo, dataOff, dataLen int64) error {
 		}
 	}
 	if pos != dataLen {
-		return formatErr(CodeTrailingBytes, dataOff+pos, "", "%d bytes after the last tensor's data", dataLen-pos)
+		return formatErr(CodeTrailingBytes, dataOff+pos, "", "trailing bytes after the last tensor's data (%d of the %d data bytes)", dataLen-pos, dataLen)
 	}
 	return nil
 }
