@@ -26,11 +26,14 @@ const (
 	// deeper than 128 levels; trailing JSON whitespace is fine.
 	CodeHeaderInvalidJSON
 	// CodeHeaderNotObject: the header is valid JSON but not an object, or
-	// does not start with '{' (the reference rejects leading whitespace).
+	// does not start with '{'. (The reference crate accepts leading
+	// whitespace: its starts_with('{') check is written but commented
+	// out. No writer produces it; qconv rejects it.)
 	CodeHeaderNotObject
-	// CodeDuplicateKey: a key appears twice in the header object or in a
-	// tensor entry or in __metadata__. (encoding/json and serde keep the
-	// last value silently; qconv refuses to guess.)
+	// CodeDuplicateKey: a key appears twice in the header object, in
+	// __metadata__, or in a tensor entry. (For the first two, encoding/json
+	// and the reference crate keep the last value silently, so two readers
+	// may disagree about the file; qconv refuses to guess.)
 	CodeDuplicateKey
 	// CodeMetadataType: __metadata__ is not an object mapping strings to
 	// strings (null is rejected too).
