@@ -83,7 +83,16 @@ var std = qspec{base: qw, shape: []int64{64, 96}, dq: true}
 func with(q qspec, f func(*qspec)) qspec { f(&q); return q }
 
 // norm is a dense tensor that every quantized fixture also holds.
-var norm = tensorFix{Name: "model.norm.weight", DType: dtype.BF16, Shape: []int64{64}}
+var norm = tensorFix{Name: "model.norm.weight", DType: dtype.BF16, Shape: []int64{64}, Data: bf16Ones(64)}
+
+// bf16Ones returns n bfloat16 ones, the value a fresh norm weight holds.
+func bf16Ones(n int) []byte {
+	b := make([]byte, 0, 2*n)
+	for range n {
+		b = append(b, 0x80, 0x3f)
+	}
+	return b
+}
 
 // quantFile returns a build function writing one file holding the
 // weights of qs (after edit, if not nil) and a dense norm weight.

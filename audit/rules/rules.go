@@ -24,6 +24,9 @@ func All() []*audit.Rule {
 		st022(),
 		ix001(), ix002(), ix003(), ix004(), ix005(), ix006(), ix007(), ix008(), ix009(),
 		bnb001(), bnb002(), bnb003(), bnb004(), bnb005(), bnb006(), bnb007(), bnb008(), bnb009(), bnb010(), bnb011(), bnb012(),
+		cfg001(), cfg002(), cfg003(), cfg004(), cfg005(), cfg006(), cfg007(), cfg008(), cfg009(), cfg010(), cfg011(),
+		name001(), name002(), name003(),
+		deep001(), deep002(), deep003(), deep004(), deep005(),
 	}
 	audit.SortRules(rs)
 	return rs

@@ -1,0 +1,38 @@
+package rules
+
+import (
+	"github.com/qconv/qconv/audit"
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+func cfg010() *audit.Rule {
+	return &audit.Rule{
+		ID:       "CFG010",
+		Title:    "float32 tensors in a 16-bit model",
+		Severity: audit.Warning,
+		Doc: `config.json declares the model bfloat16 or float16, but some dense tensors
+are stored as F32. Loaders cast them to the model dtype, so the extra
+precision is thrown away while the file (download, disk, page cache) is
+twice as large for them as it needs to be; loaders that keep them in
+float32 also waste GPU memory. The message gives the bytes that storing
+them in the model dtype saves. Some architectures deliberately keep a
+few modules in float32 (_keep_in_fp32_modules); then this is expected.
+
+Fix: convert those tensors to the model dtype and re-save
+(model.to(torch.bfloat16).save_pretrained(...)).`,
+		Run: func(p *audit.Pass) {
+			c := p.Checkpoint
+			md, key, ok := modelDType(c)
+			if !ok || !is16(md) {
+				return
+			}
+			_, m := byDType(denseFloats(c))
+			t := m[dtype.F32]
+			if t == nil {
+				return
+			}
+			p.Reportf(c.Config.Path, t.example.Name, "config.json says %s %s but %s F32 (%s); storing them as %s saves %s",
+				key, md.TorchName(), agree(t.n, "dense tensor", "is", "are"), humanBytes(t.bytes), md.TorchName(), humanBytes(t.bytes/2))
+		},
+	}
+}
