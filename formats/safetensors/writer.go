@@ -57,7 +57,10 @@ func (p *Plan) FileSize() int64 { return int64(len(p.Header)) + p.DataSize }
 //     control characters escaped);
 //   - the JSON padded with spaces to a multiple of 8 bytes.
 //
-// A nil metadata map writes no "__metadata__" key; a non-nil empty map
+// Metadata keys are sorted for determinism: the upstream crate writes a
+// HashMap, whose order is unspecified when there are two keys or more
+// (transformers writes one). A nil metadata map writes no "__metadata__"
+// key; a non-nil empty map
 // writes "__metadata__":{}, as the reference does for Some(empty).
 // transformers always passes {"format": "pt"}.
 //
