@@ -252,34 +252,3 @@ func formatShape(shape []int64) string {
 	}
 	return "[" + strings.Join(parts, ", ") + "]"
 }
-
-// humanBytes formats n in binary units: "512 B", "1.91 MiB", "3.80 GiB".
-func humanBytes(n int64) string {
-	if n < 1024 {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	f := float64(n) / 1024
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.2f %s", f, units[i])
-}
-
-// humanCount formats a parameter count with a decimal suffix: "500.35K",
-// "6.74B".
-func humanCount(n int64) string {
-	const units = "KMBT"
-	if n < 1000 {
-		return strconv.FormatInt(n, 10)
-	}
-	f := float64(n) / 1000
-	i := 0
-	for f >= 1000 && i < len(units)-1 {
-		f /= 1000
-		i++
-	}
-	return fmt.Sprintf("%.2f%c", f, units[i])
-}

@@ -425,7 +425,7 @@ func TestFindPackedWeights(t *testing.T) {
 		"m.weight", "m.weight.absmax", "m.weight.quant_map", "m.weight.nested_absmax", "m.weight.nested_quant_map",
 		"m.weight.quant_state.bitsandbytes__nf4", "m.bias",
 		"n.weight", "n.weight.quant_state.bitsandbytes__fp4", "n.weight.absmax",
-		"orphan.weight.quant_state.bitsandbytes__nf4",     // no weight
+		"orphan.weight.quant_state.bitsandbytes__nf4", // no weight
 		"o.weight", "o.weight.quant_state.bitsandbytes__q8", // unknown quant type
 	}
 	got := FindPackedWeights(names)

@@ -51,7 +51,8 @@ func (ix *Index) Files() []string {
 	return files
 }
 
-// FileOf returns the shard file that the index names for tensor.
+// FileOf returns the shard file that the index names for tensor. It takes
+// time linear in the size of the index.
 func (ix *Index) FileOf(tensor string) (string, bool) {
 	for _, e := range ix.WeightMap {
 		if e.Tensor == tensor {

@@ -15,6 +15,7 @@ type SyntaxError struct {
 	Msg    string // what is wrong, without the "pyjson:" prefix
 }
 
+// Error formats the error as "pyjson: offset N: msg".
 func (e *SyntaxError) Error() string {
 	return fmt.Sprintf("pyjson: offset %d: %s", e.Offset, e.Msg)
 }
@@ -26,6 +27,7 @@ type DuplicateKeyError struct {
 	Offset int64  // byte offset of the second occurrence
 }
 
+// Error formats the error as `pyjson: offset N: duplicate key "k"`.
 func (e *DuplicateKeyError) Error() string {
 	return fmt.Sprintf("pyjson: offset %d: duplicate key %s", e.Offset, strconv.Quote(e.Key))
 }

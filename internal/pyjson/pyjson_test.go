@@ -280,3 +280,36 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// bigIndex returns an index.json-like document with n weight_map entries.
+func bigIndex(n int) []byte {
+	members := make([]Member, n)
+	for i := range members {
+		members[i] = Member{Key: "model.layers." + FormatFloat(float64(i)) + ".mlp.experts.w.weight", Value: String("model-00001-of-00100.safetensors")}
+	}
+	return Object(Member{"metadata", Object(Member{"total_size", Int(1 << 40)})}, Member{"weight_map", Object(members...)}).MarshalIndentSorted()
+}
+
+func BenchmarkParse(b *testing.B) {
+	data := bigIndex(100000)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMarshalIndentSorted(b *testing.B) {
+	data := bigIndex(100000)
+	v, err := Parse(data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		v.MarshalIndentSorted()
+	}
+}
