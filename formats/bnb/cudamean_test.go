@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/qconv/qconv/formats/dtype"
 )
 
 // stTensor is one tensor of a safetensors file, read by the small parser
@@ -191,6 +193,77 @@ func TestCudaMeanGolden(t *testing.T) {
 		}
 	}
 	t.Logf("%d golden offsets; the correctly rounded mean matches %d of them", len(cases), crMatch)
+}
+
+// TestCudaMeanGoldenModels checks cudaMeanF32 against the nested_offset of
+// every double-quantized weight in the tiny transformers checkpoints of
+// testdata/golden/models. transformers loaded them with dtype=bfloat16, so
+// the absmax is taken over the source weights rounded to bfloat16 (a max of
+// magnitudes is exact).
+func TestCudaMeanGoldenModels(t *testing.T) {
+	root := filepath.Join("..", "..", "testdata", "golden", "models")
+	dirs, err := filepath.Glob(filepath.Join(root, "tiny-llama-*-dq-*"))
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no double-quantized golden models under %s (%v)", root, err)
+	}
+	checked, crMatch := 0, 0
+	for _, dir := range dirs {
+		srcName := "tiny-llama-bf16" // the f32 family holds the same, bf16-exact, values
+		if strings.HasPrefix(filepath.Base(dir), "tiny-llama-b-f32") {
+			srcName = "tiny-llama-b-f32"
+		}
+		src := readSafetensorsForTest(t, filepath.Join(root, srcName, "model.safetensors"))
+		out := readSafetensorsForTest(t, filepath.Join(dir, "model.safetensors"))
+		for key, ts := range out {
+			i := strings.Index(key, ".quant_state.bitsandbytes__")
+			if i < 0 {
+				continue
+			}
+			var qs struct {
+				Blocksize int          `json:"blocksize"`
+				Offset    *json.Number `json:"nested_offset"`
+			}
+			dec := json.NewDecoder(strings.NewReader(string(ts.Data)))
+			dec.UseNumber()
+			if err := dec.Decode(&qs); err != nil || qs.Offset == nil || qs.Blocksize <= 0 {
+				t.Fatalf("%s: %s: bad quant state %q (%v)", dir, key, ts.Data, err)
+			}
+			f, err := strconv.ParseFloat(qs.Offset.String(), 64)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", dir, key, err)
+			}
+			w, ok := src[key[:i]]
+			if !ok {
+				t.Fatalf("%s: source tensor %s missing", srcName, key[:i])
+			}
+			var bf []byte
+			switch w.DType {
+			case "BF16":
+				bf = w.Data
+			case "F32":
+				bf = make([]byte, len(w.Data)/2)
+				for j, v := range f32sFromBytes(w.Data) {
+					binary.LittleEndian.PutUint16(bf[2*j:], dtype.F32ToBF16(v))
+				}
+			default:
+				t.Fatalf("%s: %s: unexpected dtype %s", srcName, key[:i], w.DType)
+			}
+			absmax := blockAbsmaxBF16(bf, qs.Blocksize)
+			want := float32(f)
+			if got := cudaMeanF32(absmax); math.Float32bits(got) != math.Float32bits(want) {
+				t.Errorf("%s: %s (n=%d): cudaMeanF32 = %#08x, bitsandbytes = %#08x",
+					filepath.Base(dir), key, len(absmax), math.Float32bits(got), math.Float32bits(want))
+			}
+			if correctlyRoundedMean(absmax) == want {
+				crMatch++
+			}
+			checked++
+		}
+	}
+	if checked < 20 {
+		t.Errorf("only %d double-quantized model weights found", checked)
+	}
+	t.Logf("%d model offsets; the correctly rounded mean matches %d of them", checked, crMatch)
 }
 
 var torchMeanAll = flag.Bool("torchmean.all", false,
