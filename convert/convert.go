@@ -35,6 +35,10 @@ type Summary struct {
 	Copied, NotCopied []string
 	// Seconds is the wall-clock time of the conversion.
 	Seconds float64
+	// PeakRSSBytes is the peak resident set size of the process when the
+	// conversion ended (getrusage; 0 where unavailable). It covers the
+	// whole process, not only this conversion.
+	PeakRSSBytes int64
 	// Plan is the plan that was carried out.
 	Plan *Plan `json:"-"`
 }
@@ -135,6 +139,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	}
 	ok = true
 	sum.Seconds = time.Since(start).Seconds()
+	sum.PeakRSSBytes = peakRSS()
 	for _, name := range sum.NotCopied {
 		fmt.Fprintf(s.log, "qconv: note: not copied: %s (weights in another format; the output has the 4-bit safetensors weights)\n", name)
 	}

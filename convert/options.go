@@ -167,7 +167,11 @@ func (o *Options) settings() (*settings, error) {
 		s.maxShard = DefaultMaxShardSize
 	}
 	if s.jobElems == 0 {
+		// Keep the input buffers of all workers under 64 MiB.
 		s.jobElems = DefaultJobElements
+		for s.jobElems*4*s.workers > 64<<20 && s.jobElems > 1<<16 {
+			s.jobElems /= 2
+		}
 	}
 	if err := s.part.check(); err != nil {
 		return nil, err

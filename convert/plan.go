@@ -123,6 +123,10 @@ type Plan struct {
 // so a model.safetensors.index.json).
 func (p *Plan) Sharded() bool { return len(p.Files) > 1 }
 
+// conv1DModels are the transformers model types built of GPT-2 style
+// Conv1D layers.
+var conv1DModels = map[string]bool{"gpt2": true, "openai-gpt": true, "imagegpt": true, "decision_transformer": true}
+
 // maxPyFloatLen is the longest Python repr of a float32 widened to a
 // double: a sign, 17 significant digits, a point and an exponent
 // ("-1.2345678901234567e-38" is 23 bytes).
@@ -248,6 +252,9 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		if t.DType == dtype.U8 && len(t.Shape) == 2 && t.Shape[1] == 1 && names[t.Name+".absmax"] {
 			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (packed 4-bit weight with absmax)", srcFiles[t.shard], t.Name)
 		}
+	}
+	if mt, _ := cfg.Get("model_type").AsString(); conv1DModels[mt] {
+		return nil, fmt.Errorf("convert: model_type %q stores its Linear layers as transposed Conv1D weights, which transformers transposes before quantizing; not supported", mt)
 	}
 	if cfg.Has("quantization_config") {
 		return nil, fmt.Errorf("convert: config.json already has a quantization_config: the checkpoint is already quantized")

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/formats/bnb"
+)
+
+const convertUsage = `
+usage: qconv convert SRC DST [flags]
+
+Convert a float32/bfloat16/float16 safetensors checkpoint to the bitsandbytes
+4-bit (NF4/FP4) checkpoint that transformers + bitsandbytes (CUDA) would save
+with BitsAndBytesConfig(load_in_4bit=True, ...), byte for byte.
+
+SRC is a .safetensors file, or a directory holding model.safetensors or
+model.safetensors.index.json and its shards. DST is a new (or empty)
+directory; it gets model.safetensors (or shards and an index), config.json
+with quantization_config, and the other small files of SRC (tokenizer,
+generation_config.json, ...). Weight files in other formats (.bin, .pt, .pth,
+.ckpt) are not copied. The output is built in a temporary directory beside
+DST and renamed at the end: on an error or Ctrl-C, DST is not created.
+
+Quantized: 2-D floating-point ".weight" tensors of Linear layers, as
+transformers does; not lm_head, embeddings, norms, biases or 1-D tensors.
+--skip and --include (path.Match globs over tensor or module names, '*'
+crossing dots; repeatable) keep more tensors dense or force quantization.
+
+Memory stays bounded whatever the model size (see the convert package
+documentation for the arithmetic); -j sets the parallelism.
+
+Examples:
+  qconv convert ./llama-bf16 ./llama-nf4
+  qconv convert ./llama-f32 ./llama-fp4 --quant-type fp4 --dtype bf16 -j 8
+  qconv convert ./model ./out --skip 'model.layers.0.*' --json
+
+Exit codes: 0 success, 2 usage error, invalid input or failed conversion.
+`
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
+func convertCommand() *command {
+	return &command{
+		name:    "convert",
+		summary: "convert a safetensors checkpoint to bitsandbytes 4-bit (NF4/FP4)",
+		run:     runConvert,
+	}
+}
+
+// convertSummary is the --json output.
+type convertSummary struct {
+	Src              string   `json:"src"`
+	Dst              string   `json:"dst"`
+	QuantType        string   `json:"quant_type"`
+	Blocksize        int      `json:"blocksize"`
+	DoubleQuant      bool     `json:"double_quant"`
+	DType            string   `json:"dtype"`
+	ComputeDType     string   `json:"compute_dtype"`
+	Workers          int      `json:"workers"`
+	InputBytes       int64    `json:"input_bytes"`
+	OutputBytes      int64    `json:"output_bytes"`
+	TensorsQuantized int      `json:"tensors_quantized"`
+	TensorsKept      int      `json:"tensors_kept"`
+	Files            []string `json:"files"`
+	Index            string   `json:"index,omitempty"`
+	Copied           []string `json:"copied"`
+	NotCopied        []string `json:"not_copied"`
+	Seconds          float64  `json:"seconds"`
+	InputMBPerSecond float64  `json:"input_mb_per_s"`
+	PeakRSSBytes     int64    `json:"peak_rss_bytes"`
+}
+
+func runConvert(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("convert")
+	quantType := fs.String("quant-type", "nf4", "4-bit data type: nf4 or fp4")
+	blocksize := fs.Int("blocksize", convert.DefaultBlocksize, "4-bit block size: a power of two from 32 to 4096")
+	doubleQuant := fs.Bool("double-quant", true, "double-quantize the absmax statistics (--double-quant=false turns it off)")
+	dt := fs.String("dtype", "auto", "dtype the model is loaded in (kept tensors are stored in it, weights rounded to it before quantizing): auto, bf16, f16 or f32; auto = config.json's dtype, else the tensors' own")
+	computeDT := fs.String("compute-dtype", "", "bnb_4bit_compute_dtype: bf16, f16 or f32 (default: the resolved --dtype)")
+	var skip, include stringList
+	fs.Var(&skip, "skip", "keep tensors matching this glob dense (repeatable)")
+	fs.Var(&include, "include", "quantize floating-point tensors matching this glob, whatever their shape (repeatable)")
+	workers := runtime.NumCPU()
+	fs.IntVar(&workers, "workers", workers, "number of parallel workers")
+	fs.IntVar(&workers, "j", workers, "shorthand for --workers")
+	maxShard := fs.String("max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
+	progress := fs.String("progress", "auto", "progress display on stderr: auto (a bar on a terminal), always (a plain line every 5 s off a terminal), never")
+	asJSON := fs.Bool("json", false, "write a JSON summary to stdout")
+	force := fs.Bool("force", false, "allow a non-empty DST: replace its files of the same names and stale weight files")
+	allowNonFinite := fs.Bool("allow-nonfinite", false, "quantize weights holding NaN or Inf instead of failing")
+	pos, code, ok := parseFlags(fs, convertUsage, args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return usageError(stderr, "convert", "expected SRC and DST, got %d arguments", len(pos))
+	}
+	opts := convert.Options{
+		Blocksize:      *blocksize,
+		NoDoubleQuant:  !*doubleQuant,
+		Skip:           skip,
+		Include:        include,
+		Workers:        workers,
+		AllowNonFinite: *allowNonFinite,
+		Force:          *force,
+		Log:            stderr,
+	}
+	var err error
+	if opts.QuantType, ok = bnb.ParseQuantType(strings.ToLower(*quantType)); !ok {
+		return usageError(stderr, "convert", "--quant-type %q: want nf4 or fp4", *quantType)
+	}
+	if !bnb.ValidBlocksize(*blocksize) {
+		return usageError(stderr, "convert", "--blocksize %d: want a power of two from 32 to 4096", *blocksize)
+	}
+	if opts.DType, err = convert.ParseDType(*dt); err != nil {
+		return usageError(stderr, "convert", "--dtype: %v", err)
+	}
+	if *computeDT != "" {
+		if opts.ComputeDType, err = convert.ParseDType(*computeDT); err != nil {
+			return usageError(stderr, "convert", "--compute-dtype: %v", err)
+		}
+	}
+	if workers < 1 {
+		return usageError(stderr, "convert", "--workers %d: want at least 1", workers)
+	}
+	if opts.MaxShardSize, err = convert.ParseSize(*maxShard); err != nil {
+		return usageError(stderr, "convert", "--max-shard-size: %v", err)
+	}
+	switch *progress {
+	case "auto", "always", "never":
+	default:
+		return usageError(stderr, "convert", "--progress %q: want auto, always or never", *progress)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep := startProgress(*progress, stderr)
+	opts.Progress = rep.update
+	sum, err := convert.Convert(ctx, pos[0], pos[1], opts)
+	rep.stop(err == nil)
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+
+	p := sum.Plan
+	out := convertSummary{
+		Src: sum.Src, Dst: sum.Dst,
+		QuantType: opts.QuantType.String(), Blocksize: *blocksize, DoubleQuant: *doubleQuant,
+		DType: p.ModelDType.TorchName(), ComputeDType: p.ComputeDType.TorchName(), Workers: workers,
+		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
+		TensorsQuantized: sum.TensorsQuantized, TensorsKept: sum.TensorsKept,
+		Files: sum.Files, Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
+		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes,
+	}
+	if out.DType == "" {
+		out.DType = "mixed"
+	}
+	if sum.Seconds > 0 {
+		out.InputMBPerSecond = float64(sum.InputBytes) / 1e6 / sum.Seconds
+	}
+	if *asJSON {
+		b, err := json.MarshalIndent(out, "", "  ")
+		if err != nil {
+			printError(stderr, err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return exitOK
+	}
+	dq := ""
+	if *doubleQuant {
+		dq = " + double quant"
+	}
+	fmt.Fprintf(stdout, "wrote %s: %d tensors quantized (%s%s, blocksize %d), %d kept (%s); %s -> %s in %d file(s); %.1f s, %.0f MB/s\n",
+		sum.Dst, sum.TensorsQuantized, out.QuantType, dq, *blocksize, sum.TensorsKept, out.DType,
+		humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds, out.InputMBPerSecond)
+	return exitOK
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// progressReporter shows conversion progress on stderr: a progress bar on
+// a terminal, plain lines at most every few seconds otherwise ("always"),
+// or nothing. Updates come from worker goroutines; one goroutine renders.
+type progressReporter struct {
+	done, total atomic.Int64
+	quit        chan struct{}
+	wg          sync.WaitGroup
+	w           io.Writer
+	bar         *progressbar.ProgressBar
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func startProgress(mode string, w io.Writer) *progressReporter {
+	r := &progressReporter{quit: make(chan struct{}), w: w}
+	term := isTerminal(w)
+	if mode == "never" || (mode == "auto" && !term) {
+		return r
+	}
+	interval := 5 * time.Second
+	if term {
+		interval = 200 * time.Millisecond
+		r.bar = progressbar.NewOptions64(-1,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription("converting"),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionFullWidth(),
+			progressbar.OptionThrottle(100*time.Millisecond),
+		)
+	}
+	start := time.Now()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.quit:
+				return
+			case <-t.C:
+			}
+			done, total := r.done.Load(), r.total.Load()
+			if total == 0 {
+				continue
+			}
+			if r.bar != nil {
+				if r.bar.GetMax64() != total {
+					r.bar.ChangeMax64(total)
+				}
+				r.bar.Set64(done)
+				continue
+			}
+			secs := time.Since(start).Seconds()
+			rate := float64(done) / 1e6 / secs
+			eta := "?"
+			if done > 0 {
+				eta = time.Duration(float64(total-done) / float64(done) * secs * float64(time.Second)).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "qconv: convert: %s / %s (%.0f%%), %.0f MB/s, ETA %s\n",
+				humanBytes(done), humanBytes(total), 100*float64(done)/float64(total), rate, eta)
+		}
+	}()
+	return r
+}
+
+// update records progress; it keeps the largest done value, since calls
+// from several workers may arrive out of order.
+func (r *progressReporter) update(done, total int64) {
+	r.total.Store(total)
+	for {
+		cur := r.done.Load()
+		if done <= cur || r.done.CompareAndSwap(cur, done) {
+			return
+		}
+	}
+}
+
+func (r *progressReporter) stop(ok bool) {
+	close(r.quit)
+	r.wg.Wait()
+	if r.bar != nil {
+		if ok {
+			r.bar.Set64(r.total.Load())
+			r.bar.Finish()
+		}
+		r.bar.Exit()
+		fmt.Fprintln(r.w)
+	}
+}

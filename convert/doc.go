@@ -1,0 +1,104 @@
+// Package convert turns a float32/bfloat16/float16 safetensors checkpoint
+// into the bitsandbytes 4-bit (NF4 or FP4) checkpoint that transformers +
+// bitsandbytes on CUDA would save, byte for byte, streaming with bounded
+// memory on any number of CPUs. It is qconv's "convert" command.
+//
+// It is not a format library (formats/safetensors, formats/bnb and
+// formats/checkpoint hold the file formats and the numerics), not a
+// dequantizer (convert/dequant) and not a checker of existing 4-bit
+// checkpoints (audit/).
+//
+// # Pipeline
+//
+// plan -> statistics pass -> layout -> quantization pass -> finish:
+//
+//   - The plan (newPlan) is a pure function of the source's headers,
+//     config.json and the Options: which tensors are quantized, the names,
+//     dtypes and shapes of every output tensor, their order, and which
+//     output file holds each (shards as huggingface_hub splits a state
+//     dict). No tensor data is read. Every process of a partitioned run
+//     (Options.Part) computes the same plan.
+//   - With double quantization, a statistics pass reads each quantized
+//     weight once to compute its absmax values and their float32 mean
+//     (bitsandbytes' nested_offset, computed exactly as torch does on
+//     CUDA). The mean is printed in the weight's quant-state JSON, whose
+//     length therefore depends on the data and shifts every byte offset
+//     after it; the pass makes all offsets known before anything is
+//     written. Without double quantization the pass is skipped.
+//   - Each output file is laid out (formats/safetensors.NewPlan), created
+//     at its final size with its header.
+//   - The quantization pass cuts every tensor into jobs of at most J
+//     elements (DefaultJobElements, fewer with many workers; for a
+//     quantized tensor a whole number of 256-block double-quantization
+//     groups, which is also J = 1 Mi at blocksize 4096). Workers read a
+//     job's bytes with ReadAt, round them to the model dtype, check them
+//     for NaN/Inf, quantize them (formats/bnb.QuantizeBlocks) and write the
+//     packed bytes with WriteAt at their planned offset. The worker that
+//     finishes the last job of a weight double-quantizes its absmax vector
+//     (formats/bnb.DoubleQuant) and writes the small tensors. Kept tensors
+//     are copied, or cast to the model dtype, the same way.
+//   - Finally the output files are synced, checked by reopening them,
+//     model.safetensors.index.json (for a sharded output), config.json
+//     and the copied files are written, and the temporary directory is
+//     renamed to the destination.
+//
+// With Workers == 1 every job runs in order on the calling goroutine; that
+// is the reference path, and the tests check that any number of workers
+// writes the same bytes. The first error cancels the other jobs and is
+// returned; it names the file and the tensor.
+//
+// # Memory
+//
+// Memory does not grow with the model. With w workers and jobs of J
+// elements (J = 1 Mi up to 16 workers, halved while 4·J·w > 64 MiB, never
+// below 256·blocksize), at most w jobs are alive, each holding its input
+// bytes (J·s, s ≤ 4 bytes per element), J/2 packed bytes, J/blocksize·4
+// bytes of absmax, and fixed scratch of 64 Ki float32 values and 256 KiB
+// of output: about 4.6·J + 0.6 MiB per worker. A job is handed out only
+// while it is fewer than 2w+2 jobs ahead of the oldest unfinished one, so
+// the per-tensor absmax vectors that double quantization needs (4 bytes
+// per block: 2.8 MB for a 4096×11008 weight at blocksize 64, 55 MB for the
+// largest Linear of a 405B model) exist for at most the tensors that
+// overlap 2w+2 consecutive jobs: at most two whole vectors plus
+// (2w+2)·J/blocksize·4 bytes, and twice that while a vector is
+// double-quantized. Everything else is headers and the plan (a few
+// hundred bytes per tensor). Go's garbage collector adds up to its GOGC
+// headroom (100%) over the live heap. For 2 workers converting a 7B bf16
+// model this is under 20 MiB live.
+//
+// The price of the layout rule above is I/O: with double quantization
+// every quantized weight is read twice (once for the statistics, once to
+// quantize). The page cache usually holds the second read when the file
+// system cache is larger than the weights of one output file.
+//
+// # Which tensors are quantized
+//
+// See the comment in select.go: 2-D F32/BF16/F16 ".weight" tensors whose
+// module is not lm_head/embed_out, an embedding (embed*, wte, wpe,
+// shared) or a norm; --skip and --include globs change that. Not
+// supported: GPT-2 style Conv1D layers (transformers transposes them
+// before quantizing; qconv would quantize them untransposed, so refuse
+// such models with --skip), fused MoE expert tensors (3-D, kept) and
+// models with _keep_in_fp32_modules (pass --skip for those modules).
+//
+// # Output format
+//
+//   - Tensors: for each quantized weight W, W (U8 [(n+1)/2, 1]),
+//     W.absmax (U8 codes with double quant, else F32), W.quant_map,
+//     W.nested_absmax and W.nested_quant_map (double quant only) and
+//     W.quant_state.bitsandbytes__<type>; kept floating-point tensors in
+//     the model dtype; other tensors unchanged. Files are laid out as the
+//     safetensors Rust crate does, with metadata {"format": "pt"}.
+//   - Shards: DefaultMaxShardSize (50 GB, transformers v5) unless
+//     Options.MaxShardSize; entries in state-dict order (source shard,
+//     then module names in natural order, weight before bias, then each
+//     weight's quant state in bitsandbytes' as_dict order) are split as
+//     huggingface_hub's split_state_dict_into_shards_factory does, into
+//     model-00001-of-0000N.safetensors. The index has metadata.total_size
+//     (the sum of all tensor bytes) and total_parameters (transformers'
+//     num_parameters() of the 4-bit model: kept elements plus twice the
+//     packed bytes of each 4-bit weight). The state-dict order of the
+//     original model is not recorded in a checkpoint, so this order is
+//     inferred; no golden sharded 4-bit output exists to check it against.
+//   - config.json: see Plan.ConfigJSON.
+package convert
