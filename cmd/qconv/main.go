@@ -45,6 +45,7 @@ type command struct {
 // one line here.
 func commands() []*command {
 	return []*command{
+		convertCommand(),
 		inspectCommand(),
 		verifyCommand(),
 		versionCommand(),
