@@ -41,14 +41,6 @@ func numel(shape []int64) (int64, bool) {
 	return n, true
 }
 
-// logicalElements returns the number of elements of the original weight
-// of a group with a parsed state.
-func logicalElements(g *audit.QuantGroup) (int64, bool) {
-	if g.State == nil {
-		return 0, false
-	}
-	return numel(g.State.Shape)
-}
 
 // quantType returns the group's quant type: from the parsed state, else
 // from the state key.

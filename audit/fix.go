@@ -1,0 +1,264 @@
+package audit
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/pyjson"
+)
+
+// ErrNothingToFix is returned by [Fix] when the checkpoint has nothing
+// that Fix repairs; no output is written then.
+var ErrNothingToFix = errors.New("audit: nothing to fix")
+
+// FixResult says what [Fix] changed.
+type FixResult struct {
+	// Retyped lists the packed 4-bit weights whose dtype became U8, as
+	// "file: tensor (F32 [n, 1] -> U8 [bytes, 1])".
+	Retyped []string
+	// Rewritten lists the .safetensors files that were rewritten (base
+	// names); every other file was copied byte for byte.
+	Rewritten []string
+	// ConfigStorage is the bnb_4bit_quant_storage value that was replaced
+	// by "uint8", or "" if config.json was copied unchanged.
+	ConfigStorage string
+	// ConfigReformatted reports that config.json was not in the layout
+	// transformers writes (json.dumps(indent=2, sort_keys=True) and a
+	// newline), so rewriting it changed more than the one value.
+	ConfigReformatted bool
+	// Skipped lists directory entries that were not copied (directories
+	// and other non-regular files).
+	Skipped []string
+}
+
+// Fix writes a repaired copy of the checkpoint src (a directory, or a
+// single .safetensors file) to the new directory dst, which must not
+// exist. The one repair is for 4-bit weights saved with a float storage
+// dtype: every packed weight (a tensor with a quant_state.bitsandbytes__*
+// sibling) stored in a dtype other than U8 becomes U8 [nbytes, 1] with the
+// same bytes, each rewritten file keeps the reference safetensors layout,
+// and config.json's quantization_config.bnb_4bit_quant_storage becomes
+// "uint8". All other files are copied unchanged.
+//
+// The output is written to a temporary directory beside dst and renamed to
+// dst when complete, so dst either does not exist or is complete; src is
+// never modified. If there is nothing to repair Fix returns
+// ErrNothingToFix and writes nothing. Every .safetensors file of src must
+// be structurally valid.
+func Fix(dst, src string) (*FixResult, error) {
+	if _, err := os.Lstat(dst); err == nil {
+		return nil, fmt.Errorf("audit: fix: %s already exists; give a new directory (the input is never modified)", dst)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("audit: fix: %w", err)
+	}
+	c, err := load(src, false)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	for _, f := range c.Files {
+		if f.Err != nil {
+			return nil, fmt.Errorf("audit: fix: %s cannot be read, so it cannot be repaired: %w", f.Path, f.Err)
+		}
+	}
+
+	// The packed weights to retype, by file.
+	retype := map[*File]map[string]bool{}
+	res := &FixResult{}
+	for _, g := range c.QuantGroups() {
+		p := g.Packed
+		if p == nil || len(g.States) == 0 || p.DType == dtype.U8 {
+			continue
+		}
+		if retype[p.File] == nil {
+			retype[p.File] = map[string]bool{}
+		}
+		retype[p.File][p.Name] = true
+		res.Retyped = append(res.Retyped, fmt.Sprintf("%s: %s (%s -> U8 [%d, 1])", p.File.Name, p.Name, shapeString(p), p.Size()))
+	}
+
+	var config []byte
+	if c.Config != nil {
+		if c.Config.Err != nil {
+			return nil, fmt.Errorf("audit: fix: %s: %w", c.Config.Path, c.Config.Err)
+		}
+		if b := c.Config.Bnb(); b.Is4bit() && b.Storage != "uint8" {
+			orig, err := os.ReadFile(c.Config.Path)
+			if err != nil {
+				return nil, fmt.Errorf("audit: fix: %w", err)
+			}
+			v, err := pyjson.Parse(orig)
+			if err != nil {
+				return nil, fmt.Errorf("audit: fix: %s: %w", c.Config.Path, err)
+			}
+			res.ConfigReformatted = !bytes.Equal(append(v.MarshalIndentSorted(), '\n'), orig)
+			v.Get("quantization_config").Set("bnb_4bit_quant_storage", pyjson.String("uint8"))
+			config = append(v.MarshalIndentSorted(), '\n')
+			res.ConfigStorage = b.Storage
+		}
+	}
+	if len(retype) == 0 && config == nil {
+		return nil, ErrNothingToFix
+	}
+
+	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dst)), "."+filepath.Base(dst)+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("audit: fix: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
+
+	// What to write: the checkpoint's files, and for a directory every
+	// other regular file beside them.
+	type item struct{ name, path string }
+	var items []item
+	if c.IsDir {
+		entries, err := os.ReadDir(src)
+		if err != nil {
+			return nil, fmt.Errorf("audit: fix: %w", err)
+		}
+		for _, e := range entries {
+			p := filepath.Join(src, e.Name())
+			if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+				res.Skipped = append(res.Skipped, e.Name())
+				continue
+			}
+			items = append(items, item{e.Name(), p})
+		}
+	} else {
+		items = []item{{filepath.Base(src), src}}
+	}
+	byPath := map[string]*File{}
+	for _, f := range c.Files {
+		byPath[f.Path] = f
+	}
+	for _, it := range items {
+		out := filepath.Join(tmp, it.name)
+		var err error
+		switch f := byPath[it.path]; {
+		case f != nil && retype[f] != nil:
+			err = rewriteRetyped(out, f, retype[f])
+			res.Rewritten = append(res.Rewritten, it.name)
+		case c.Config != nil && it.path == c.Config.Path && config != nil:
+			err = writeSynced(out, bytes.NewReader(config))
+		default:
+			err = copyFile(out, it.path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("audit: fix: writing %s: %w", it.name, err)
+		}
+	}
+	if err := syncDir(tmp); err != nil {
+		return nil, fmt.Errorf("audit: fix: %w", err)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return nil, fmt.Errorf("audit: fix: %s appeared while writing; not replacing it", dst)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return nil, fmt.Errorf("audit: fix: %w", err)
+	}
+	ok = true
+	if err := syncDir(filepath.Dir(filepath.Clean(dst))); err != nil {
+		return nil, fmt.Errorf("audit: fix: %w", err)
+	}
+	sort.Strings(res.Rewritten)
+	return res, nil
+}
+
+// rewriteRetyped writes f to out with the named tensors as U8 [size, 1],
+// laid out as the reference writer does, streaming each tensor's bytes.
+func rewriteRetyped(out string, f *File, names map[string]bool) error {
+	src := f.Reader.Tensors()
+	specs := make([]safetensors.TensorSpec, len(src))
+	byName := make(map[string]safetensors.TensorInfo, len(src))
+	for i, t := range src {
+		specs[i] = safetensors.TensorSpec{Name: t.Name, DType: t.DType, Shape: t.Shape}
+		if names[t.Name] {
+			specs[i].DType, specs[i].Shape = dtype.U8, []int64{t.Size(), 1}
+		}
+		byName[t.Name] = t
+	}
+	plan, err := safetensors.NewPlan(f.Reader.Metadata(), specs)
+	if err != nil {
+		return err
+	}
+	o, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	w, err := safetensors.NewWriter(o, plan)
+	if err != nil {
+		return err
+	}
+	for _, t := range plan.Tensors {
+		if err := w.WriteTensor(t.Name, f.Reader.SectionReader(byName[t.Name])); err != nil {
+			return err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := o.Sync(); err != nil {
+		return err
+	}
+	return o.Close()
+}
+
+func copyFile(out, in string) error {
+	r, err := os.Open(in)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return writeSynced(out, r)
+}
+
+func writeSynced(out string, r io.Reader) error {
+	o, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	if _, err := io.Copy(o, r); err != nil {
+		return err
+	}
+	if err := o.Sync(); err != nil {
+		return err
+	}
+	return o.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return err
+	}
+	return nil
+}
+
+// shapeString writes "F32 [16384, 1]".
+func shapeString(t *Tensor) string {
+	parts := make([]string, len(t.Shape))
+	for i, d := range t.Shape {
+		parts[i] = fmt.Sprint(d)
+	}
+	return fmt.Sprintf("%s [%s]", t.DType, strings.Join(parts, ", "))
+}
