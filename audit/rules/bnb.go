@@ -41,7 +41,6 @@ func numel(shape []int64) (int64, bool) {
 	return n, true
 }
 
-
 // quantType returns the group's quant type: from the parsed state, else
 // from the state key.
 // It fails when the two disagree (BNB005).
