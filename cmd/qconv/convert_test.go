@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestConvertCLI runs "qconv convert" in-process on the golden models and
+// compares the output directory with what transformers + bitsandbytes wrote.
+func TestConvertCLI(t *testing.T) {
+	cases := []struct {
+		src, want string
+		flags     []string
+	}{
+		{"tiny-llama-bf16", "tiny-llama-bf16-nf4-dq-u8", nil},
+		{"tiny-llama-f32", "tiny-llama-f32-fp4-dq-u8", []string{"--quant-type", "fp4", "--dtype", "bf16", "-j", "3"}},
+		{"tiny-llama-b-f32", "tiny-llama-b-f32-fp4-u8-f16", []string{"--quant-type=fp4", "--double-quant=false", "--dtype", "f16", "--compute-dtype", "f32"}},
+	}
+	for _, c := range cases {
+		t.Run(c.want, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "out")
+			// Flags after the positional arguments, as users type them.
+			args := append([]string{"convert", filepath.Join(models, c.src), dst, "--progress", "never"}, c.flags...)
+			code, stdout, stderr := qconv(args...)
+			if code != exitOK {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if !strings.Contains(stdout, "wrote "+dst) {
+				t.Errorf("stdout %q", stdout)
+			}
+			want := filepath.Join(models, c.want)
+			ents, err := os.ReadDir(want)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := os.ReadDir(dst)
+			if len(got) != len(ents) {
+				t.Errorf("%d files in the output, want %d", len(got), len(ents))
+			}
+			for _, e := range ents {
+				w, _ := os.ReadFile(filepath.Join(want, e.Name()))
+				g, err := os.ReadFile(filepath.Join(dst, e.Name()))
+				if err != nil || !bytes.Equal(g, w) {
+					t.Errorf("%s differs from the golden file (%v)", e.Name(), err)
+				}
+			}
+		})
+	}
+}
+
+func TestConvertCLIJSON(t *testing.T) {
+	dst := filepath.Join(t.TempDir(), "out")
+	code, stdout, stderr := qconv("convert", "--json", "--progress=never", filepath.Join(models, "tiny-llama-bf16"), dst)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var sum map[string]any
+	if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+		t.Fatalf("%v: %s", err, stdout)
+	}
+	for key, want := range map[string]any{"tensors_quantized": 14.0, "tensors_kept": 7.0, "output_bytes": 481292.0, "quant_type": "nf4", "dtype": "bfloat16"} {
+		if sum[key] != want {
+			t.Errorf("%s = %v, want %v", key, sum[key], want)
+		}
+	}
+	for _, key := range []string{"input_bytes", "seconds", "peak_rss_bytes"} {
+		if v, ok := sum[key].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v", key, sum[key])
+		}
+	}
+}
+
+func TestConvertCLIErrors(t *testing.T) {
+	tmp := t.TempDir()
+	nonEmpty := filepath.Join(tmp, "full")
+	os.MkdirAll(nonEmpty, 0o777)
+	os.WriteFile(filepath.Join(nonEmpty, "x"), nil, 0o666)
+	src := filepath.Join(models, "tiny-llama-bf16")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"convert", src}, "expected SRC and DST"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "--quant-type", "int4"}, "--quant-type"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "--blocksize", "100"}, "--blocksize"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "--dtype", "int8"}, "--dtype"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "--max-shard-size", "5XB"}, "--max-shard-size"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "--progress", "sometimes"}, "--progress"},
+		{[]string{"convert", src, filepath.Join(tmp, "a"), "-j", "0"}, "--workers"},
+		{[]string{"convert", filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8"), filepath.Join(tmp, "a")}, "already quantized"},
+		{[]string{"convert", filepath.Join(tmp, "missing"), filepath.Join(tmp, "a")}, "missing"},
+		{[]string{"convert", src, nonEmpty}, "not empty"},
+	}
+	for _, c := range cases {
+		code, _, stderr := qconv(c.args...)
+		if code != exitError || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", c.args[1:], code, stderr, c.want)
+		}
+		if _, err := os.Stat(filepath.Join(tmp, "a")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%v: left %s behind", c.args[1:], filepath.Join(tmp, "a"))
+		}
+	}
+}
