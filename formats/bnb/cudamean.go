@@ -30,17 +30,23 @@ import "math"
 //   - Across blocks: the last block to finish lets thread t sum the partial
 //     results of blocks t, t+W, ... in order, then repeats the in-block tree.
 //   - Finally mean = float32(sum * factor).
+//
+// Assumptions, all true for bitsandbytes' absmax: the tensor starts on a
+// 16-byte boundary (fresh allocation, no storage offset) and n < 2^29 (one
+// kernel launch with 32-bit indexing).
 
-// Launch parameters of the reduce kernel that depend on the device. They are
-// those of an H100 (SXM/HBM3, 132 SMs); an H200 has the same numbers.
+// Launch parameters of the reduce kernel. The device enters only through the
+// block cap target = SMs * (2048/512) = 528 on an H100 (SXM/HBM3) or H200,
+// which matters for n > 16*512*target = 4,325,376 (3.5M on an A100 with 108
+// SMs); below that the order is the same on every GPU with 32-thread warps.
 const (
-	cudaNumSMs            = 132
-	cudaMaxThreadsPerSM   = 2048
-	cudaMaxReduceThreads  = 512 // mnt_wrapper<float>::MAX_NUM_THREADS
-	cudaWarpSize          = 32
-	cudaInputVecSize      = 4 // float32 elements per vectorized load (and vt0)
-	cudaMinValuesPerThred = 16
-	cudaMaxValuesPerThred = 256
+	cudaNumSMs             = 132
+	cudaMaxThreadsPerSM    = 2048
+	cudaMaxReduceThreads   = 512 // mnt_wrapper<float>::MAX_NUM_THREADS
+	cudaWarpSize           = 32
+	cudaInputVecSize       = 4 // float32 elements per vectorized load (and vt0)
+	cudaMinValuesPerThread = 16
+	cudaMaxValuesPerThread = 256
 )
 
 // cudaMeanF32 returns the float32 mean of x as torch computes it on CUDA
@@ -70,14 +76,16 @@ func cudaSumF32(x []float32) float32 {
 		width = lastPow2(dim0)
 	}
 
-	// Input split across threads of the block, then (maybe) across blocks.
+	// Input split across the threads of the block, then, when each thread
+	// would get at least 256 values, across blocks (the block is one row, so
+	// the split across warps that precedes it is a no-op).
 	step := width
 	ctas := 1
 	perThread := ceilDiv(n, step)
-	if perThread >= cudaMinValuesPerThred && perThread >= cudaMaxValuesPerThred {
+	if perThread >= cudaMaxValuesPerThread {
 		target := cudaNumSMs * (cudaMaxThreadsPerSM / width)
-		c := min(target, ceilDiv(perThread, cudaMinValuesPerThred))
-		ctas = max(c, ceilDiv(perThread, cudaMaxValuesPerThred))
+		c := min(target, ceilDiv(perThread, cudaMinValuesPerThread))
+		ctas = max(c, ceilDiv(perThread, cudaMaxValuesPerThread))
 		step = width * ctas
 	}
 
