@@ -1,0 +1,613 @@
+package dequant
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/pyjson"
+)
+
+// DefaultMaxShardSize is the largest output file, in bytes, before the
+// output is split into shards: 50 GB, the default of transformers v5's
+// save_pretrained.
+const DefaultMaxShardSize = 50_000_000_000
+
+// DefaultJobElements is the number of weight elements one job handles.
+// A job holds at most 14 bytes per element (packed codes, float32 values,
+// output bytes, or the raw and cast bytes of a dense tensor), so at most
+// Workers jobs of 1 Mi elements, about 14 MiB each, are in memory at once,
+// plus the small quant-state tensors of the weights.
+const DefaultJobElements = 1 << 20
+
+// Options controls Dequantize. The zero value writes every weight in its
+// quant state's dtype, leaves the other tensors as they are, uses every CPU
+// and refuses a non-empty destination.
+type Options struct {
+	// DType, if set (F32, BF16 or F16), is the dtype of every output
+	// floating-point tensor: dequantized weights and the dense tensors,
+	// which are cast to it (round to nearest even). Zero keeps each
+	// weight's quant-state dtype and leaves dense tensors unchanged.
+	DType dtype.DType
+	// Workers is the number of goroutines working in parallel. Zero means
+	// runtime.GOMAXPROCS(0); 1 runs every job in order on the calling
+	// goroutine. The output does not depend on it.
+	Workers int
+	// MaxShardSize is the largest output file in bytes, as transformers'
+	// max_shard_size. Zero means DefaultMaxShardSize.
+	MaxShardSize int64
+	// JobElements is the number of elements per job (rounded, for a
+	// weight, to whole groups of 256 blocks). Zero means
+	// DefaultJobElements.
+	JobElements int
+	// Progress, if not nil, is called after each job with the output
+	// bytes written so far and in total, from worker goroutines (it must
+	// be safe for concurrent use, and quick).
+	Progress func(done, total int64)
+
+	// failAfter, in tests, makes the job of that (1-based) number fail.
+	failAfter int64
+}
+
+// Summary reports what Dequantize did.
+type Summary struct {
+	Src, Dst string
+	// DType is the dtype recorded in the output config.json (the output
+	// dtype of the weights), or Invalid when weights have mixed dtypes.
+	DType dtype.DType
+	// Weights counts the dequantized weights, Kept the other tensors.
+	Weights, Kept int
+	// InputBytes and OutputBytes are the sizes of the weight files.
+	InputBytes, OutputBytes int64
+	// Files are the output weight files; Index is the index file, or ""
+	// for a single file.
+	Files []string
+	Index string
+	// Copied lists the other files copied unchanged.
+	Copied []string
+	// Seconds is the wall-clock time.
+	Seconds float64
+}
+
+// Dequantize writes to the directory dst a dense copy of the bitsandbytes
+// 4-bit checkpoint at src (a .safetensors file, or a directory holding
+// model.safetensors or an index and its shards). See the package
+// documentation for what the output holds. The output is built in a
+// temporary directory beside dst and renamed into place at the end; on any
+// error, or when ctx is cancelled, dst is left as it was. dst must not
+// exist or be an empty directory.
+func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, error) {
+	start := time.Now()
+	if opts.DType != dtype.Invalid && opts.DType != dtype.F32 && opts.DType != dtype.BF16 && opts.DType != dtype.F16 {
+		return nil, fmt.Errorf("dequant: dtype %v is not one of F32, BF16, F16", opts.DType)
+	}
+	if opts.Workers < 0 || opts.MaxShardSize < 0 || opts.JobElements < 0 {
+		return nil, fmt.Errorf("dequant: negative option")
+	}
+	ck, err := checkpoint.Open(src)
+	if err != nil {
+		return nil, fmt.Errorf("dequant: %w", err)
+	}
+	defer ck.Close()
+	if err := checkDst(ck, dst); err != nil {
+		return nil, err
+	}
+	p, err := newPlan(ck, opts)
+	if err != nil {
+		return nil, err
+	}
+	work, err := makeWorkDir(dst)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(work)
+		}
+	}()
+	sum := &Summary{Src: src, Dst: dst, DType: p.dtype, Weights: p.weights, Kept: len(p.items) - p.weights}
+	for _, sh := range ck.Shards {
+		sum.InputBytes += sh.Size()
+	}
+	if err := p.write(ctx, work, sum); err != nil {
+		return nil, err
+	}
+	if err := p.finish(ck, work, sum); err != nil {
+		return nil, err
+	}
+	if err := install(work, dst); err != nil {
+		return nil, err
+	}
+	ok = true
+	sum.Seconds = time.Since(start).Seconds()
+	return sum, nil
+}
+
+// An item is one output tensor.
+type item struct {
+	name   string
+	dtype  dtype.DType
+	shape  []int64
+	n      int64             // elements
+	size   int64             // output bytes
+	w      *Weight           // a dequantized weight, or nil
+	src    checkpoint.Tensor // the dense source tensor (w == nil)
+	shard  int               // ordinal of the source shard, for the state-dict order
+	file   int               // output file
+	offset int64             // absolute offset of its data in the file
+}
+
+type plan struct {
+	opts     Options
+	ck       *checkpoint.Checkpoint
+	items    []*item
+	files    [][]*item // per output file, in state-dict order
+	names    []string  // output file names
+	weights  int
+	dtype    dtype.DType // config dtype
+	jobElems int64
+}
+
+// newPlan decides the output tensors, their dtypes and files.
+func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
+	ws, err := FindWeights(ck)
+	if err != nil {
+		return nil, err
+	}
+	if len(ws) == 0 {
+		return nil, fmt.Errorf("dequant: %s: no bitsandbytes 4-bit weights (no tensor has a quant_state.bitsandbytes__nf4 or __fp4 sibling)", ck.Path)
+	}
+	p := &plan{opts: opts, ck: ck, weights: len(ws), jobElems: int64(opts.JobElements)}
+	if p.jobElems == 0 {
+		p.jobElems = DefaultJobElements
+	}
+	companion := map[string]bool{}
+	byName := map[string]*Weight{}
+	for _, w := range ws {
+		byName[w.Name] = w
+		for _, c := range w.Companions {
+			companion[c] = true
+		}
+	}
+	shardOrd := map[*checkpoint.Shard]int{}
+	for i, sh := range ck.Shards {
+		shardOrd[sh] = i
+	}
+	for _, t := range ck.Tensors() {
+		if companion[t.Name] {
+			continue
+		}
+		if strings.Contains(t.Name, ".quant_state.bitsandbytes__") {
+			return nil, fmt.Errorf("dequant: %s: tensor %q: a quant state without its weight", t.Shard.Path, t.Name)
+		}
+		it := &item{name: t.Name, shard: shardOrd[t.Shard]}
+		if w := byName[t.Name]; w != nil {
+			it.w, it.dtype, it.shape, it.n = w, w.DType, slices.Clone(w.State.Shape), w.NumElements()
+			if opts.DType != dtype.Invalid {
+				it.dtype = opts.DType
+			}
+		} else {
+			it.src, it.dtype, it.shape, it.n = t, t.DType, slices.Clone(t.Shape), t.NumElements()
+			if opts.DType != dtype.Invalid && isFloat(t.DType) {
+				it.dtype = opts.DType
+			}
+		}
+		it.size = it.n * int64(it.dtype.Size())
+		if it.dtype.Size() == 0 {
+			return nil, fmt.Errorf("dequant: %s: tensor %q: unsupported dtype %v", t.Shard.Path, t.Name, t.DType)
+		}
+		p.items = append(p.items, it)
+	}
+
+	// The config dtype: the one the weights come out in.
+	p.dtype = opts.DType
+	if p.dtype == dtype.Invalid {
+		for _, it := range p.items {
+			if it.w == nil {
+				continue
+			}
+			if p.dtype == dtype.Invalid {
+				p.dtype = it.dtype
+			} else if p.dtype != it.dtype {
+				p.dtype = dtype.Invalid
+				break
+			}
+		}
+	}
+
+	// Shards as transformers' save_pretrained makes them: tensors in
+	// state-dict order, a new shard when the next would overflow the
+	// current one, a tensor larger than the limit alone in its own.
+	slices.SortStableFunc(p.items, func(a, b *item) int {
+		return cmp.Or(cmp.Compare(a.shard, b.shard), stateDictCompare(a.name, b.name))
+	})
+	maxShard := opts.MaxShardSize
+	if maxShard == 0 {
+		maxShard = DefaultMaxShardSize
+	}
+	var cur []*item
+	var curSize int64
+	for _, it := range p.items {
+		if it.size > maxShard {
+			p.files = append(p.files, []*item{it})
+			continue
+		}
+		if curSize+it.size > maxShard && len(cur) > 0 {
+			p.files = append(p.files, cur)
+			cur, curSize = nil, 0
+		}
+		cur = append(cur, it)
+		curSize += it.size
+	}
+	if len(cur) > 0 {
+		p.files = append(p.files, cur)
+	}
+	for i, f := range p.files {
+		name := checkpoint.WeightsFileName
+		if len(p.files) > 1 {
+			name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(p.files))
+		}
+		p.names = append(p.names, name)
+		for _, it := range f {
+			it.file = i
+		}
+	}
+	return p, nil
+}
+
+func isFloat(d dtype.DType) bool {
+	return d == dtype.F32 || d == dtype.BF16 || d == dtype.F16 || d == dtype.F64
+}
+
+// stateDictCompare orders tensor names as a model's state dict usually
+// is: modules in natural order (layers.2 before layers.10), and within a
+// module "weight" before "bias" before the rest. (The same order as the
+// convert package's plan.)
+func stateDictCompare(a, b string) int {
+	ma, mb := a[:max(0, strings.LastIndexByte(a, '.'))], b[:max(0, strings.LastIndexByte(b, '.'))]
+	if c := naturalCmp(ma, mb); c != 0 {
+		return c
+	}
+	rank := func(s string) int {
+		switch s[strings.LastIndexByte(s, '.')+1:] {
+		case "weight":
+			return 0
+		case "bias":
+			return 1
+		}
+		return 2
+	}
+	return cmp.Or(cmp.Compare(rank(a), rank(b)), naturalCmp(a, b))
+}
+
+// naturalCmp compares strings with runs of digits compared by value.
+func naturalCmp(a, b string) int {
+	digits := func(s string) int {
+		i := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i
+	}
+	for a != "" && b != "" {
+		da, db := digits(a), digits(b)
+		if da > 0 && db > 0 {
+			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
+			if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb)); c != 0 {
+				return c
+			}
+			a, b = a[da:], b[db:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(a[0], b[0])
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// A job writes elements [start, start+n) of one item (for a weight, a
+// run of whole groups of 256 blocks).
+type job struct {
+	it       *item
+	start, n int64
+}
+
+// scratch is one worker's buffers.
+type scratch struct {
+	blocks Blocks
+	vals   []float32
+	raw    []byte
+	out    []byte
+}
+
+// write creates the output weight files in work and fills them.
+func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
+	files := make([]*os.File, len(p.files))
+	defer func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}()
+	var total int64
+	for i, items := range p.files {
+		specs := make([]safetensors.TensorSpec, len(items))
+		byName := map[string]*item{}
+		for j, it := range items {
+			specs[j] = safetensors.TensorSpec{Name: it.name, DType: it.dtype, Shape: it.shape}
+			byName[it.name] = it
+		}
+		layout, err := safetensors.NewPlan(map[string]string{"format": "pt"}, specs)
+		if err != nil {
+			return fmt.Errorf("dequant: %s: %w", p.names[i], err)
+		}
+		for _, t := range layout.Tensors {
+			byName[t.Name].offset = layout.DataOffset() + t.Begin
+		}
+		f, err := os.OpenFile(filepath.Join(work, p.names[i]), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+		if err != nil {
+			return fmt.Errorf("dequant: %w", err)
+		}
+		files[i] = f
+		if _, err := f.WriteAt(layout.Header, 0); err != nil {
+			return fmt.Errorf("dequant: %s: %w", p.names[i], err)
+		}
+		if err := f.Truncate(layout.FileSize()); err != nil {
+			return fmt.Errorf("dequant: %s: %w", p.names[i], err)
+		}
+		total += layout.DataSize
+	}
+
+	var jobs []job
+	for _, it := range p.items {
+		per := p.jobElems
+		if it.w != nil {
+			unit := int64(it.w.State.Blocksize) * bnb.NestedBlocksize
+			per = max(unit, per/unit*unit)
+		}
+		for s := int64(0); s < it.n; s += per {
+			jobs = append(jobs, job{it, s, min(per, it.n-s)})
+		}
+	}
+	var done, count atomic.Int64
+	err := runJobs(ctx, p.opts.Workers, jobs, func(s *scratch, j job) error {
+		if p.opts.failAfter > 0 && count.Add(1) == p.opts.failAfter {
+			return fmt.Errorf("dequant: injected failure")
+		}
+		b, err := p.fill(s, j)
+		if err != nil {
+			return err
+		}
+		it := j.it
+		at := it.offset + j.start*int64(it.dtype.Size())
+		if _, err := files[it.file].WriteAt(b, at); err != nil {
+			return fmt.Errorf("dequant: %s: writing tensor %q: %w", p.names[it.file], it.name, err)
+		}
+		if p.opts.Progress != nil {
+			p.opts.Progress(done.Add(int64(len(b))), total)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, f := range files {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		files[i] = nil
+		if err != nil {
+			return fmt.Errorf("dequant: %s: %w", p.names[i], err)
+		}
+	}
+	return nil
+}
+
+// fill computes the output bytes of a job.
+func (p *plan) fill(s *scratch, j job) ([]byte, error) {
+	it := j.it
+	size := it.dtype.Size()
+	s.out = grow(s.out, int(j.n)*size)
+	if w := it.w; w != nil {
+		bs := int64(w.State.Blocksize)
+		if err := w.ReadBlocks(&s.blocks, j.start/bs, bnb.NumBlocks(j.n, int(bs))); err != nil {
+			return nil, err
+		}
+		s.vals = grow(s.vals, int(j.n))
+		w.Dequantize(s.vals, &s.blocks)
+		encode(s.out, s.vals, it.dtype)
+		return s.out, nil
+	}
+	from := it.src.DType
+	fsz := int64(from.Size())
+	if from == it.dtype {
+		if err := readAt(it.src, s.out, j.start*fsz); err != nil {
+			return nil, err
+		}
+		return s.out, nil
+	}
+	s.raw = grow(s.raw, int(j.n*fsz))
+	if err := readAt(it.src, s.raw, j.start*fsz); err != nil {
+		return nil, err
+	}
+	s.vals = grow(s.vals, int(j.n))
+	decodeFloat(s.vals, s.raw, from)
+	encode(s.out, s.vals, it.dtype)
+	return s.out, nil
+}
+
+// runJobs runs do for every job on workers goroutines (zero: GOMAXPROCS;
+// 1: in order on the calling goroutine). Each worker has its own scratch.
+// The first error stops the rest and is returned; so is ctx's.
+func runJobs(ctx context.Context, workers int, jobs []job, do func(*scratch, job) error) error {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	work := func() {
+		var s scratch
+		for ctx.Err() == nil {
+			i := next.Add(1) - 1
+			if i >= int64(len(jobs)) {
+				return
+			}
+			if err := do(&s, jobs[i]); err != nil {
+				cancel(err)
+				return
+			}
+		}
+	}
+	if workers == 1 {
+		work()
+	} else {
+		var wg sync.WaitGroup
+		for range min(workers, len(jobs)) {
+			wg.Go(work)
+		}
+		wg.Wait()
+	}
+	if err := context.Cause(ctx); err != nil {
+		if err == context.Canceled || err == context.DeadlineExceeded {
+			return fmt.Errorf("dequant: interrupted; no output written: %w", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// finish checks the weight files, writes the index and config.json, and
+// copies the other files of the source directory.
+func (p *plan) finish(ck *checkpoint.Checkpoint, work string, sum *Summary) error {
+	var entries []checkpoint.IndexEntry
+	var totalSize, params int64
+	for _, name := range p.names {
+		sf, err := safetensors.Open(filepath.Join(work, name))
+		if err != nil {
+			return fmt.Errorf("dequant: checking output: %w", err)
+		}
+		for _, t := range sf.Tensors() {
+			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: name})
+			totalSize += t.Size()
+			params += t.NumElements()
+		}
+		sum.OutputBytes += sf.Size()
+		sf.Close()
+		sum.Files = append(sum.Files, name)
+	}
+	if len(p.names) > 1 {
+		b, err := checkpoint.NewIndex(params, totalSize, entries).Marshal()
+		if err != nil {
+			return fmt.Errorf("dequant: %w", err)
+		}
+		if err := writeFile(filepath.Join(work, checkpoint.IndexFileName), b); err != nil {
+			return err
+		}
+		sum.Index = checkpoint.IndexFileName
+	}
+	if ck.Config != nil {
+		if err := writeFile(filepath.Join(work, checkpoint.ConfigFileName), ConfigJSON(ck.Config, p.dtype)); err != nil {
+			return err
+		}
+	}
+	if ck.Layout == checkpoint.LayoutFile {
+		return nil
+	}
+	copied, err := copyAux(ck, work)
+	sum.Copied = copied
+	return err
+}
+
+// ConfigJSON returns the bytes of the dequantized model's config.json:
+// cfg without "quantization_config", with "dtype" (and the legacy
+// "torch_dtype", if present) set to d unless d is Invalid, written as
+// transformers writes it (json.dumps(indent=2, sort_keys=True) and a
+// newline).
+func ConfigJSON(cfg *pyjson.Value, d dtype.DType) []byte {
+	out := cfg.Clone()
+	out.Delete("quantization_config")
+	if name := d.TorchName(); name != "" {
+		out.Set("dtype", pyjson.String(name))
+		if out.Has("torch_dtype") {
+			out.Set("torch_dtype", pyjson.String(name))
+		}
+	}
+	return append(out.MarshalIndentSorted(), '\n')
+}
+
+func decodeFloat(dst []float32, b []byte, d dtype.DType) {
+	switch d {
+	case dtype.F32:
+		decodeF32(dst, b)
+	case dtype.BF16:
+		for i := range dst {
+			dst[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	case dtype.F16:
+		for i := range dst {
+			dst[i] = dtype.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
+		}
+	case dtype.F64:
+		for i := range dst {
+			dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
+		}
+	}
+}
+
+// encode writes x as dtype d (F32, BF16 or F16) to b, rounding to nearest
+// even as torch does.
+func encode(b []byte, x []float32, d dtype.DType) {
+	switch d {
+	case dtype.F32:
+		for i, v := range x {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+		}
+	case dtype.BF16:
+		for i, v := range x {
+			binary.LittleEndian.PutUint16(b[2*i:], dtype.F32ToBF16(v))
+		}
+	case dtype.F16:
+		for i, v := range x {
+			binary.LittleEndian.PutUint16(b[2*i:], dtype.F32ToF16(v))
+		}
+	}
+}
+
+// writeFile writes b to path and syncs it.
+func writeFile(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return fmt.Errorf("dequant: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("dequant: writing %s: %w", path, err)
+	}
+	return nil
+}
