@@ -47,6 +47,7 @@ func commands() []*command {
 	return []*command{
 		convertCommand(),
 		inspectCommand(),
+		auditCommand(),
 		verifyCommand(),
 		versionCommand(),
 	}
