@@ -1,0 +1,246 @@
+// Command qconv-bench is qconv's reproducible end-to-end benchmark
+// (issue 6). It generates a synthetic Llama-7B-like safetensors checkpoint
+// of a given size (embeddings, q/k/v/o, gate/up/down, norms, lm_head;
+// sharded with an index as transformers writes it), builds the qconv
+// binary once, warms the page cache with one untimed round, and then
+// runs, alternating, at least three times each:
+//
+//   - cp -r of the input (and cp -r followed by sync, since convert fsyncs
+//     its output and cp does not),
+//   - qconv convert with default flags (NF4, blocksize 64, double quant)
+//     into a fresh directory,
+//   - qconv audit of the input.
+//
+// It prints the median, min and max wall time of each, the ratio
+// convert/cp, the input MB/s, the children's CPU time, and the peak RSS
+// (wait4's ru_maxrss) of every qconv run. Outputs are deleted after each
+// run, and the disks are synced between runs, untimed.
+//
+// Usage (from the repository root):
+//
+//	go run ./cmd/qconv-bench                     # 2 GB bf16, 3 runs
+//	go run ./cmd/qconv-bench -size 8GB           # shows that peak RSS does not grow
+//	go run ./cmd/qconv-bench -size 8GB -dtype f32
+//	go run ./cmd/qconv-bench -cpuprofile /tmp/convert.pprof
+//
+// With -qconv and -synthgen naming prebuilt binaries it needs no Go
+// toolchain, so it can run on another machine (pin it to two CPUs with
+// taskset -c 0,1 to compare with a 2-core laptop).
+//
+// The input is kept in -dir and reused by later runs of the same size and
+// dtype; -clean removes it at the end.
+//
+// If the qconv binary has no convert command yet, the benchmark converts
+// with the convert package in a child process of its own (same defaults;
+// the table says so); if it has no audit command, audit is skipped with a
+// note. -cpuprofile always profiles one extra, untimed, library convert
+// of the input in a child process.
+//
+// It is a measuring tool, not a test: it checks nothing about the output
+// except that each command succeeded.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+
+	"github.com/qconv/qconv/convert"
+)
+
+// childFlag is the hidden flag that makes the benchmark act as the child
+// that converts with the library: qconv-bench -child-convert SRC DST.
+const childFlag = "child-convert"
+
+type config struct {
+	size       int64
+	sizeArg    string
+	dtype      string
+	dir        string
+	runs       int
+	shard      string
+	qconv      string
+	synthgen   string
+	convert    string // auto, cli, lib
+	cpSync     bool
+	clean      bool
+	regen      bool
+	cpuprofile string
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("qconv-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c config
+	fs.StringVar(&c.sizeArg, "size", "2GB", "approximate input size (decimal units: 2GB, 8GB, 500MB)")
+	fs.StringVar(&c.dtype, "dtype", "bf16", "dtype of the synthetic weights: bf16 or f32 (f16 also works)")
+	fs.StringVar(&c.dir, "dir", filepath.Join(os.TempDir(), "qconv-bench"), "working directory for the input, the outputs and the binaries")
+	fs.IntVar(&c.runs, "runs", 3, "timed runs of each command (at least 1; the issue asks for 3)")
+	fs.StringVar(&c.shard, "shard", "1GB", "largest input shard file (so that the input is sharded with an index)")
+	fs.StringVar(&c.qconv, "qconv", "", "prebuilt qconv binary (default: go build -o DIR/bin/qconv ./cmd/qconv)")
+	fs.StringVar(&c.synthgen, "synthgen", "", "prebuilt synthgen binary (default: go build -o DIR/bin/synthgen ./convert/internal/synthgen)")
+	fs.StringVar(&c.convert, "convert", "auto", "how to convert: cli (qconv convert), lib (the convert package in a child process), auto (cli if the binary has it)")
+	fs.BoolVar(&c.cpSync, "cp-sync", true, "also time cp -r followed by sync")
+	fs.BoolVar(&c.clean, "clean", false, "remove the input at the end")
+	fs.BoolVar(&c.regen, "regen", false, "regenerate the input even if a complete one exists")
+	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "after the timed runs, profile one library convert of the input and write the CPU profile here")
+	child := fs.Bool(childFlag, false, "internal: convert SRC DST with the convert package (used by -convert lib)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *child {
+		return childConvert(fs.Args(), c.cpuprofile, stderr)
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "qconv-bench: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	size, err := convert.ParseSize(c.sizeArg)
+	if err != nil {
+		fmt.Fprintln(stderr, "qconv-bench:", err)
+		return 2
+	}
+	c.size = size
+	if c.runs < 1 {
+		fmt.Fprintln(stderr, "qconv-bench: -runs must be at least 1")
+		return 2
+	}
+	switch c.convert {
+	case "auto", "cli", "lib":
+	default:
+		fmt.Fprintf(stderr, "qconv-bench: -convert %q: want auto, cli or lib\n", c.convert)
+		return 2
+	}
+	if err := bench(context.Background(), &c, stdout, stderr); err != nil {
+		fmt.Fprintln(stderr, "qconv-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// childConvert converts args[0] to args[1] with default options, as
+// qconv convert would, optionally under the CPU profiler.
+func childConvert(args []string, profile string, stderr io.Writer) int {
+	if len(args) != 2 {
+		fmt.Fprintln(stderr, "qconv-bench: -child-convert wants SRC DST")
+		return 2
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			fmt.Fprintln(stderr, "qconv-bench:", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "qconv-bench:", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	if _, err := convert.Convert(context.Background(), args[0], args[1], convert.Options{Log: stderr}); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// moduleRoot returns the directory of the main module's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("run qconv-bench from inside the qconv module (go run ./cmd/qconv-bench)")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// goBuild builds the package pkg of the module at root into out.
+func goBuild(root, pkg, out string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Stdout = os.Stderr
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build %s: %w", pkg, err)
+	}
+	return nil
+}
+
+// hasCommand reports whether the qconv binary knows the subcommand name.
+func hasCommand(qconv, name string) bool {
+	out, _ := exec.Command(qconv, "help", name).CombinedOutput()
+	return !strings.Contains(string(out), "unknown command")
+}
+
+// freeBytes returns the bytes available to an unprivileged user on the
+// file system holding dir.
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// memAvailable returns MemAvailable from /proc/meminfo, or 0.
+func memAvailable() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var kb int64
+		if _, err := fmt.Sscanf(line, "MemAvailable: %d kB", &kb); err == nil {
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// loadAvg returns the first three fields of /proc/loadavg, or "?".
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
+}
