@@ -227,8 +227,8 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 			ID:                   rule.ID,
 			Name:                 RuleName(rule),
 			ShortDescription:     sarifText{Text: rule.Title},
-			FullDescription:      sarifText{Text: rule.Doc},
-			Help:                 sarifText{Text: rule.Doc},
+			FullDescription:      sarifText{Text: Unwrap(rule.Doc)},
+			Help:                 sarifText{Text: Unwrap(rule.Doc)},
 			DefaultConfiguration: sarifRuleLevel{Level: SARIFLevel(rule.Severity)},
 			Properties:           sarifProps{Tags: []string{GroupTitle(GroupPrefix(rule.ID))}},
 		})
@@ -326,4 +326,15 @@ func ghData(s string) string {
 // ghProperty escapes a workflow command's property value.
 func ghProperty(s string) string {
 	return strings.NewReplacer("%", "%25", "\r", "%0D", "\n", "%0A", ":", "%3A", ",", "%2C").Replace(s)
+}
+
+// Unwrap joins the hard-wrapped lines of each paragraph of a rule's Doc
+// into one line, keeping the blank lines between paragraphs, for viewers
+// that wrap text themselves (SARIF, JSON).
+func Unwrap(doc string) string {
+	paras := strings.Split(strings.TrimSpace(doc), "\n\n")
+	for i, p := range paras {
+		paras[i] = strings.Join(strings.Fields(p), " ")
+	}
+	return strings.Join(paras, "\n\n")
 }

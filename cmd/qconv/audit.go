@@ -189,7 +189,7 @@ func writeRuleList(stdout, stderr io.Writer, all []*audit.Rule, format string) i
 	case "json":
 		out := make([]jsonRule, len(all))
 		for i, r := range all {
-			out[i] = jsonRule{ID: r.ID, Severity: r.Severity.String(), Deep: r.Deep, Title: r.Title, Doc: r.Doc}
+			out[i] = jsonRule{ID: r.ID, Severity: r.Severity.String(), Deep: r.Deep, Title: r.Title, Doc: audit.Unwrap(r.Doc)}
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
