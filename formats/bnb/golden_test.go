@@ -46,7 +46,9 @@ type gtTensor struct {
 	data  []byte
 }
 
-func gtOpen(t *testing.T, path string) *gtFile {
+func gtOpen(t *testing.T, path string) *gtFile { return gtOpenF(t, path) }
+
+func gtOpenF(t testing.TB, path string) *gtFile {
 	t.Helper()
 	f, err := safetensors.Open(path)
 	if err != nil {

@@ -3,6 +3,7 @@ package bnb
 import (
 	"math"
 	"sync"
+	"unsafe"
 )
 
 // Code-selection thresholds of the CUDA kernels (csrc/kernels.cu
@@ -61,14 +62,29 @@ func scalarCode(q QuantType, s float32) byte {
 	return fp4RankCode[c] | sign
 }
 
-// A codeTable maps the top 16 bits of a scaled value's bit pattern u (sign,
-// exponent and 7 mantissa bits) to an entry e. Within one such bucket at most
-// one threshold lies, so the code is byte(e>>32) if u <= uint32(e) and
-// byte(e>>40) if u > uint32(e). Comparing raw bit patterns as unsigned
-// integers orders values by magnitude within a bucket, which is what makes
-// this work on the negative side too; NaN, ±Inf and subnormal buckets are
-// covered like any other.
-type codeTable [1 << 16]uint64
+// A codeTable turns the bit pattern u of a scaled value into its code with
+// two loads and no branch. The top 16 bits of u (sign, exponent and 7
+// mantissa bits) select a bucket; within a bucket lies at most one
+// threshold. The bucket's entry e gives a slot
+//
+//	slot := (e - u&0xffff) >> 24
+//
+// and the code is lo[slot] (hi[slot] is the same code shifted into the high
+// nibble, for packing). The low 16 bits of e are the low bits of the last
+// pattern in the bucket that gets the lower code, or 0xffff if the bucket
+// has no threshold; bits 16-23 are zero and bits 24-31 a slot A. The
+// subtraction borrows into A, giving slot A-1, exactly for the patterns
+// above the threshold, so each bucket with a threshold owns a pair of
+// adjacent slots. Comparing raw bit patterns as unsigned integers orders
+// values by magnitude within a bucket, which makes this work on the negative
+// side too; NaN, ±Inf and subnormal buckets are covered like any other.
+//
+// To save an instruction, e is stored plus the bucket's own high bits,
+// u&0xffff0000, so that the slot is (entry - u) >> 24.
+type codeTable struct {
+	entry  [1 << 16]uint32
+	lo, hi [256]byte
+}
 
 var codeTables = sync.OnceValue(func() *[2]codeTable {
 	t := new([2]codeTable)
@@ -83,38 +99,65 @@ func tableFor(q QuantType) *codeTable {
 
 // buildCodeTable fills t from scalarCode. For each bucket it compares the
 // codes at both ends; where they differ it binary-searches the first bit
-// pattern of the upper code. The golden and exhaustive tests check that no
-// bucket holds two code changes.
+// pattern of the upper code. TestCodeTable checks the result against the
+// kernels' decision trees over every bucket that has a threshold (and, with
+// -bnb.exhaustive, over all 2^32 patterns).
 func buildCodeTable(t *codeTable, q QuantType) {
 	codeAt := func(u uint32) byte { return scalarCode(q, math.Float32frombits(u)) }
-	for k := range t {
+	// Slots 0-15 hold the codes themselves, for buckets without a
+	// threshold; pairs (A-1, A) from 16 on serve the buckets with one.
+	for c := range 16 {
+		t.lo[c], t.hi[c] = byte(c), byte(c)<<4
+	}
+	pairs := map[[2]byte]uint32{} // (lower code, upper code) -> A
+	next := uint32(16)
+	for k := range t.entry {
 		lo := uint32(k) << 16
 		hi := lo | 0xffff
 		cl, ch := codeAt(lo), codeAt(hi)
-		thr := uint32(math.MaxUint32) // u > thr never holds
-		if cl != ch {
-			// Invariant: codeAt(a) == cl, codeAt(b) == ch.
-			a, b := lo, hi
-			for b-a > 1 {
-				m := a + (b-a)/2
-				if codeAt(m) == cl {
-					a = m
-				} else {
-					b = m
-				}
-			}
-			thr = a
+		if cl == ch {
+			t.entry[k] = (0xffff | uint32(cl)<<24) + lo
+			continue
 		}
-		t[k] = uint64(thr) | uint64(cl)<<32 | uint64(ch)<<40
+		// Invariant: codeAt(a) == cl, codeAt(b) == ch.
+		a, b := lo, hi
+		for b-a > 1 {
+			m := a + (b-a)/2
+			if codeAt(m) == cl {
+				a = m
+			} else {
+				b = m
+			}
+		}
+		A, ok := pairs[[2]byte{cl, ch}]
+		if !ok {
+			if next > 254 {
+				panic("bnb: code table: out of slots")
+			}
+			A = next + 1
+			next += 2
+			pairs[[2]byte{cl, ch}] = A
+			t.lo[A], t.hi[A] = cl, cl<<4
+			t.lo[A-1], t.hi[A-1] = ch, ch<<4
+		}
+		t.entry[k] = (a&0xffff | A<<24) + lo
 	}
+}
+
+// slot returns the slot of the scaled value with bit pattern u.
+func (t *codeTable) slot(u uint32) uint32 {
+	return (t.entry[u>>16] - u) >> 24
 }
 
 // lookup returns the code of the scaled value with bit pattern u.
 func (t *codeTable) lookup(u uint32) byte {
-	e := t[u>>16]
-	// gt is 1 when u > uint32(e), else 0, without a branch.
-	gt := uint64(int64(uint32(e))-int64(u)) >> 63
-	return byte(e >> (32 + 8*gt))
+	return t.lo[t.slot(u)]
+}
+
+// pack returns the byte holding the codes of the scaled values with bit
+// patterns u0 (high nibble) and u1.
+func (t *codeTable) pack(u0, u1 uint32) byte {
+	return t.hi[t.slot(u0)] | t.lo[t.slot(u1)]
 }
 
 // QuantizeBlocks quantizes src to 4-bit codes of type q in blocks of
@@ -150,18 +193,38 @@ func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, 
 	}
 	tab := tableFor(q)
 	rcp := rcpTable()
-	for b := 0; len(src) > 0; b++ {
-		blk := src[:min(blocksize, len(src))]
-		src = src[len(blk):]
-		am, flush := blockAbsmax(blk)
-		absmax[b] = am
-		r := rcpApproxT(rcp, am)
-		out := dst[:(len(blk)+1)/2]
-		dst = dst[len(out):]
-		if flush {
-			encodeBlockFTZ(out, blk, r, tab)
-		} else {
-			encodeBlock(out, blk, r, tab)
+	// Blocks are processed in chunks of at most chunkBlocks blocks and
+	// chunkElems elements: first the absmax of each block, then their
+	// reciprocals, then the codes. The reciprocal table is 2 MiB and is
+	// indexed by the absmax mantissa, so its reads mostly miss the cache;
+	// issuing a chunk's reads together lets them overlap instead of
+	// stalling every block, and the chunk's input stays in cache for the
+	// second pass.
+	const chunkBlocks, chunkElems = 256, 16 << 10
+	var rs [chunkBlocks]float32
+	var flush [chunkBlocks]bool
+	per := max(1, min(chunkBlocks, chunkElems/blocksize))
+	for len(src) > 0 {
+		nb := min(per, (len(src)+blocksize-1)/blocksize)
+		chunk := src[:min(len(src), nb*blocksize)]
+		src = src[len(chunk):]
+		am := absmax[:nb]
+		absmax = absmax[nb:]
+		for j := range am {
+			am[j], flush[j] = blockAbsmax(chunk[j*blocksize : min((j+1)*blocksize, len(chunk))])
+		}
+		for j, a := range am {
+			rs[j] = rcpApproxT(rcp, a)
+		}
+		for j := range am {
+			blk := chunk[j*blocksize : min((j+1)*blocksize, len(chunk))]
+			out := dst[:(len(blk)+1)/2]
+			dst = dst[len(out):]
+			if flush[j] {
+				encodeBlockFTZ(out, blk, rs[j], tab)
+			} else {
+				encodeBlock(out, blk, rs[j], tab)
+			}
 		}
 	}
 }
@@ -170,23 +233,38 @@ func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, 
 // (fmaxf from -MaxFloat32 over fabsf(x), NaN ignored, subnormals flushed)
 // and whether the block holds a subnormal that the encoder must flush.
 //
-// It works on bit patterns: for |x| the unsigned order of bits&0x7fffffff
-// is the numeric order, and NaNs sort above +Inf.
+// It works on bit patterns shifted left by one (dropping the sign): their
+// unsigned order is the order of |x|, and NaNs sort above +Inf. Independent
+// accumulators keep the loop off a single dependency chain.
 func blockAbsmax(blk []float32) (absmax float32, hasSubnormal bool) {
-	var mx uint32
-	mnm1 := uint32(math.MaxUint32) // min over (|x| bits - 1): zeros wrap to the top
-	for _, v := range blk {
-		m := math.Float32bits(v) & 0x7fffffff
-		mx = max(mx, m)
-		mnm1 = min(mnm1, m-1)
+	w := float32Bits(blk)
+	var mx0, mx1, mx2, mx3 uint32
+	mn0, mn1 := uint32(math.MaxUint32), uint32(math.MaxUint32)
+	n := len(w) &^ 3
+	for i := 0; i < n; i += 4 {
+		x := w[i : i+4 : i+4]
+		a0, a1, a2, a3 := x[0]<<1, x[1]<<1, x[2]<<1, x[3]<<1
+		mx0, mx1, mx2, mx3 = max(mx0, a0), max(mx1, a1), max(mx2, a2), max(mx3, a3)
+		mn0, mn1 = min(mn0, a0, a2), min(mn1, a1, a3)
 	}
-	hasSubnormal = mnm1 < 0x007fffff
-	if mx > 0x7f800000 { // a NaN: take the maximum over the others
+	for _, v := range w[n:] {
+		mx0, mn0 = max(mx0, v<<1), min(mn0, v<<1)
+	}
+	mx := max(mx0, mx1, mx2, mx3)
+	if min(mn0, mn1) < 0x01000000 { // a zero or a subnormal: which?
+		for _, v := range w {
+			if a := v << 1; a != 0 && a < 0x01000000 {
+				hasSubnormal = true
+				break
+			}
+		}
+	}
+	if mx > 0xff000000 { // a NaN: take the maximum over the others
 		mx = 0
 		seen := false
-		for _, v := range blk {
-			if m := math.Float32bits(v) & 0x7fffffff; m <= 0x7f800000 {
-				mx = max(mx, m)
+		for _, v := range w {
+			if a := v << 1; a <= 0xff000000 {
+				mx = max(mx, a)
 				seen = true
 			}
 		}
@@ -194,19 +272,35 @@ func blockAbsmax(blk []float32) (absmax float32, hasSubnormal bool) {
 			return -math.MaxFloat32, hasSubnormal
 		}
 	}
-	if mx < 0x00800000 {
+	if mx < 0x01000000 { // zero or subnormal
 		mx = 0
 	}
-	return math.Float32frombits(mx), hasSubnormal
+	return math.Float32frombits(mx >> 1), hasSubnormal
+}
+
+// float32Bits views x as its IEEE bit patterns, without copying.
+func float32Bits(x []float32) []uint32 {
+	if len(x) == 0 {
+		return nil
+	}
+	// float32 and uint32 have the same size and alignment.
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&x[0])), len(x))
 }
 
 // encodeBlock writes the codes of blk scaled by r, two per byte. blk holds
 // no subnormal values.
 func encodeBlock(out []byte, blk []float32, r float32, tab *codeTable) {
-	for len(blk) >= 2 && len(out) >= 1 {
-		c0 := tab.lookup(math.Float32bits(blk[0] * r))
-		c1 := tab.lookup(math.Float32bits(blk[1] * r))
-		out[0] = c0<<4 | c1
+	n4 := len(blk) &^ 3
+	out4 := out[:n4/2]
+	for i := 0; i < n4; i += 4 {
+		x := blk[i : i+4 : i+4]
+		o := out4[i/2 : i/2+2 : i/2+2]
+		o[0] = tab.pack(math.Float32bits(x[0]*r), math.Float32bits(x[1]*r))
+		o[1] = tab.pack(math.Float32bits(x[2]*r), math.Float32bits(x[3]*r))
+	}
+	blk, out = blk[n4:], out[n4/2:]
+	if len(blk) >= 2 {
+		out[0] = tab.pack(math.Float32bits(blk[0]*r), math.Float32bits(blk[1]*r))
 		blk, out = blk[2:], out[1:]
 	}
 	if len(blk) == 1 {
@@ -218,9 +312,7 @@ func encodeBlock(out []byte, blk []float32, r float32, tab *codeTable) {
 // which the GPU reads as zeros.
 func encodeBlockFTZ(out []byte, blk []float32, r float32, tab *codeTable) {
 	for len(blk) >= 2 && len(out) >= 1 {
-		c0 := tab.lookup(math.Float32bits(ftz(blk[0]) * r))
-		c1 := tab.lookup(math.Float32bits(ftz(blk[1]) * r))
-		out[0] = c0<<4 | c1
+		out[0] = tab.pack(math.Float32bits(ftz(blk[0])*r), math.Float32bits(ftz(blk[1])*r))
 		blk, out = blk[2:], out[1:]
 	}
 	if len(blk) == 1 {
@@ -231,7 +323,6 @@ func encodeBlockFTZ(out []byte, blk []float32, r float32, tab *codeTable) {
 // encodeTail writes the last byte of an odd-length tensor: the kernel loads
 // 0.0 for the missing element and scales it like the others.
 func encodeTail(out []byte, x, r float32, tab *codeTable) {
-	c0 := tab.lookup(math.Float32bits(x * r))
-	c1 := tab.lookup(math.Float32bits(0 * r))
-	out[0] = c0<<4 | c1
+	var zero float32
+	out[0] = tab.pack(math.Float32bits(x*r), math.Float32bits(zero*r))
 }

@@ -213,7 +213,7 @@ func TestCodeTable(t *testing.T) {
 		for k := uint32(0); k < 1<<16; k++ {
 			check(k << 16)
 			check(k<<16 | 0xffff)
-			if uint32(tab[k]) != math.MaxUint32 { // a bucket with a threshold: all of it
+			if (tab.entry[k]-k<<16)&0xffff != 0xffff { // a bucket with a threshold: all of it
 				for m := uint32(0); m < 1<<16; m++ {
 					check(k<<16 | m)
 				}
