@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -173,7 +174,8 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // WriteText writes the report for people: one line per tensor, worst
 // first, then the totals.
 func (r *Report) WriteText(w io.Writer) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "STATUS\tKIND\tTENSOR\tMAX|ERR|\tRMSE\tSNR dB\tBOUND\tNOTE")
 	for _, t := range r.Tensors {
 		kind := string(t.Kind)
@@ -198,15 +200,27 @@ func (r *Report) WriteText(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	for line := range strings.Lines(table.String()) {
+		if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+			return err
+		}
+	}
 	tt := r.Totals
 	verdict := "OK"
 	if !r.OK() {
 		verdict = "FAILED"
 	}
-	_, err := fmt.Fprintf(w, "\n%s: %d tensors (%d quantized, %d dense), %d failed (%d missing, %d extra)\n"+
-		"quantized weights: %d elements, max |err| %s, RMSE %s, SNR %s dB\n",
-		verdict, tt.Tensors, tt.Quantized, tt.Dense, tt.Failed, tt.Missing, tt.Extra,
-		tt.Elements, fmtG(tt.MaxAbsError), fmtG(tt.RMSE), tt.SNR)
+	if _, err := fmt.Fprintf(w, "\n%s: %d tensors (%d quantized, %d dense), %d failed (%d missing, %d extra)\n",
+		verdict, tt.Tensors, tt.Quantized, tt.Dense, tt.Failed, tt.Missing, tt.Extra); err != nil {
+		return err
+	}
+	var err error
+	if tt.Quantized == 0 {
+		_, err = fmt.Fprintf(w, "no 4-bit weights in %s\n", r.Quantized)
+	} else {
+		_, err = fmt.Fprintf(w, "quantized weights: %d elements, max |err| %s, RMSE %s, SNR %s dB\n",
+			tt.Elements, fmtG(tt.MaxAbsError), fmtG(tt.RMSE), tt.SNR)
+	}
 	return err
 }
 

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/convert/dequant"
+)
+
+const dequantUsage = `
+usage: qconv dequant SRC DST [--dtype bf16|f16|f32] [flags]
+
+Turn a bitsandbytes 4-bit (NF4/FP4) checkpoint back into a dense one that
+transformers loads without bitsandbytes (to merge a QLoRA adapter, or to
+convert to GGUF and other formats), with the values bitsandbytes'
+dequantize_4bit returns, bit for bit.
+
+SRC is a .safetensors file, or a directory holding model.safetensors or
+model.safetensors.index.json and its shards; any block size, with or
+without double quantization, packed weights stored as U8 or as the
+F32/BF16/F16 of a non-uint8 bnb_4bit_quant_storage. DST is a new (or empty)
+directory. It gets every 4-bit weight in its original shape, the other
+tensors as they were, config.json without quantization_config and with
+"dtype" set, and the other small files of SRC. The output is built in a
+temporary directory beside DST and renamed at the end: on an error or
+Ctrl-C, DST is not created.
+
+--dtype: the dtype of the output's floating-point tensors. The default
+(auto) writes each weight in the dtype it was quantized from (its quant
+state's "dtype"), as bitsandbytes does, and leaves the other tensors as
+they are. bf16, f16 or f32 write every floating-point tensor in that dtype
+(weights rounded once from the float32 dequantized values, others cast,
+round to nearest even).
+
+Examples:
+  qconv dequant ./llama-nf4 ./llama-bf16
+  qconv dequant ./llama-nf4 ./llama-f32 --dtype f32 -j 8
+
+Exit codes: 0 success, 2 usage error, invalid input or failed dequantization.
+`
+
+func dequantCommand() *command {
+	return &command{
+		name:    "dequant",
+		summary: "turn a bitsandbytes 4-bit checkpoint back into a dense one",
+		run:     runDequant,
+	}
+}
+
+// dequantSummary is the --json output.
+type dequantSummary struct {
+	Src         string   `json:"src"`
+	Dst         string   `json:"dst"`
+	DType       string   `json:"dtype"`
+	Weights     int      `json:"weights_dequantized"`
+	Kept        int      `json:"tensors_kept"`
+	InputBytes  int64    `json:"input_bytes"`
+	OutputBytes int64    `json:"output_bytes"`
+	Files       []string `json:"files"`
+	Index       string   `json:"index,omitempty"`
+	Copied      []string `json:"copied"`
+	Seconds     float64  `json:"seconds"`
+}
+
+func runDequant(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("dequant")
+	dt := fs.String("dtype", "auto", "dtype of the output's floating-point tensors: auto (each weight's quant-state dtype, other tensors unchanged), bf16, f16 or f32")
+	workers := 0
+	fs.IntVar(&workers, "workers", 0, "number of parallel workers (0: all CPUs)")
+	fs.IntVar(&workers, "j", 0, "shorthand for --workers")
+	maxShard := fs.String("max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
+	asJSON := fs.Bool("json", false, "write a JSON summary to stdout")
+	pos, code, ok := parseFlags(fs, dequantUsage, args, stdout, stderr)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return usageError(stderr, "dequant", "expected SRC and DST, got %d arguments", len(pos))
+	}
+	var opts dequant.Options
+	var err error
+	if opts.DType, err = convert.ParseDType(*dt); err != nil {
+		return usageError(stderr, "dequant", "--dtype: %v", err)
+	}
+	if workers < 0 {
+		return usageError(stderr, "dequant", "--workers %d: want at least 0", workers)
+	}
+	opts.Workers = workers
+	if opts.MaxShardSize, err = convert.ParseSize(*maxShard); err != nil {
+		return usageError(stderr, "dequant", "--max-shard-size: %v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sum, err := dequant.Dequantize(ctx, pos[0], pos[1], opts)
+	if err != nil {
+		printError(stderr, err)
+		return exitError
+	}
+	out := dequantSummary{
+		Src: sum.Src, Dst: sum.Dst, DType: sum.DType.TorchName(),
+		Weights: sum.Weights, Kept: sum.Kept,
+		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
+		Files: sum.Files, Index: sum.Index, Copied: sum.Copied, Seconds: sum.Seconds,
+	}
+	if out.DType == "" {
+		out.DType = "mixed"
+	}
+	if out.Copied == nil {
+		out.Copied = []string{}
+	}
+	if *asJSON {
+		b, err := json.MarshalIndent(out, "", "  ")
+		if err != nil {
+			printError(stderr, err)
+			return exitError
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return exitOK
+	}
+	fmt.Fprintf(stdout, "wrote %s: %d weights dequantized (%s), %d tensors kept; %s -> %s in %d file(s); %.1f s\n",
+		sum.Dst, sum.Weights, out.DType, sum.Kept, humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds)
+	return exitOK
+}

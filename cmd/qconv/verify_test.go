@@ -1,0 +1,65 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestVerifyCLI(t *testing.T) {
+	src, quant := filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8")
+	code, out, errOut := qconv("verify", src, quant)
+	if code != exitOK || errOut != "" {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	checkGolden(t, "verify/tiny-llama-bf16-nf4-dq-u8.txt", []byte(out))
+
+	code, out, _ = qconv("verify", "--json", src, quant, "-j", "2")
+	if code != exitOK {
+		t.Fatalf("--json: exit %d", code)
+	}
+	var rep struct {
+		OK     bool `json:"ok"`
+		Totals struct {
+			Quantized int      `json:"quantized"`
+			SNR       *float64 `json:"snr_db"`
+		} `json:"totals"`
+		Tensors []struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+		} `json:"tensors"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK || rep.Totals.Quantized != 14 || rep.Totals.SNR == nil || *rep.Totals.SNR < 20 || len(rep.Tensors) != 21 {
+		t.Errorf("--json: %+v", rep)
+	}
+}
+
+func TestVerifyCLIExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		out  string // in stdout (exit 0, 1) or stderr (exit 2)
+	}{
+		// A 4-bit checkpoint checked against a source it was not made from.
+		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-b-f32-nf4-dq-u8")}, exitFindings, "FAILED"},
+		// A dequantized (dense) checkpoint: the weights differ.
+		{[]string{"verify", filepath.Join(models, "tiny-llama-b-f32"), filepath.Join(models, "tiny-llama-bf16")}, exitFindings, "mismatch"},
+		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "no-such-model")}, exitError, "no-such-model"},
+		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(models, "tiny-llama-bf16-nf4-u8")}, exitError, "original checkpoint is quantized"},
+		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16")}, exitError, "expected ORIGINAL and QUANTIZED"},
+		{[]string{"verify", "--help"}, exitOK, "usage: qconv verify"},
+	} {
+		code, out, errOut := qconv(c.args...)
+		text := out
+		if code == exitError {
+			text = errOut
+		}
+		if code != c.code || !strings.Contains(text, c.out) {
+			t.Errorf("qconv %q: exit %d, want %d with %q in:\n%s", c.args, code, c.code, c.out, text)
+		}
+	}
+}
