@@ -48,6 +48,7 @@ func commands() []*command {
 		convertCommand(),
 		inspectCommand(),
 		auditCommand(),
+		dequantCommand(),
 		verifyCommand(),
 		versionCommand(),
 	}
