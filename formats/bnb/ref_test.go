@@ -391,3 +391,29 @@ func TestQuantizeSpecialBlocks(t *testing.T) {
 		t.Errorf("all-NaN block: absmax %g, want -MaxFloat32", absmax[0])
 	}
 }
+
+// FuzzQuantizeBlocks compares the fast path with the reference on
+// arbitrary bit patterns. The seeds are the golden inputs' first bytes and
+// the special values.
+func FuzzQuantizeBlocks(f *testing.F) {
+	f.Add(f32Bytes(specialValues()), uint8(1), false)
+	f.Add(f32Bytes([]float32{1, 0.5, -0.25, 0}), uint8(0), true)
+	f.Fuzz(func(t *testing.T, raw []byte, bsIdx uint8, fp4 bool) {
+		src := make([]float32, len(raw)/4)
+		for i := range src {
+			src[i] = math.Float32frombits(uint32(raw[4*i]) | uint32(raw[4*i+1])<<8 | uint32(raw[4*i+2])<<16 | uint32(raw[4*i+3])<<24)
+		}
+		q := NF4
+		if fp4 {
+			q = FP4
+		}
+		bs := validBlocksizes[int(bsIdx)%len(validBlocksizes)]
+		wantP, wantA := refQuantize(src, bs, q)
+		gotP := make([]byte, PackedBytes(int64(len(src))))
+		gotA := make([]float32, NumBlocks(int64(len(src)), bs))
+		QuantizeBlocks(gotP, gotA, src, bs, q)
+		if !bytes.Equal(gotP, wantP) || !bytes.Equal(f32Bytes(gotA), f32Bytes(wantA)) {
+			t.Fatalf("%v bs %d: got %x %v, want %x %v", q, bs, gotP, gotA, wantP, wantA)
+		}
+	})
+}
