@@ -1,11 +1,15 @@
 package dequant
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
 )
@@ -84,4 +88,64 @@ func roundTrip(v float32, d dtype.DType) float32 {
 	out := make([]float32, 1)
 	decodeFloat(out, b[:], d)
 	return out[0]
+}
+
+// TestGoldenVectorsPipeline runs Dequantize on the golden vectors file
+// (every block size, odd element counts, jobs cut at every group of 256
+// blocks) and checks the output weights of the blocksize-64 cases against
+// bitsandbytes' dequantize_4bit, rounded to the weight's dtype.
+func TestGoldenVectorsPipeline(t *testing.T) {
+	dst := t.TempDir() + "/out"
+	if _, err := Dequantize(context.Background(), vectors, dst, Options{Workers: 3, JobElements: 100}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := checkpoint.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	in, err := checkpoint.Open(vectors)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	checked := 0
+	for _, tn := range out.Tensors() {
+		key, ok := strings.CutSuffix(tn.Name, ".weight")
+		if !ok {
+			continue
+		}
+		qs, _ := in.Tensor(tn.Name + ".quant_state.bitsandbytes__" + key[strings.Index(key, ".")+1:][:3])
+		blob, err := qs.ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := bnb.ParseQuantState(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := dtype.FromTorchName(st.DType); tn.DType != d || !slices.Equal(tn.Shape, st.Shape) {
+			t.Errorf("%s: %v %v, want %s %v", tn.Name, tn.DType, tn.Shape, st.DType, st.Shape)
+		}
+		g, ok := in.Tensor(key + ".dequant")
+		if !ok {
+			continue
+		}
+		golden, _ := g.ReadAll()
+		vals := make([]float32, g.NumElements())
+		decodeF32(vals, golden)
+		want := make([]byte, len(vals)*tn.DType.Size())
+		encode(want, vals, tn.DType)
+		got, err := tn.ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from bitsandbytes' dequantize_4bit", tn.Name)
+		}
+		checked++
+	}
+	if checked != 28 {
+		t.Errorf("checked %d cases, want 28", checked)
+	}
 }
