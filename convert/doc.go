@@ -77,9 +77,10 @@
 // module is not lm_head/embed_out, an embedding (embed*, wte, wpe,
 // shared) or a norm; --skip and --include globs change that. Not
 // supported: GPT-2 style Conv1D layers (transformers transposes them
-// before quantizing; qconv would quantize them untransposed, so refuse
-// such models with --skip), fused MoE expert tensors (3-D, kept) and
-// models with _keep_in_fp32_modules (pass --skip for those modules).
+// before quantizing; models whose config.json says model_type gpt2,
+// openai-gpt, imagegpt or decision_transformer are refused), fused MoE
+// expert tensors (3-D, kept dense as transformers does) and models with
+// _keep_in_fp32_modules (pass --skip for those modules).
 //
 // # Output format
 //

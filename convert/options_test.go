@@ -101,7 +101,6 @@ func TestSelection(t *testing.T) {
 		{"embed_out.weight", dtype.BF16, []int64{8, 8}, false},
 		{"model.layers.0.conv.weight", dtype.BF16, []int64{8, 8, 3}, false},
 		{"model.layers.0.x.weight", dtype.BF16, []int64{0, 8}, false},
-		{"model.layers.0.x.weight", dtype.I32, []int64{8, 8}, false},
 		{"model.layers.0.mixer.A_log", dtype.F32, []int64{8, 8}, false},
 	}
 	for _, c := range cases {
@@ -133,6 +132,14 @@ func TestSelection(t *testing.T) {
 	}
 	if _, err := (selector{include: []string{"*"}}).quantize("x.weight", dtype.F64, []int64{4}); err == nil {
 		t.Error("--include of an F64 tensor: no error")
+	}
+	for _, dt := range []dtype.DType{dtype.F64, dtype.F8_E4M3, dtype.I8, dtype.U8, dtype.I32} {
+		if _, err := (selector{}).quantize("model.layers.0.x.weight", dt, []int64{8, 8}); err == nil {
+			t.Errorf("a Linear weight of dtype %v: no error", dt)
+		}
+		if q, err := (selector{skip: []string{"*"}}).quantize("model.layers.0.x.weight", dt, []int64{8, 8}); err != nil || q {
+			t.Errorf("a skipped Linear weight of dtype %v: %v, %v", dt, q, err)
+		}
 	}
 }
 

@@ -252,6 +252,10 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		if t.DType == dtype.U8 && len(t.Shape) == 2 && t.Shape[1] == 1 && names[t.Name+".absmax"] {
 			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (packed 4-bit weight with absmax)", srcFiles[t.shard], t.Name)
 		}
+		switch last := lastComponent(t.Name); last {
+		case "SCB", "qweight", "qzeros", "weight_scale", "weight_scale_inv":
+			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (%s tensors belong to 8-bit, GPTQ/AWQ or FP8 checkpoints)", srcFiles[t.shard], t.Name, last)
+		}
 	}
 	if mt, _ := cfg.Get("model_type").AsString(); conv1DModels[mt] {
 		return nil, fmt.Errorf("convert: model_type %q stores its Linear layers as transposed Conv1D weights, which transformers transposes before quantizing; not supported", mt)
@@ -351,6 +355,16 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 			}
 			sizes = append(sizes, sz)
 		}
+	}
+
+	seen := make(map[string]string, len(refs))
+	for _, r := range refs {
+		it := p.items[r.item]
+		name := it.entries[r.entry].name
+		if prev, ok := seen[name]; ok {
+			return nil, fmt.Errorf("convert: output tensor %q of %q clashes with one of %q", name, it.src.Name, prev)
+		}
+		seen[name] = it.src.Name
 	}
 
 	// Shards as huggingface_hub's split_state_dict_into_shards_factory:

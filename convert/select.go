@@ -140,7 +140,9 @@ func (s selector) quantize(name string, dt dtype.DType, shape []int64) (bool, er
 		}
 		return true, nil
 	}
-	if dt.IsFloat() && !quantizable(dt) && len(shape) == 2 && byDefault(name, dtype.F32, shape) {
+	if !quantizable(dt) && byDefault(name, dtype.F32, shape) {
+		// A Linear weight in another dtype: F64, FP8, or the integer
+		// storage of another quantization format.
 		return false, fmt.Errorf("convert: tensor %q: unsupported dtype %v for a weight to quantize (want F32, BF16 or F16)", name, dt)
 	}
 	return byDefault(name, dt, shape), nil

@@ -111,7 +111,7 @@ func TestStorageDTypes(t *testing.T) {
 	for _, fam := range []string{"tiny-llama-bf16", "tiny-llama-b-f32"} {
 		want := run(t, model(fam+"-nf4-dq-u8"), Options{})
 		for _, st := range []string{"-nf4-dq-f32storage", "-nf4-dq-bf16storage"} {
-			got := run(t, model(fam+st), Options{Workers: 3, JobElements: 1})
+			got := run(t, model(fam+st), Options{Workers: 3, JobElements: 333})
 			for _, f := range []string{"model.safetensors", "config.json"} {
 				if !bytes.Equal(readFile(t, filepath.Join(got, f)), readFile(t, filepath.Join(want, f))) {
 					t.Errorf("%s%s: %s differs from the uint8 twin's", fam, st, f)
@@ -126,7 +126,7 @@ func TestStorageDTypes(t *testing.T) {
 func TestWorkersAndJobs(t *testing.T) {
 	src := model("tiny-llama-b-f32-nf4-dq-u8")
 	want := readFile(t, filepath.Join(run(t, src, Options{Workers: 1}), "model.safetensors"))
-	for _, o := range []Options{{Workers: 4, JobElements: 1}, {Workers: 2, JobElements: 64*256 + 1}, {Workers: 8, JobElements: 1 << 30}} {
+	for _, o := range []Options{{Workers: 4, JobElements: 333}, {Workers: 2, JobElements: 64*256 + 1}, {Workers: 8, JobElements: 1 << 30}} {
 		got := readFile(t, filepath.Join(run(t, src, o), "model.safetensors"))
 		if !bytes.Equal(got, want) {
 			t.Errorf("options %+v: output differs from -j 1", o)

@@ -100,6 +100,9 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 		if !(math.Abs(stored-absmax) <= d+tolBlock) {
 			a.badBlock(b0+int64(blk), stored, absmax)
 		}
+		// The stored absmax may be off by d plus its own rounding
+		// (tolBlock), and the product code·absmax is rounded once more.
+		d += tolBlock
 		tolElem := tolRel*(absmax+math.Abs(stored)) + tolAbs
 		for i := range xs {
 			c := b.Packed[(lo+i)/2]
