@@ -24,7 +24,7 @@ func scanFloats(t *audit.Tensor, fn func(start int64, vals []float64) bool) erro
 		return fmt.Errorf("tensor %q is %s, not a float type", t.Name, t.DType)
 	}
 	r := t.Section()
-	buf := make([]byte, chunkBytes/size*size)
+	buf := make([]byte, min(chunkBytes/int64(size), max(t.NumElements(), 1))*int64(size))
 	vals := make([]float64, len(buf)/size)
 	var start int64
 	for {
@@ -92,7 +92,7 @@ func absmaxValues(c *audit.Checkpoint, g *audit.QuantGroup, fn func(start int64,
 	}
 	off := g.State.NestedOffset
 	r := a.Section()
-	buf := make([]byte, chunkBytes)
+	buf := make([]byte, min(chunkBytes, max(a.Size(), 1)))
 	vals := make([]float64, len(buf))
 	var start int64
 	for {
