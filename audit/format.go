@@ -53,10 +53,10 @@ type TextFormatter struct{}
 func (TextFormatter) Format(w io.Writer, r *Report) error {
 	bw := bufio.NewWriter(w)
 	for _, d := range r.Findings {
-		bw.WriteString(d.File)
+		bw.WriteString(oneLine(d.File))
 		bw.WriteString(": ")
 		if d.Tensor != "" {
-			bw.WriteString(d.Tensor)
+			bw.WriteString(oneLine(d.Tensor))
 			bw.WriteString(": ")
 		}
 		fmt.Fprintf(bw, "%s %s: %s\n", d.Severity, d.Rule, oneLine(d.Message))
