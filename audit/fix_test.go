@@ -2,13 +2,17 @@ package audit_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/qconv/qconv/audit"
 	"github.com/qconv/qconv/audit/rules"
+	"github.com/qconv/qconv/formats/safetensors"
 )
 
 const models = "../testdata/golden/models"
@@ -81,5 +85,113 @@ func TestFixRefuses(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(dst))
 	if len(entries) != 1 {
 		t.Errorf("temporary files left beside the output: %v", entries)
+	}
+}
+
+// TestFixSharded splits the float32-storage golden model into two shards
+// (a packed weight in one shard, its statistics in the other), repairs it,
+// and checks every output tensor against the uint8 golden model.
+func TestFixSharded(t *testing.T) {
+	src := filepath.Join(models, "tiny-llama-bf16-nf4-dq-f32storage")
+	in, err := safetensors.Open(filepath.Join(src, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	dir := filepath.Join(t.TempDir(), "sharded")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shardOf := func(name string) string {
+		if strings.HasPrefix(name, "model.layers.0.") && !strings.Contains(name, "q_proj.weight.") {
+			return "model-00001-of-00002.safetensors"
+		}
+		return "model-00002-of-00002.safetensors"
+	}
+	specs := map[string][]safetensors.TensorSpec{}
+	weightMap := map[string]string{}
+	var total int64
+	for _, ti := range in.Tensors() {
+		s := shardOf(ti.Name)
+		specs[s] = append(specs[s], safetensors.TensorSpec{Name: ti.Name, DType: ti.DType, Shape: ti.Shape})
+		weightMap[ti.Name] = s
+		total += ti.Size()
+	}
+	for s, sp := range specs {
+		plan, err := safetensors.NewPlan(in.Metadata(), sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		w, err := safetensors.NewWriter(&buf, plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ti := range plan.Tensors {
+			orig, _ := in.Tensor(ti.Name)
+			if err := w.WriteTensor(ti.Name, in.SectionReader(orig)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, s), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index, _ := json.Marshal(map[string]any{"metadata": map[string]any{"total_size": total}, "weight_map": weightMap})
+	cfg, _ := os.ReadFile(filepath.Join(src, "config.json"))
+	os.WriteFile(filepath.Join(dir, "model.safetensors.index.json"), index, 0o644)
+	os.WriteFile(filepath.Join(dir, "config.json"), cfg, 0o644)
+
+	rep, err := audit.Run([]string{dir}, audit.Options{Rules: rules.All()})
+	if err != nil || rep.Counts.Error != 14 || rep.Counts.Warning != 0 {
+		t.Fatalf("sharded float32-storage input: %v, counts %+v, findings %+v", err, rep.Counts, rep.Findings)
+	}
+
+	dst := filepath.Join(t.TempDir(), "fixed")
+	res, err := audit.Fix(dst, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rewritten) != 2 || len(res.Retyped) != 14 {
+		t.Errorf("result %+v", res)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "model.safetensors.index.json")); !bytes.Equal(got, index) {
+		t.Error("the index was not copied unchanged")
+	}
+	rep, err = audit.Run([]string{dst}, audit.Options{Rules: rules.All(), Deep: true})
+	if err != nil || rep.Counts.AtLeast(audit.Warning) != 0 {
+		t.Fatalf("fixed checkpoint: %v, findings %+v", err, rep.Findings)
+	}
+	want, err := safetensors.Open(filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8", "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer want.Close()
+	n := 0
+	for s := range specs {
+		out, err := safetensors.Open(filepath.Join(dst, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ti := range out.Tensors() {
+			wt, ok := want.Tensor(ti.Name)
+			if !ok || wt.DType != ti.DType || !slices.Equal(wt.Shape, ti.Shape) {
+				t.Errorf("%s: %s %v, want %s %v", ti.Name, ti.DType, ti.Shape, wt.DType, wt.Shape)
+				continue
+			}
+			a, _ := out.ReadTensor(ti.Name)
+			b, _ := want.ReadTensor(ti.Name)
+			if !bytes.Equal(a, b) {
+				t.Errorf("%s: bytes differ from the uint8 golden", ti.Name)
+			}
+			n++
+		}
+		out.Close()
+	}
+	if n != len(want.Tensors()) {
+		t.Errorf("%d tensors in the output, want %d", n, len(want.Tensors()))
 	}
 }
