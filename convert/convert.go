@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -76,10 +74,18 @@ func openSource(path string) (*source, error) {
 // Convert converts the checkpoint at src (a .safetensors file, or a
 // directory holding model.safetensors or a sharded index) to a
 // bitsandbytes 4-bit checkpoint in the directory dst, as described in the
-// package documentation. The output is built in a temporary directory
-// beside dst and moved into place at the end; on any error, or when ctx is
-// cancelled, the temporary directory is removed and dst is left as it
-// was. src is never modified.
+// package documentation.
+//
+// The output is built in the work directory ".<dst>.qconv-partial" beside
+// dst and renamed to dst at the end, so dst never looks complete unless it
+// is; src is never modified. On an error or when ctx is cancelled, output
+// files that were finished are kept there (a rerun with the same options
+// continues from them: see state.go) and everything else is removed; if no
+// file was finished the work directory is removed.
+//
+// With Options.Part selecting one part of several, Convert writes only the
+// output files of that part into the work directory and returns;
+// Options.Finalize finishes the conversion once all parts are done.
 func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, error) {
 	start := time.Now()
 	s, err := opts.settings()
@@ -99,18 +105,67 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	if err != nil {
 		return nil, err
 	}
-
-	work, err := makeWorkDir(dst)
+	st, err := newPlanState(p, in)
 	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.RemoveAll(work)
+	w, err := openWorkDir(dst, st, s.restart)
+	if err != nil {
+		return nil, err
+	}
+	sum := &Summary{Src: src, Dst: dst, InputBytes: in.bytes, TensorsQuantized: p.Quantized, TensorsKept: p.Kept, Plan: p}
+	fail := func(err error) (*Summary, error) {
+		err = interrupted(ctx, err)
+		if s.hooks != nil && s.hooks.crash {
+			return nil, err
 		}
-	}()
+		if s.part.whole() && !w.anyDone() {
+			os.RemoveAll(w.dir)
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (finished output files are kept in %s: rerun the same command to continue, or pass --restart)", err, w.dir)
+	}
 
+	if !s.finalize {
+		if err := convertFiles(ctx, p, in, w, sum); err != nil {
+			return fail(err)
+		}
+		if !s.part.whole() {
+			sum.Seconds = time.Since(start).Seconds()
+			sum.PeakRSSBytes = peakRSS()
+			return sum, nil
+		}
+	}
+	for _, f := range p.Files {
+		ok, err := w.isDone(f.Name)
+		if err != nil {
+			return fail(err)
+		}
+		if !ok {
+			return fail(fmt.Errorf("convert: output file %s is missing or incomplete in %s (has every part of the conversion finished, with the same options?)", f.Name, w.dir))
+		}
+	}
+	if err := finish(ctx, p, in, w.dir, sum); err != nil {
+		return fail(err)
+	}
+	if err := w.removeState(sum.Files); err != nil {
+		return fail(err)
+	}
+	if err := install(w.dir, dst, s.force, sum); err != nil {
+		return nil, err
+	}
+	sum.Seconds = time.Since(start).Seconds()
+	sum.PeakRSSBytes = peakRSS()
+	for _, name := range sum.NotCopied {
+		fmt.Fprintf(s.log, "qconv: note: not copied: %s (weights in another format; the output has the 4-bit safetensors weights)\n", name)
+	}
+	return sum, nil
+}
+
+// convertFiles writes the output files of this run's part that are not
+// already complete in w.
+func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Summary) error {
+	s := p.s
 	byName := make(map[string]io.ReaderAt, len(in.tensors))
 	for i, t := range in.tensors {
 		byName[t.Name] = in.readers[i]
@@ -123,27 +178,29 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		}
 	}
 	r := &runner{p: p, s: s, src: readers, inPart: make([]bool, len(p.Files))}
-	for i := range r.inPart {
-		r.inPart[i] = s.part.has(i)
+	for i, f := range p.Files {
+		if !s.part.has(i) {
+			continue
+		}
+		done, err := w.isDone(f.Name)
+		if err != nil {
+			return err
+		}
+		r.inPart[i] = !done
+		if done {
+			fmt.Fprintf(s.log, "qconv: %s is already complete in %s; kept\n", f.Name, w.dir)
+		}
 	}
-	if err := r.run(ctx, work); err != nil {
-		return nil, interrupted(ctx, err)
+	r.fileDone = func(fi int) error { return w.markDone(p.Files[fi].Name) }
+	if err := r.run(ctx, w.dir); err != nil {
+		return err
 	}
-
-	sum := &Summary{Src: src, Dst: dst, InputBytes: in.bytes, TensorsQuantized: p.Quantized, TensorsKept: p.Kept, Plan: p}
-	if err := finish(ctx, p, in, work, sum); err != nil {
-		return nil, interrupted(ctx, err)
+	for i, f := range p.Files {
+		if s.part.has(i) {
+			sum.Files = append(sum.Files, f.Name)
+		}
 	}
-	if err := install(work, dst, s.force, sum); err != nil {
-		return nil, err
-	}
-	ok = true
-	sum.Seconds = time.Since(start).Seconds()
-	sum.PeakRSSBytes = peakRSS()
-	for _, name := range sum.NotCopied {
-		fmt.Fprintf(s.log, "qconv: note: not copied: %s (weights in another format; the output has the 4-bit safetensors weights)\n", name)
-	}
-	return sum, nil
+	return nil
 }
 
 // interrupted turns a cancellation into a clear error.
@@ -157,6 +214,7 @@ func interrupted(ctx context.Context, err error) error {
 // finish writes the index, config.json and the copied files into work,
 // and fills sum. The output weight files must be complete in work.
 func finish(ctx context.Context, p *Plan, in *source, work string, sum *Summary) error {
+	sum.Files = nil
 	var entries []checkpoint.IndexEntry
 	var totalSize int64
 	for _, f := range p.Files {
@@ -275,31 +333,6 @@ func checkDst(ck *checkpoint.Checkpoint, dst string, force bool) error {
 		return fmt.Errorf("convert: destination %s is not empty (use --force to replace its files)", dst)
 	}
 	return nil
-}
-
-// makeWorkDir creates the temporary directory beside dst in which the
-// output is built.
-func makeWorkDir(dst string) (string, error) {
-	abs, err := filepath.Abs(dst)
-	if err != nil {
-		return "", fmt.Errorf("convert: %w", err)
-	}
-	parent, base := filepath.Dir(abs), filepath.Base(abs)
-	if err := os.MkdirAll(parent, 0o777); err != nil {
-		return "", fmt.Errorf("convert: %w", err)
-	}
-	for range 100 {
-		dir := filepath.Join(parent, "."+base+".qconv-tmp-"+strconv.FormatUint(rand.Uint64()&(1<<40-1), 36))
-		err := os.Mkdir(dir, 0o777)
-		if errors.Is(err, os.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return "", fmt.Errorf("convert: %w", err)
-		}
-		return dir, nil
-	}
-	return "", fmt.Errorf("convert: cannot create a temporary directory beside %s", dst)
 }
 
 // staleWeights matches weight files that a new output replaces, as

@@ -73,9 +73,19 @@ type Options struct {
 	// (model.safetensors, model-NNNNN-of-NNNNN.safetensors, the index) are
 	// removed. Without it a non-empty destination is an error.
 	Force bool
-	// Part converts only one part of the output (issue 7: scale-out).
-	// The zero value converts everything.
+	// Part converts only one part of the output files, for a conversion
+	// split across processes or machines (see Part); Finalize then
+	// completes it. The zero value converts everything and finalizes.
 	Part Part
+	// Finalize converts nothing: it checks that every output file of the
+	// plan is complete in the work directory (written by the parts of a
+	// partitioned conversion, with the same options) and finishes the
+	// output (index, config.json, copied files) into dst.
+	Finalize bool
+	// Restart discards the partial output of an earlier, interrupted
+	// conversion to the same destination instead of continuing it, also
+	// when it was made with other options or from a changed source.
+	Restart bool
 	// Progress, if not nil, is called after each job with the number of
 	// bytes of work done so far and in total (input bytes, counting the
 	// double-quant statistics pass over quantized weights as work too).
@@ -106,6 +116,8 @@ type settings struct {
 	allowNonFin  bool
 	force        bool
 	part         Part
+	finalize     bool
+	restart      bool
 	jobElems     int
 	progress     func(done, total int64)
 	log          io.Writer
@@ -126,6 +138,8 @@ func (o *Options) settings() (*settings, error) {
 		allowNonFin:  o.AllowNonFinite,
 		force:        o.Force,
 		part:         o.Part,
+		finalize:     o.Finalize,
+		restart:      o.Restart,
 		jobElems:     o.jobElements,
 		progress:     o.Progress,
 		log:          o.Log,

@@ -335,7 +335,7 @@ func noOutput(t *testing.T, dst string) {
 	}
 	ents, _ := os.ReadDir(filepath.Dir(dst))
 	for _, e := range ents {
-		if strings.Contains(e.Name(), ".qconv-tmp-") {
+		if strings.Contains(e.Name(), ".qconv-") {
 			t.Errorf("temporary %s left behind", e.Name())
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 
 	"github.com/qconv/qconv/formats/bnb"
@@ -24,6 +25,9 @@ const subChunk = 1 << 16
 type hooks struct {
 	reader func(tensor string, r io.ReaderAt) io.ReaderAt
 	writer func(file string, w io.WriterAt) io.WriterAt
+	// crash skips all cleanup after an error, as if the process had
+	// been killed.
+	crash bool
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -43,6 +47,12 @@ type runner struct {
 	offset  []float32 // per item: the nested offset found by the statistics pass
 
 	done, total atomic.Int64
+
+	// fileItems counts, per output file, the items of the quantization
+	// pass that still have to write to it; at zero the file is complete
+	// and fileDone is called (from the worker that finished it).
+	fileItems []atomic.Int64
+	fileDone  func(fi int) error
 }
 
 // itemState is the state of one item during a pass, shared by its jobs.
@@ -197,23 +207,64 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 		}
 	}
 
-	// Pass 2: quantize and write.
-	if err := runJobs(ctx, s.workers, r.window(), r.passJobs(writeItems, false), r.newWorker, r.doJob); err != nil {
-		return err
-	}
-
-	for fi, f := range r.files {
-		if f == nil {
+	// Pass 2: quantize and write. A file is finished when the last item
+	// writing to it is.
+	r.fileItems = make([]atomic.Int64, len(p.Files))
+	for _, it := range writeItems {
+		if it.numElements() == 0 {
 			continue
 		}
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("convert: %s: %w", p.Files[fi].Name, err)
+		for _, fi := range r.itemFiles(it) {
+			r.fileItems[fi].Add(1)
 		}
-		err := f.Close()
-		r.files[fi] = nil
-		if err != nil {
-			return fmt.Errorf("convert: %s: %w", p.Files[fi].Name, err)
+	}
+	for fi := range p.Files {
+		if r.inPart[fi] && r.fileItems[fi].Load() == 0 {
+			if err := r.finishFile(fi); err != nil {
+				return err
+			}
 		}
+	}
+	return runJobs(ctx, s.workers, r.window(), r.passJobs(writeItems, false), r.newWorker, r.doJob)
+}
+
+// itemFiles returns the output files of this run that it writes to.
+func (r *runner) itemFiles(it *item) []int {
+	var fs []int
+	for i := range it.entries {
+		if f := it.entries[i].file; r.inPart[f] && !slices.Contains(fs, f) {
+			fs = append(fs, f)
+		}
+	}
+	return fs
+}
+
+// itemDone counts a finished item against its files.
+func (r *runner) itemDone(it *item) error {
+	for _, fi := range r.itemFiles(it) {
+		if r.fileItems[fi].Add(-1) == 0 {
+			if err := r.finishFile(fi); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// finishFile syncs and closes a complete output file and reports it.
+func (r *runner) finishFile(fi int) error {
+	f := r.files[fi]
+	r.files[fi] = nil
+	name := r.p.Files[fi].Name
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("convert: %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
+	}
+	if r.fileDone != nil {
+		return r.fileDone(fi)
 	}
 	return nil
 }
@@ -343,8 +394,11 @@ func (r *runner) doJob(ctx context.Context, w *worker, j *job) error {
 			return r.finishStats(j)
 		}
 		if it.quantize {
-			return r.finishQuant(j)
+			if err := r.finishQuant(j); err != nil {
+				return err
+			}
 		}
+		return r.itemDone(it)
 	}
 	return nil
 }

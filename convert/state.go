@@ -1,0 +1,314 @@
+package convert
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/qconv/qconv/internal/atomicfile"
+)
+
+// Partial output and resume.
+//
+// The output is built in the work directory ".<dst>.qconv-partial" beside
+// dst, whose name depends only on dst, so that a rerun of an interrupted
+// conversion and the processes of a partitioned one (Options.Part) find
+// it. It holds:
+//
+//   - .qconv-plan.json: what the output depends on (the options that
+//     change bytes, each source file's name, size and modification time,
+//     and the output file names). Every run compares it with its own and
+//     refuses to go on with a work directory made with other arguments or
+//     from a changed source (Options.Restart discards it instead).
+//   - the output weight files, written in place under their final names;
+//   - .<file>.done next to each finished file: the plan's fingerprint, the
+//     file's size and its CRC-32C, written (atomically) after the file is
+//     synced. A file without a valid marker is incomplete and is
+//     rewritten; a file with one is checked against size and checksum
+//     before it is kept.
+//
+// When every file is done, the finishing step (the end of a whole run, or
+// Options.Finalize after a partitioned one) checks them all, writes the
+// index, config.json and the copied files, removes the state files and
+// renames the directory to dst. dst therefore never looks complete unless
+// it is.
+
+const (
+	planStateName = ".qconv-plan.json"
+	doneSuffix    = ".done"
+	workSuffix    = ".qconv-partial"
+)
+
+// planState is the content of .qconv-plan.json.
+type planState struct {
+	Version  int               `json:"version"`
+	Settings map[string]string `json:"settings"`
+	Sources  []sourceState     `json:"sources"`
+	Files    []string          `json:"files"`
+}
+
+type sourceState struct {
+	Name    string `json:"name"`
+	Size    int64  `json:"size"`
+	ModTime int64  `json:"mtime_ns"`
+}
+
+// doneState is the content of a .<file>.done marker.
+type doneState struct {
+	Plan   string `json:"plan"` // fingerprint: hex SHA-256 of .qconv-plan.json
+	Size   int64  `json:"size"`
+	CRC32C uint32 `json:"crc32c"`
+}
+
+// workDir is an open work directory.
+type workDir struct {
+	dir         string
+	fingerprint string
+	state       []byte
+
+	mu    sync.Mutex
+	fresh map[string]bool // files marked done by this process
+}
+
+// workDirFor returns the work directory of dst.
+func workDirFor(dst string) (string, error) {
+	abs, err := filepath.Abs(dst)
+	if err != nil {
+		return "", fmt.Errorf("convert: %w", err)
+	}
+	return filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+workSuffix), nil
+}
+
+// newPlanState describes what the plan's output depends on.
+func newPlanState(p *Plan, in *source) (*planState, error) {
+	s := p.s
+	st := &planState{Version: 1, Settings: map[string]string{
+		"quant-type":     s.quant.String(),
+		"blocksize":      fmt.Sprint(s.blocksize),
+		"double-quant":   fmt.Sprint(s.doubleQuant),
+		"dtype":          p.ModelDType.TorchName(),
+		"compute-dtype":  p.ComputeDType.TorchName(),
+		"skip":           strings.Join(s.skip, " "),
+		"include":        strings.Join(s.include, " "),
+		"max-shard-size": fmt.Sprint(s.maxShard),
+	}}
+	for _, sh := range in.ck.Shards {
+		fi, err := os.Stat(sh.Path)
+		if err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		st.Sources = append(st.Sources, sourceState{Name: sh.Name, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
+	}
+	for _, f := range p.Files {
+		st.Files = append(st.Files, f.Name)
+	}
+	return st, nil
+}
+
+// openWorkDir creates or reopens the work directory of dst for the plan.
+// An existing one made for another plan is an error, or is discarded if
+// restart is set.
+func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
+	dir, err := workDirFor(dst)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	b = append(b, '\n')
+	sum := sha256.Sum256(b)
+	w := &workDir{dir: dir, fingerprint: hex.EncodeToString(sum[:]), state: b}
+	if restart {
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	path := filepath.Join(dir, planStateName)
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// A new work directory (or one left by a run that failed before
+		// writing this): start from scratch.
+		f, err := atomicfile.Create(path)
+		if err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		defer f.Abort()
+		if _, err := f.Write(b); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		if err := f.Commit(); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		// Another process of a partitioned run may have written it at the
+		// same time: both must agree.
+		if again, err := os.ReadFile(path); err != nil || !bytes.Equal(again, b) {
+			return nil, fmt.Errorf("convert: %s was written at the same time by a run with other arguments", path)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("convert: %w", err)
+	case !bytes.Equal(old, b):
+		return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", dir, diffStates(old, st))
+	}
+	return w, nil
+}
+
+// diffStates says how the plan state in old differs from st.
+func diffStates(old []byte, st *planState) string {
+	var o planState
+	if err := json.Unmarshal(old, &o); err != nil || o.Version != st.Version {
+		return "an unknown format"
+	}
+	var diffs []string
+	keys := make([]string, 0, len(st.Settings))
+	for k := range st.Settings {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if o.Settings[k] != st.Settings[k] {
+			diffs = append(diffs, fmt.Sprintf("%s %q (now %q)", k, o.Settings[k], st.Settings[k]))
+		}
+	}
+	oldSrc := map[string]sourceState{}
+	for _, s := range o.Sources {
+		oldSrc[s.Name] = s
+	}
+	for _, s := range st.Sources {
+		switch os, ok := oldSrc[s.Name]; {
+		case !ok:
+			diffs = append(diffs, fmt.Sprintf("no source file %s", s.Name))
+		case os.Size != s.Size:
+			diffs = append(diffs, fmt.Sprintf("source file %s of %d bytes (now %d)", s.Name, os.Size, s.Size))
+		case os.ModTime != s.ModTime:
+			diffs = append(diffs, fmt.Sprintf("source file %s modified since", s.Name))
+		}
+	}
+	if len(o.Sources) != len(st.Sources) {
+		diffs = append(diffs, fmt.Sprintf("%d source files (now %d)", len(o.Sources), len(st.Sources)))
+	}
+	if !slices.Equal(o.Files, st.Files) && len(diffs) == 0 {
+		diffs = append(diffs, fmt.Sprintf("output files %v (now %v)", o.Files, st.Files))
+	}
+	if len(diffs) == 0 {
+		return "other settings"
+	}
+	return strings.Join(diffs, ", ")
+}
+
+func (w *workDir) donePath(name string) string {
+	return filepath.Join(w.dir, "."+name+doneSuffix)
+}
+
+// fileCRC returns the size and CRC-32C of the file at path.
+func fileCRC(path string) (int64, uint32, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
+	return n, h.Sum32(), err
+}
+
+// markDone records that output file name is complete. The file must be
+// synced.
+func (w *workDir) markDone(name string) error {
+	size, crc, err := fileCRC(filepath.Join(w.dir, name))
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	b, err := json.Marshal(doneState{Plan: w.fingerprint, Size: size, CRC32C: crc})
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	f, err := atomicfile.Create(w.donePath(name))
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	defer f.Abort()
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	if err := f.Commit(); err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	w.mu.Lock()
+	if w.fresh == nil {
+		w.fresh = map[string]bool{}
+	}
+	w.fresh[name] = true
+	w.mu.Unlock()
+	return nil
+}
+
+// isDone reports whether output file name is complete: it has a marker of
+// this plan and its size and checksum match the marker. A file that fails
+// the check loses its marker (and will be rewritten).
+func (w *workDir) isDone(name string) (bool, error) {
+	w.mu.Lock()
+	fresh := w.fresh[name]
+	w.mu.Unlock()
+	if fresh {
+		return true, nil
+	}
+	b, err := os.ReadFile(w.donePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("convert: %w", err)
+	}
+	var d doneState
+	if json.Unmarshal(b, &d) == nil && d.Plan == w.fingerprint {
+		size, crc, err := fileCRC(filepath.Join(w.dir, name))
+		if err == nil && size == d.Size && crc == d.CRC32C {
+			return true, nil
+		}
+	}
+	if err := os.Remove(w.donePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("convert: %w", err)
+	}
+	return false, nil
+}
+
+// anyDone reports whether any output file has a done marker.
+func (w *workDir) anyDone() bool {
+	ents, _ := os.ReadDir(w.dir)
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), doneSuffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// removeState removes the plan state and the done markers, leaving the
+// output files.
+func (w *workDir) removeState(files []string) error {
+	for _, f := range files {
+		if err := os.Remove(w.donePath(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("convert: %w", err)
+		}
+	}
+	if err := os.Remove(filepath.Join(w.dir, planStateName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("convert: %w", err)
+	}
+	return nil
+}
