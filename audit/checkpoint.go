@@ -55,8 +55,6 @@ type Checkpoint struct {
 	// (adapter_config.json, or a file named adapter_model.safetensors),
 	// not a full model.
 	Adapter bool
-	// Deep reports that the audit may read tensor data (Options.Deep).
-	Deep bool
 
 	tensors []*Tensor
 	byName  map[string][]*Tensor
@@ -117,12 +115,12 @@ var ErrNothingToAudit = errors.New("audit: nothing to audit")
 
 // load builds the lenient view of path. It fails only when there is
 // nothing to audit at all; everything else is recorded for the rules.
-func load(path string, deep bool) (*Checkpoint, error) {
+func load(path string) (*Checkpoint, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	c := &Checkpoint{Path: path, Deep: deep}
+	c := &Checkpoint{Path: path}
 	if !st.IsDir() {
 		if !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("%w: %s is not a regular file or a directory", ErrNothingToAudit, path)

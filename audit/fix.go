@@ -60,7 +60,7 @@ func Fix(dst, src string) (*FixResult, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
-	c, err := load(src, false)
+	c, err := load(src)
 	if err != nil {
 		return nil, err
 	}

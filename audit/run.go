@@ -122,7 +122,7 @@ func Run(paths []string, opts Options) (*Report, error) {
 		}
 	}
 	for _, p := range paths {
-		c, err := load(p, opts.Deep)
+		c, err := load(p)
 		if err != nil {
 			rep.PathErrors = append(rep.PathErrors, err)
 			continue

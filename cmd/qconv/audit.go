@@ -22,7 +22,8 @@ uploaded or served. PATH is a .safetensors file, or a directory holding
 model.safetensors or model.safetensors.index.json and its shards (with
 config.json beside them). Each finding names a rule ID, a severity (error,
 warning, info), the file, the tensor, and says what is wrong and how to
-fix it. Malformed files are findings, not failures.
+fix it. Malformed files are findings, not failures. A file PATH is
+audited alone; config.json and the index are read for a directory PATH.
 
 By default only headers, config.json, the index and the small quant-state
 tensors are read, so a 100 GB checkpoint audits in milliseconds; --deep
