@@ -65,6 +65,14 @@ const (
 	KindDense     Kind = "dense"     // anything else
 )
 
+// rank orders kinds for the summary: quantized weights first.
+func (k Kind) rank() int {
+	if k == KindQuantized {
+		return 0
+	}
+	return 1
+}
+
 // Decibels is a signal-to-noise ratio in dB. It is +Inf when there is no
 // error at all; JSON writes that as null.
 type Decibels float64
@@ -148,9 +156,9 @@ type Report struct {
 	Original  string `json:"original"`
 	Quantized string `json:"quantized"`
 	// Tensors lists every tensor of either checkpoint (a 4-bit weight's
-	// quant-state tensors are part of it), failures first, then by
-	// decreasing BoundRatio, quantized before dense, by increasing SNR,
-	// by name.
+	// quant-state tensors are part of it): failures first, by decreasing
+	// BoundRatio; then the quantized weights that pass, by increasing SNR;
+	// then the dense tensors that pass; ties by name.
 	Tensors []*TensorReport `json:"tensors"`
 	Totals  Totals          `json:"totals"`
 }

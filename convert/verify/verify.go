@@ -377,11 +377,17 @@ func (r *Report) summarize() {
 	}
 	t.Elements = all.n
 	t.MaxAbsError, t.RMSE, t.SNR = all.maxErr, all.rmse(), all.snr()
+	// Failures first, the furthest out of bounds first; then quantized
+	// weights by increasing SNR; then dense tensors.
 	slices.SortStableFunc(r.Tensors, func(a, b *TensorReport) int {
+		if c := cmp.Compare(a.Status.rank(), b.Status.rank()); c != 0 {
+			return c
+		}
+		if a.Status != StatusOK {
+			return cmp.Or(cmp.Compare(b.BoundRatio, a.BoundRatio), cmp.Compare(a.Name, b.Name))
+		}
 		return cmp.Or(
-			cmp.Compare(a.Status.rank(), b.Status.rank()),
-			cmp.Compare(b.BoundRatio, a.BoundRatio),
-			cmp.Compare(a.Kind, b.Kind),
+			cmp.Compare(a.Kind.rank(), b.Kind.rank()),
 			cmp.Compare(float64(a.SNR), float64(b.SNR)),
 			cmp.Compare(a.Name, b.Name),
 		)
