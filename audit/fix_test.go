@@ -2,6 +2,7 @@ package audit_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/qconv/qconv/audit"
 	"github.com/qconv/qconv/audit/rules"
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
 )
 
@@ -193,5 +197,34 @@ func TestFixSharded(t *testing.T) {
 	}
 	if n != len(want.Tensors()) {
 		t.Errorf("%d tensors in the output, want %d", n, len(want.Tensors()))
+	}
+}
+
+// TestConverterOutputAuditsClean converts golden sources with qconv's
+// converter, in several configurations, and audits the results: they must
+// have no errors or warnings, with --deep too.
+func TestConverterOutputAuditsClean(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		opts convert.Options
+	}{
+		{"tiny-llama-bf16", convert.Options{}},
+		{"tiny-llama-f32", convert.Options{DType: dtype.BF16, QuantType: bnb.FP4}},
+		{"tiny-llama-b-f32", convert.Options{DType: dtype.F16, NoDoubleQuant: true, MaxShardSize: 100 << 10}},
+		{"tiny-llama-bf16", convert.Options{Blocksize: 128, Workers: 1}},
+	} {
+		t.Run(tc.src, func(t *testing.T) {
+			dst := filepath.Join(t.TempDir(), "out")
+			if _, err := convert.Convert(context.Background(), filepath.Join(models, tc.src), dst, tc.opts); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := audit.Run([]string{dst}, audit.Options{Rules: rules.All(), Deep: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.PathErrors) > 0 || rep.Counts.AtLeast(audit.Warning) > 0 {
+				t.Errorf("converter output has findings: %v %+v", rep.PathErrors, rep.Findings)
+			}
+		})
 	}
 }
