@@ -366,7 +366,7 @@ func TestQuantizeSpecialBlocks(t *testing.T) {
 		{"fp4 NaN ignored", FP4, []float32{nan, 1, -1, 0}, []byte{0x03, 0xb0}, 1},
 		{"nf4 inf", NF4, []float32{inf, 1, -1, 0}, []byte{0x07, 0x77}, inf},
 		{"fp4 inf", FP4, []float32{inf, 1, -1, 0}, []byte{0x00, 0x00}, inf},
-		{"fp4 tiny negative", FP4, []float32{1, -1e-6, -0.0, 0}, []byte{0x38, 0x00}, 1},
+		{"fp4 tiny negative", FP4, []float32{1, -1e-6, float32(math.Copysign(0, -1)), 0}, []byte{0x38, 0x00}, 1},
 		{"nf4 odd tail", NF4, []float32{1, -1, 0.5}, []byte{0xf0, 0xc7}, 1},
 		{"fp4 odd tail", FP4, []float32{1, -1, 0.5}, []byte{0x3b, 0x50}, 1},
 		{"nf4 odd all-zero tail", NF4, []float32{0}, []byte{0x00}, 0},
