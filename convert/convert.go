@@ -119,7 +119,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		if s.hooks != nil && s.hooks.crash {
 			return nil, err
 		}
-		if s.part.whole() && !w.anyDone() {
+		if s.part.Whole() && !s.finalize && !w.anyDone() {
 			os.RemoveAll(w.dir)
 			return nil, err
 		}
@@ -130,7 +130,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		if err := convertFiles(ctx, p, in, w, sum); err != nil {
 			return fail(err)
 		}
-		if !s.part.whole() {
+		if !s.part.Whole() {
 			sum.Seconds = time.Since(start).Seconds()
 			sum.PeakRSSBytes = peakRSS()
 			return sum, nil

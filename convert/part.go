@@ -20,11 +20,11 @@ func (pt Part) check() error {
 	return nil
 }
 
-// whole reports whether pt selects the whole conversion.
-func (pt Part) whole() bool { return pt.Count <= 1 }
+// Whole reports whether pt selects the whole conversion (Count 0 or 1).
+func (pt Part) Whole() bool { return pt.Count <= 1 }
 
 // has reports whether output file i belongs to the part.
-func (pt Part) has(i int) bool { return pt.whole() || i%pt.Count == pt.Index }
+func (pt Part) has(i int) bool { return pt.Whole() || i%pt.Count == pt.Index }
 
 // String returns "I/N".
 func (pt Part) String() string { return fmt.Sprintf("%d/%d", pt.Index, pt.Count) }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,10 +44,23 @@ crossing dots; repeatable) keep more tensors dense or force quantization.
 Memory stays bounded whatever the model size (see the convert package
 documentation for the arithmetic); -j sets the parallelism.
 
+Large models and clusters: the output is built in .DST.qconv-partial beside
+DST. An interrupted conversion (Ctrl-C, kill, power loss) rerun with the same
+arguments keeps the output files already finished (checked by size and
+CRC-32C) and redoes the rest; other arguments or a changed SRC are refused
+(--restart discards the partial work). --shard I/N converts only the output
+files of part I of N (0-based; every part computes the same plan from SRC's
+headers); --shard auto/N takes I from JOB_COMPLETION_INDEX (Kubernetes
+Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm array). Once all parts are done,
+"qconv convert SRC DST --finalize" (same flags) checks them, writes the
+index, config.json and copied files, and moves the result to DST.
+
 Examples:
   qconv convert ./llama-bf16 ./llama-nf4
   qconv convert ./llama-f32 ./llama-fp4 --quant-type fp4 --dtype bf16 -j 8
   qconv convert ./model ./out --skip 'model.layers.0.*' --json
+  qconv convert ./llama-405b ./out --max-shard-size 5GB --shard auto/16   # one array task
+  qconv convert ./llama-405b ./out --max-shard-size 5GB --finalize        # after all tasks
 
 Exit codes: 0 success, 2 usage error, invalid input or failed conversion.
 `
@@ -106,6 +120,9 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "write a JSON summary to stdout")
 	force := fs.Bool("force", false, "allow a non-empty DST: replace its files of the same names and stale weight files")
 	allowNonFinite := fs.Bool("allow-nonfinite", false, "quantize weights holding NaN or Inf instead of failing")
+	shard := fs.String("shard", "", "convert only part I of N of the output files: I/N (0-based), or auto/N to take I from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID")
+	finalize := fs.Bool("finalize", false, "finish a conversion whose parts (--shard) are all done: check them and write DST")
+	restart := fs.Bool("restart", false, "discard the partial output of an interrupted conversion to DST and start again")
 	pos, code, ok := parseFlags(fs, convertUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -121,6 +138,8 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		Workers:        workers,
 		AllowNonFinite: *allowNonFinite,
 		Force:          *force,
+		Finalize:       *finalize,
+		Restart:        *restart,
 		Log:            stderr,
 	}
 	var err error
@@ -144,6 +163,14 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	if opts.MaxShardSize, err = convert.ParseSize(*maxShard); err != nil {
 		return usageError(stderr, "convert", "--max-shard-size: %v", err)
 	}
+	if *shard != "" {
+		if opts.Part, err = parsePart(*shard, os.Getenv); err != nil {
+			return usageError(stderr, "convert", "--shard: %v", err)
+		}
+		if *finalize {
+			return usageError(stderr, "convert", "--shard and --finalize do not go together: finalize once, after all parts")
+		}
+	}
 	switch *progress {
 	case "auto", "always", "never":
 	default:
@@ -161,6 +188,10 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 
+	if !opts.Part.Whole() && !*asJSON {
+		fmt.Fprintf(stdout, "converted part %s: %s; run with --finalize when all parts are done\n", opts.Part, strings.Join(sum.Files, ", "))
+		return exitOK
+	}
 	p := sum.Plan
 	out := convertSummary{
 		Src: sum.Src, Dst: sum.Dst,
@@ -201,6 +232,35 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// parsePart parses --shard: "I/N", "auto/N" or "/N" (I from the
+// scheduler's environment: JOB_COMPLETION_INDEX for a Kubernetes Indexed
+// Job, SLURM_ARRAY_TASK_ID for a Slurm job array).
+func parsePart(s string, getenv func(string) string) (convert.Part, error) {
+	i, n, ok := strings.Cut(s, "/")
+	if !ok {
+		return convert.Part{}, fmt.Errorf("%q: want I/N or auto/N", s)
+	}
+	count, err := strconv.Atoi(n)
+	if err != nil || count < 1 {
+		return convert.Part{}, fmt.Errorf("%q: N must be a positive integer", s)
+	}
+	if i == "" || i == "auto" {
+		for _, v := range []string{"JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"} {
+			if i = getenv(v); i != "" {
+				break
+			}
+		}
+		if i == "" {
+			return convert.Part{}, fmt.Errorf("%q: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set; give the part as I/%d", s, count)
+		}
+	}
+	index, err := strconv.Atoi(i)
+	if err != nil || index < 0 || index >= count {
+		return convert.Part{}, fmt.Errorf("part index %q: want an integer from 0 to %d", i, count-1)
+	}
+	return convert.Part{Index: index, Count: count}, nil
 }
 
 // progressReporter shows conversion progress on stderr: a progress bar on

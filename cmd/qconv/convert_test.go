@@ -106,3 +106,63 @@ func TestConvertCLIErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePart(t *testing.T) {
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	if p, err := parsePart("2/5", getenv); err != nil || p.Index != 2 || p.Count != 5 {
+		t.Errorf("2/5: %v %v", p, err)
+	}
+	for _, bad := range []string{"5/5", "-1/3", "x/3", "1", "1/0", "auto/3", "/3"} {
+		if _, err := parsePart(bad, getenv); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	env["SLURM_ARRAY_TASK_ID"] = "1"
+	if p, err := parsePart("auto/3", getenv); err != nil || p.Index != 1 {
+		t.Errorf("slurm: %v %v", p, err)
+	}
+	env["JOB_COMPLETION_INDEX"] = "2"
+	if p, err := parsePart("/3", getenv); err != nil || p.Index != 2 {
+		t.Errorf("kubernetes: %v %v", p, err)
+	}
+	env["JOB_COMPLETION_INDEX"] = "3"
+	if _, err := parsePart("auto/3", getenv); err == nil {
+		t.Error("index out of range: no error")
+	}
+}
+
+// TestConvertCLIParts runs a conversion as 3 parts and a finalize step,
+// the commands that examples/ runs under make, Kubernetes and Slurm.
+func TestConvertCLIParts(t *testing.T) {
+	src := filepath.Join(models, "tiny-llama-bf16")
+	tmp := t.TempDir()
+	one := filepath.Join(tmp, "one")
+	if code, _, stderr := qconv("convert", src, one, "--max-shard-size", "100KB", "--progress", "never"); code != exitOK {
+		t.Fatal(stderr)
+	}
+	dst := filepath.Join(tmp, "parts")
+	for i := range 3 {
+		t.Setenv("JOB_COMPLETION_INDEX", string(rune('0'+i)))
+		code, stdout, stderr := qconv("convert", src, dst, "--max-shard-size", "100KB", "--shard", "auto/3", "--progress", "never")
+		if code != exitOK || !strings.Contains(stdout, "converted part") {
+			t.Fatalf("part %d: exit %d: %s%s", i, code, stdout, stderr)
+		}
+	}
+	if code, _, stderr := qconv("convert", src, dst, "--max-shard-size", "100KB", "--finalize", "--progress", "never"); code != exitOK {
+		t.Fatal(stderr)
+	}
+	want, _ := os.ReadDir(one)
+	for _, e := range want {
+		a, _ := os.ReadFile(filepath.Join(one, e.Name()))
+		b, err := os.ReadFile(filepath.Join(dst, e.Name()))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s differs between the one-process and the 3-part conversion", e.Name())
+		}
+	}
+	t.Setenv("JOB_COMPLETION_INDEX", "")
+	t.Setenv("SLURM_ARRAY_TASK_ID", "")
+	if code, _, stderr := qconv("convert", src, filepath.Join(tmp, "x"), "--shard", "auto/3"); code != exitError || !strings.Contains(stderr, "JOB_COMPLETION_INDEX") {
+		t.Errorf("--shard auto/3 without a scheduler: exit %d %s", code, stderr)
+	}
+}
