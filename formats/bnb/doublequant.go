@@ -1,6 +1,9 @@
 package bnb
 
-import "math"
+import (
+	"math"
+	"sync"
+)
 
 // DoubleQuant compresses a tensor's absmax vector (one float32 per 4-bit
 // block) the way bitsandbytes does with compress_statistics=True (spec §4):
@@ -26,7 +29,7 @@ func DoubleQuant(absmax []float32) (codes []byte, nestedAbsmax []float32, offset
 
 // doubleQuantInto is DoubleQuant with a given offset.
 func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float32) {
-	code := DynamicMap()
+	q8 := dynamicQuantizer()
 	rcp := rcpTable()
 	var buf [NestedBlocksize]float32
 	for b := 0; len(absmax) > 0; b++ {
@@ -39,46 +42,81 @@ func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float3
 		nestedAbsmax[b] = am
 		r := rcpApproxT(rcp, am)
 		for i, v := range blk {
-			codes[i] = quantize8(&code, ftz(ftz(v)*r))
+			codes[i] = q8.quantize(ftz(ftz(v) * r))
 		}
 		codes = codes[len(blk):]
 	}
 }
 
-// quantize8 is the CUDA kernel's dQuantize<0>: a fixed seven-step binary
-// search over the sorted 256-entry map, then a choice between the final
-// pivot and its neighbour by the float32 midpoint. A value exactly on a
-// midpoint keeps the pivot where the search ended. NaN gives 0.
-func quantize8(code *[256]float32, s float32) byte {
-	pivot, upperP, lowerP := 127, 255, 0
-	lower, upper := float32(-1), float32(1)
-	val := code[pivot]
-	for step := 64; step > 0; step >>= 1 {
-		if s > val {
-			lowerP, lower = pivot, val
-			pivot += step
-		} else {
-			upperP, upper = pivot, val
-			pivot -= step
-		}
-		val = code[pivot]
+// quantizer8 selects 8-bit codes of the dynamic map exactly as the CUDA
+// kernel's dQuantize<0> (a fixed seven-step binary search over the sorted
+// 256-entry map, then a choice between the final pivot and its neighbour by
+// their float32 midpoint), without its unpredictable branches.
+//
+// The kernel's search visits odd indices only and, the map being sorted,
+// ends at the even pivot p = 2k, where k is the number of odd entries below
+// s; its bounds are then p-1 and p+1 (p alone at 0). It returns p+1 if
+// s > code[p] and s > mid[p], p-1 if s <= code[p], p > 0 and s < mid[p-1],
+// and p otherwise, mid[i] being f32((code[i]+code[i+1])*0.5). As
+// code[p-1] <= mid[p-1] <= code[p] <= mid[p], that is
+// p + [s > mid[p]] - [s < mid[p-1]]: a value on a midpoint goes to the even
+// neighbour, and NaN to 0. The test file keeps the literal search and checks
+// that the two agree on all 2^32 inputs.
+//
+// Comparisons run on order-preserving integer keys (see orderKey), which the
+// compiler turns into conditional moves.
+type quantizer8 struct {
+	odd [128]uint32 // key of code[2i+1]; odd[127] is above every key
+	mid [256]uint32 // key of mid[i]; mid[255] = 0, below every key
+}
+
+// orderKey maps a float32 to a uint32 whose unsigned order is the float
+// order (with -0 just below +0, which no comparison here can tell apart
+// since the map holds +0 only and no midpoint is zero). NaN maps to 0, below
+// everything, so that it gets code 0 as on the GPU.
+func orderKey(f float32) uint32 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return 0
 	}
-	if upperP == 255 {
-		upper = code[255]
+	return u ^ (uint32(int32(u)>>31) | 0x80000000)
+}
+
+var dynamicQuantizer = sync.OnceValue(func() *quantizer8 {
+	code := DynamicMap()
+	q := new(quantizer8)
+	for i := 0; i < 255; i++ {
+		q.mid[i] = orderKey(ftz((code[i] + code[i+1]) * 0.5))
 	}
-	if lowerP == 0 {
-		lower = code[0]
+	for i := 0; i < 127; i++ {
+		q.odd[i] = orderKey(code[2*i+1])
 	}
-	if s > val {
-		if mid := ftz((upper + val) * 0.5); s > mid {
-			return byte(upperP)
-		}
-		return byte(pivot)
+	q.odd[127] = math.MaxUint32
+	return q
+})
+
+func (q *quantizer8) quantize(s float32) byte {
+	key := orderKey(s)
+	// k = number of odd entries below s, one bit per step, unrolled so that
+	// every comparison becomes a SETcc.
+	k := gt(key, q.odd[63]) << 6
+	k |= gt(key, q.odd[(k+31)&127]) << 5
+	k |= gt(key, q.odd[(k+15)&127]) << 4
+	k |= gt(key, q.odd[(k+7)&127]) << 3
+	k |= gt(key, q.odd[(k+3)&127]) << 2
+	k |= gt(key, q.odd[(k+1)&127]) << 1
+	k |= gt(key, q.odd[k&127])
+	p := 2 * k
+	// p-1 wraps to 255 for p = 0, where mid is 0 and nothing is below it.
+	return p + gt(key, q.mid[p]) - gt(q.mid[p-1], key)
+}
+
+// gt is 1 if a > b, else 0.
+func gt(a, b uint32) uint8 {
+	if a > b {
+		return 1
 	}
-	if mid := ftz((lower + val) * 0.5); s < mid {
-		return byte(lowerP)
-	}
-	return byte(pivot)
+	return 0
 }
 
 // UndoDoubleQuant recovers the float32 absmax vector from double-quantized

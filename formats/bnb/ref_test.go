@@ -417,3 +417,71 @@ func FuzzQuantizeBlocks(f *testing.F) {
 		}
 	})
 }
+
+// refQuantize8 is the CUDA kernel's dQuantize<0> written out literally.
+func refQuantize8(code *[256]float32, s float32) byte {
+	pivot, upperP, lowerP := 127, 255, 0
+	lower, upper := float32(-1), float32(1)
+	val := code[pivot]
+	for step := 64; step > 0; step >>= 1 {
+		if s > val {
+			lowerP, lower = pivot, val
+			pivot += step
+		} else {
+			upperP, upper = pivot, val
+			pivot -= step
+		}
+		val = code[pivot]
+	}
+	if upperP == 255 {
+		upper = code[255]
+	}
+	if lowerP == 0 {
+		lower = code[0]
+	}
+	if s > val {
+		if s > (upper+val)*0.5 {
+			return byte(upperP)
+		}
+		return byte(pivot)
+	}
+	if s < (lower+val)*0.5 {
+		return byte(lowerP)
+	}
+	return byte(pivot)
+}
+
+func TestQuantize8MatchesKernelSearch(t *testing.T) {
+	q := dynamicQuantizer()
+	code := DynamicMap()
+	check := func(s float32) {
+		if got, want := q.quantize(s), refQuantize8(&code, s); got != want {
+			t.Fatalf("quantize(%g = %#08x) = %d, kernel search gives %d", s, math.Float32bits(s), got, want)
+		}
+	}
+	var mids []float32
+	for i := 0; i < 255; i++ {
+		mids = append(mids, (code[i]+code[i+1])*0.5)
+	}
+	for _, v := range append(code[:], mids...) {
+		u := math.Float32bits(v)
+		for d := uint32(0); d < 3; d++ {
+			check(math.Float32frombits(u + d))
+			check(math.Float32frombits(u - d))
+		}
+	}
+	for _, v := range specialValues() {
+		check(v)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 1 << 20 {
+		check(float32(rng.Float64()*2.2 - 1.1))
+		check(math.Float32frombits(rng.Uint32()))
+	}
+	if *exhaustive {
+		for u := uint64(0); u < 1<<32; u++ {
+			check(math.Float32frombits(uint32(u)))
+		}
+		t.Log("quantize8: all 2^32 bit patterns agree")
+	}
+}
