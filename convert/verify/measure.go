@@ -104,16 +104,19 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 		// (tolBlock), and the product code·absmax is rounded once more.
 		d += tolBlock
 		tolElem := tolRel*(absmax+math.Abs(stored)) + tolAbs
+		var bound [16]float64
+		for c := range bound {
+			bound[c] = m.cell4[c]*absmax + math.Abs(m.code[c])*d + tolElem
+		}
+		packed := b.Packed[lo/2:]
 		for i := range xs {
-			c := b.Packed[(lo+i)/2]
-			if (lo+i)%2 == 0 {
+			c := packed[i/2]
+			if i%2 == 0 {
 				c >>= 4
 			} else {
 				c &= 15
 			}
-			x, w := float64(xs[i]), float64(ws[i])
-			bound := m.cell4[c]*absmax + math.Abs(m.code[c])*d + tolElem
-			a.check(e0+int64(lo+i), x, w, bound)
+			a.check(e0+int64(lo+i), float64(xs[i]), float64(ws[i]), bound[c])
 		}
 		if (blk+1)%bnb.NestedBlocksize == 0 {
 			a.cut()

@@ -292,17 +292,19 @@ func (a *acc) sums() part {
 
 // check is add plus the bound check of element i.
 func (a *acc) check(i int64, x, y, bound float64) {
-	a.add(x, y)
 	e := math.Abs(x - y)
-	r := e / bound
-	if bound == 0 {
-		r = 0
-		if e > 0 {
-			r = math.Inf(1)
-		}
+	a.n++
+	a.cur.sumSq += x * x
+	a.cur.sumErrSq += e * e
+	if e > a.maxErr || e != e {
+		a.maxErr = e
 	}
-	if r > a.worst || r != r {
-		a.worst = r
+	if e > a.worst*bound { // rarely true: divide only then
+		r := math.Inf(1)
+		if bound > 0 {
+			r = e / bound
+		}
+		a.worst = max(a.worst, r)
 	}
 	if !(e <= bound) {
 		if !a.haveOut {
