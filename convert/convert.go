@@ -206,7 +206,7 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 // interrupted turns a cancellation into a clear error.
 func interrupted(ctx context.Context, err error) error {
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return fmt.Errorf("convert: interrupted; no output written")
+		return fmt.Errorf("convert: interrupted")
 	}
 	return err
 }

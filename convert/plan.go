@@ -74,9 +74,9 @@ type FilePlan struct {
 	// Name is the file name: "model.safetensors", or
 	// "model-00001-of-00003.safetensors" for a sharded output.
 	Name string
-	// Entries indexes the output tensors of the file, in state-dict
-	// order, as (item, entry) pairs.
-	entries []entryRef
+
+	entries []entryRef // the file's output tensors, in state-dict order
+
 }
 
 type entryRef struct{ item, entry int }
@@ -90,7 +90,7 @@ type entryRef struct{ item, entry int }
 // weight's quant-state JSON, which prints the float32 mean of the weight's
 // absmax values ("nested_offset") in Python's shortest repr; that decides
 // the byte offsets inside a file. Files are therefore laid out (see
-// layoutFile) once a statistics pass has computed those means. To choose
+// runner.layout) once a statistics pass has computed those means. To choose
 // shard boundaries without the data, the plan counts each such JSON at its
 // largest possible length; transformers counts the actual length, so a
 // shard boundary that falls within a few bytes per quantized tensor of
