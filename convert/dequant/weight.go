@@ -27,6 +27,7 @@ type WeightError struct {
 	Msg    string
 }
 
+// Error formats the error as `dequant: PATH: tensor "NAME": MSG`.
 func (e *WeightError) Error() string {
 	return fmt.Sprintf("dequant: %s: tensor %q: %s", e.Path, e.Tensor, e.Msg)
 }
