@@ -205,3 +205,27 @@ func TestRefusesConv1D(t *testing.T) {
 		t.Errorf("gpt2: error %v", err)
 	}
 }
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"5GB", "200KB", "1.5MB", "512MiB", "123", "0", "-1GB", "1e400GB", " 7 tib ", "B"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseSize(s)
+		if err == nil && n < 1 {
+			t.Errorf("ParseSize(%q) = %d without an error", s, n)
+		}
+	})
+}
+
+func FuzzParseDType(f *testing.F) {
+	for _, s := range []string{"auto", "bf16", "torch.float16", "F32", "int8", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDType(s)
+		if err == nil && d != dtype.Invalid && !modelDType(d) {
+			t.Errorf("ParseDType(%q) = %v", s, d)
+		}
+	})
+}

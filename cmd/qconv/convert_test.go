@@ -166,3 +166,15 @@ func TestConvertCLIParts(t *testing.T) {
 		t.Errorf("--shard auto/3 without a scheduler: exit %d %s", code, stderr)
 	}
 }
+
+func FuzzParsePart(f *testing.F) {
+	for _, s := range []string{"0/1", "2/5", "auto/3", "/3", "5/5", "x/y", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := parsePart(s, func(string) string { return "1" })
+		if err == nil && (p.Count < 1 || p.Index < 0 || p.Index >= p.Count) {
+			t.Errorf("parsePart(%q) = %+v", s, p)
+		}
+	})
+}
