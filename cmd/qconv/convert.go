@@ -359,6 +359,6 @@ func (r *progressReporter) stop(ok bool) {
 			r.bar.Finish()
 		}
 		r.bar.Exit()
-		fmt.Fprintln(r.w)
+		fmt.Fprintln(r.w) // end the bar's line
 	}
 }
