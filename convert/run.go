@@ -133,7 +133,7 @@ func (r *runner) passJobs(items []*item, stats bool) iter.Seq[*job] {
 	}
 }
 
-// needsDQ reports whether the quantization pass must collect it's whole
+// needsDQ reports whether the quantization pass must collect its whole
 // absmax vector: it writes some double-quant statistic of it.
 func (r *runner) needsDQ(it *item) bool {
 	for _, k := range []entryKind{entryAbsmax, entryNestedAbsmax, entryQuantState} {
