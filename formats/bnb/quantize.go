@@ -178,8 +178,10 @@ func (t *codeTable) pack(u0, u1 uint32) byte {
 // last block's reciprocal (NF4 7, FP4 0, or 0 if that block is all zero).
 // absmax receives NumBlocks(len(src), blocksize) values.
 //
-// QuantizeBlocks does not allocate. It panics if q or blocksize is invalid
-// or dst or absmax is too short: those are programming errors, not bad data.
+// QuantizeBlocks does not allocate and is safe for concurrent use (its
+// lookup tables are built once, on first use, and only read afterwards). It
+// panics if q or blocksize is invalid or dst or absmax is too short: those
+// are programming errors, not bad data.
 func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, q QuantType) {
 	if !q.Valid() {
 		panic("bnb: QuantizeBlocks: invalid quant type " + q.String())
@@ -198,9 +200,10 @@ func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, 
 	// reciprocals, then the codes. The reciprocal table is 2 MiB and is
 	// indexed by the absmax mantissa, so its reads mostly miss the cache;
 	// issuing a chunk's reads together lets them overlap instead of
-	// stalling every block, and the chunk's input stays in cache for the
-	// second pass.
-	const chunkBlocks, chunkElems = 256, 16 << 10
+	// stalling every block, and the chunk's input (32 KiB) stays in the
+	// L1/L2 cache for the second pass. (Measured: 16 KiB and 64 KiB chunks
+	// were 10-15% slower for 64-element blocks.)
+	const chunkBlocks, chunkElems = 256, 8 << 10
 	var rs [chunkBlocks]float32
 	var flush [chunkBlocks]bool
 	per := max(1, min(chunkBlocks, chunkElems/blocksize))
