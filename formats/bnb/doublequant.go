@@ -157,20 +157,23 @@ func DequantizeBlocks(dst []float32, packed []byte, absmax []float32, blocksize 
 	if q == FP4 {
 		cb[8] = float32(math.Copysign(0, -1))
 	}
+	var lut [16]float32
 	for b := 0; len(dst) > 0; b++ {
 		out := dst[:min(blocksize, len(dst))]
 		dst = dst[len(out):]
-		am := absmax[b]
+		for i, c := range cb {
+			lut[i] = ftz(c * absmax[b])
+		}
 		in := packed[:(len(out)+1)/2]
 		packed = packed[len(in):]
-		for len(out) >= 2 && len(in) >= 1 {
-			v := in[0]
-			out[0] = ftz(cb[v>>4] * am)
-			out[1] = ftz(cb[v&15] * am)
-			out, in = out[2:], in[1:]
+		n2 := len(out) &^ 1
+		for i := 0; i < n2; i += 2 {
+			v := in[i/2]
+			o := out[i : i+2 : i+2]
+			o[0], o[1] = lut[v>>4], lut[v&15]
 		}
-		if len(out) == 1 {
-			out[0] = ftz(cb[in[0]>>4] * am)
+		if len(out) > n2 {
+			out[n2] = lut[in[n2/2]>>4]
 		}
 	}
 }
