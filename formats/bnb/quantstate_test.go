@@ -2,8 +2,10 @@ package bnb
 
 import (
 	"errors"
+	"maps"
 	"math"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -133,9 +135,10 @@ func TestParseQuantStateErrors(t *testing.T) {
 func FuzzParseQuantState(f *testing.F) {
 	for _, path := range []string{goldenVectors, goldenVectorsWide} {
 		g := gtOpenF(f, path)
-		for name, v := range g.tensors {
+		names := slices.Sorted(maps.Keys(g.tensors))
+		for _, name := range names {
 			if strings.Contains(name, ".quant_state.bitsandbytes__") {
-				f.Add(v.data)
+				f.Add(g.tensors[name].data)
 			}
 		}
 	}
