@@ -139,6 +139,7 @@ type QuantStateError struct {
 	Msg   string
 }
 
+// Error returns "bnb: quant state: <field>: <problem>".
 func (e *QuantStateError) Error() string {
 	if e.Field == "" {
 		return "bnb: quant state: " + e.Msg
