@@ -49,6 +49,17 @@ const (
 	cudaMaxValuesPerThread = 256
 )
 
+// CUDAMean returns the float32 mean of x bit for bit as torch 2.11
+// computes it on an H100 GPU (x.mean() for a 1-D contiguous float32 CUDA
+// tensor): the order of additions of ATen's reduce kernel, then the sum
+// times float32(1/n). bitsandbytes stores that mean of a tensor's absmax
+// values as nested_offset. Other GPUs agree for len(x) up to 4,325,376 (see
+// the comment at the top of cudamean.go). The mean of an empty slice is
+// NaN, as in torch.
+//
+// CUDAMean allocates a few KiB of scratch and is safe for concurrent use.
+func CUDAMean(x []float32) float32 { return cudaMeanF32(x) }
+
 // cudaMeanF32 returns the float32 mean of x as torch computes it on CUDA
 // (x.mean() for a 1-D contiguous float32 tensor on an H100 GPU), bit for bit.
 // The mean of an empty slice is NaN, as in torch.

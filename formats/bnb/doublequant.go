@@ -120,18 +120,41 @@ func gt(a, b uint32) uint8 {
 }
 
 // UndoDoubleQuant recovers the float32 absmax vector from double-quantized
-// statistics as bitsandbytes' dequantize_4bit does (spec §4.3):
-// dst[i] = (DynamicMap()[codes[i]] * nestedAbsmax[i/NestedBlocksize]) + offset,
-// each operation rounded to float32 (the product on the GPU, flushing
-// subnormals). dst must have len(codes) entries and nestedAbsmax
-// NumBlocks(len(codes), NestedBlocksize); UndoDoubleQuant panics otherwise.
+// statistics quantized with the canonical nested map, DynamicMap(). It is
+// UndoDoubleQuantMap with nestedMap = DynamicMap(); see there. Checkpoints
+// carry their own nested_quant_map, which may differ (see
+// UndoDoubleQuantMap): readers of stored checkpoints should pass it.
 func UndoDoubleQuant(dst []float32, codes []byte, nestedAbsmax []float32, offset float32) {
+	dm := DynamicMap()
+	UndoDoubleQuantMap(dst, codes, nestedAbsmax, &dm, offset)
+}
+
+// UndoDoubleQuantMap recovers the float32 absmax vector from
+// double-quantized statistics as bitsandbytes' dequantize_4bit does (spec
+// §4.3), looking codes up in nestedMap, the checkpoint's stored
+// nested_quant_map:
+// dst[i] = (nestedMap[codes[i]] * nestedAbsmax[i/NestedBlocksize]) + offset,
+// each operation rounded to float32 (the product on the GPU, flushing
+// subnormals). bitsandbytes dequantizes with the stored map, which is not
+// always DynamicMap(): checkpoints made on the CPU by bitsandbytes 0.42-0.49
+// may carry nestedMap[0] = -1.0.
+//
+// dst must have len(codes) entries and nestedAbsmax
+// NumBlocks(len(codes), NestedBlocksize); UndoDoubleQuantMap panics
+// otherwise. It does not allocate.
+func UndoDoubleQuantMap(dst []float32, codes []byte, nestedAbsmax []float32, nestedMap *[256]float32, offset float32) {
 	if len(dst) < len(codes) || int64(len(nestedAbsmax)) < NumBlocks(int64(len(codes)), NestedBlocksize) {
 		panic("bnb: UndoDoubleQuant: dst or nestedAbsmax too short")
 	}
-	code := DynamicMap()
-	for i, c := range codes {
-		dst[i] = ftz(code[c]*nestedAbsmax[i/NestedBlocksize]) + offset
+	for b := 0; len(codes) > 0; b++ {
+		blk := codes[:min(NestedBlocksize, len(codes))]
+		codes = codes[len(blk):]
+		out := dst[:len(blk)]
+		dst = dst[len(blk):]
+		na := nestedAbsmax[b]
+		for i, c := range blk {
+			out[i] = ftz(nestedMap[c]*na) + offset
+		}
 	}
 }
 

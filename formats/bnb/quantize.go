@@ -232,6 +232,30 @@ func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, 
 	}
 }
 
+// BlockAbsmax computes the absmax of each block of src exactly as
+// QuantizeBlocks does, without encoding: the largest |x| ignoring NaN
+// (-MaxFloat32 for an all-NaN block, +Inf if the block holds ±Inf) with
+// subnormal values counting as zero, as the CUDA kernel's fmaxf from
+// -MaxFloat32 under flush-to-zero gives it. A converter's statistics pass
+// needs only these (their CUDAMean is the double-quant offset).
+//
+// src is laid out in blocks as for QuantizeBlocks; absmax receives
+// NumBlocks(len(src), blocksize) values. BlockAbsmax does not allocate and
+// panics if blocksize is invalid or absmax too short.
+func BlockAbsmax(absmax []float32, src []float32, blocksize int) {
+	if !ValidBlocksize(blocksize) {
+		panic("bnb: BlockAbsmax: invalid blocksize")
+	}
+	if int64(len(absmax)) < NumBlocks(int64(len(src)), blocksize) {
+		panic("bnb: BlockAbsmax: absmax too short")
+	}
+	for j := 0; len(src) > 0; j++ {
+		blk := src[:min(blocksize, len(src))]
+		src = src[len(blk):]
+		absmax[j], _ = blockAbsmax(blk)
+	}
+}
+
 // blockAbsmax returns the block's absmax as the CUDA kernel computes it
 // (fmaxf from -MaxFloat32 over fabsf(x), NaN ignored, subnormals flushed)
 // and whether the block holds a subnormal that the encoder must flush.
