@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/synth"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
@@ -188,7 +189,7 @@ func TestJobsMatchWholeTensor(t *testing.T) {
 				t.Fatal(err)
 			}
 			vals := make([]float32, st.NumElements())
-			toFloat32(vals, raw, st.DType, dtype.BF16)
+			cast.Decode(vals, raw, st.DType, dtype.BF16)
 			packed := make([]byte, bnb.PackedBytes(int64(len(vals))))
 			absmax := make([]float32, bnb.NumBlocks(int64(len(vals)), bs))
 			bnb.QuantizeBlocks(packed, absmax, vals, bs, bnb.NF4)
@@ -199,7 +200,7 @@ func TestJobsMatchWholeTensor(t *testing.T) {
 			if !bytes.Equal(out[it.src.Name+".absmax"].bytes, codes) {
 				t.Errorf("%s: absmax codes differ", it.src.Name)
 			}
-			if !bytes.Equal(out[it.src.Name+".nested_absmax"].bytes, putFloat32s(nested)) {
+			if !bytes.Equal(out[it.src.Name+".nested_absmax"].bytes, cast.F32Bytes(nested)) {
 				t.Errorf("%s: nested absmax differs", it.src.Name)
 			}
 			qs := bnb.QuantState{QuantType: bnb.NF4, Blocksize: bs, DType: "bfloat16", Shape: st.Shape,

@@ -12,7 +12,9 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
 )
 
@@ -409,7 +411,7 @@ func (r *runner) decode(w *worker, j *job, raw []byte, off, m int) ([]float32, e
 	it := j.it
 	size := it.src.DType.Size()
 	vals := w.vals[:m]
-	toFloat32(vals, raw[off*size:(off+m)*size], it.src.DType, it.dtype)
+	cast.Decode(vals, raw[off*size:], it.src.DType, it.dtype)
 	if !r.s.allowNonFin {
 		if i := firstNonFinite(vals); i >= 0 {
 			return nil, r.nonFinite(it, j.start+int64(off+i), vals[i])
@@ -466,9 +468,7 @@ func (r *runner) quantJob(w *worker, j *job, raw []byte) error {
 		return nil
 	}
 	w.out = grow(w.out, 4*nb)
-	for i, v := range w.absmax {
-		putF32(w.out[4*i:], v)
-	}
+	cast.Encode(w.out, w.absmax, dtype.F32)
 	return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
 }
 
@@ -478,7 +478,7 @@ func (r *runner) quantJob(w *worker, j *job, raw []byte) error {
 func (r *runner) finishQuant(j *job) error {
 	it := j.it
 	cb := bnb.CodeBook(r.s.quant)
-	if err := r.writeEntry(it, entryQuantMap, 0, putFloat32s(cb[:])); err != nil {
+	if err := r.writeEntry(it, entryQuantMap, 0, cast.F32Bytes(cb[:])); err != nil {
 		return err
 	}
 	if r.s.doubleQuant && j.st.absmax != nil {
@@ -490,11 +490,11 @@ func (r *runner) finishQuant(j *job) error {
 		if err := r.writeEntry(it, entryAbsmax, 0, codes); err != nil {
 			return err
 		}
-		if err := r.writeEntry(it, entryNestedAbsmax, 0, putFloat32s(nested)); err != nil {
+		if err := r.writeEntry(it, entryNestedAbsmax, 0, cast.F32Bytes(nested)); err != nil {
 			return err
 		}
 		dm := bnb.DynamicMap()
-		if err := r.writeEntry(it, entryNestedQuantMap, 0, putFloat32s(dm[:])); err != nil {
+		if err := r.writeEntry(it, entryNestedQuantMap, 0, cast.F32Bytes(dm[:])); err != nil {
 			return err
 		}
 	}
@@ -514,15 +514,12 @@ func (r *runner) keepJob(w *worker, j *job, raw []byte) error {
 	w.out = grow(w.out, subChunk*ts)
 	for off := 0; off < int(j.n); off += subChunk {
 		m := min(subChunk, int(j.n)-off)
-		castBytes(w.out, raw[off*fs:(off+m)*fs], m, from, to)
+		vals := w.vals[:m]
+		cast.Decode(vals, raw[off*fs:], from, from)
+		cast.Encode(w.out, vals, to)
 		if err := r.writeEntry(it, entryData, (j.start+int64(off))*int64(ts), w.out[:m*ts]); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func putF32(b []byte, v float32) {
-	u := math.Float32bits(v)
-	b[0], b[1], b[2], b[3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
 }

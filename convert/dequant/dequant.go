@@ -3,9 +3,7 @@ package dequant
 import (
 	"cmp"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -203,7 +202,7 @@ func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
 			}
 		} else {
 			it.src, it.dtype, it.shape, it.n = t, t.DType, slices.Clone(t.Shape), t.NumElements()
-			if opts.DType != dtype.Invalid && isFloat(t.DType) {
+			if opts.DType != dtype.Invalid && t.DType.IsFloat() {
 				it.dtype = opts.DType
 			}
 		}
@@ -268,10 +267,6 @@ func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
 		}
 	}
 	return p, nil
-}
-
-func isFloat(d dtype.DType) bool {
-	return d == dtype.F32 || d == dtype.BF16 || d == dtype.F16 || d == dtype.F64
 }
 
 // stateDictCompare orders tensor names as a model's state dict usually
@@ -434,7 +429,7 @@ func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 		}
 		s.vals = grow(s.vals, int(j.n))
 		w.Dequantize(s.vals, &s.blocks)
-		encode(s.out, s.vals, it.dtype)
+		cast.Encode(s.out, s.vals, it.dtype)
 		return s.out, nil
 	}
 	from := it.src.DType
@@ -450,8 +445,8 @@ func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 		return nil, err
 	}
 	s.vals = grow(s.vals, int(j.n))
-	decodeFloat(s.vals, s.raw, from)
-	encode(s.out, s.vals, it.dtype)
+	cast.Decode(s.vals, s.raw, from, from)
+	cast.Encode(s.out, s.vals, it.dtype)
 	return s.out, nil
 }
 
@@ -553,44 +548,6 @@ func ConfigJSON(cfg *pyjson.Value, d dtype.DType) []byte {
 		}
 	}
 	return append(out.MarshalIndentSorted(), '\n')
-}
-
-func decodeFloat(dst []float32, b []byte, d dtype.DType) {
-	switch d {
-	case dtype.F32:
-		decodeF32(dst, b)
-	case dtype.BF16:
-		for i := range dst {
-			dst[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
-	case dtype.F16:
-		for i := range dst {
-			dst[i] = dtype.F16ToF32(binary.LittleEndian.Uint16(b[2*i:]))
-		}
-	case dtype.F64:
-		for i := range dst {
-			dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
-		}
-	}
-}
-
-// encode writes x as dtype d (F32, BF16 or F16) to b, rounding to nearest
-// even as torch does.
-func encode(b []byte, x []float32, d dtype.DType) {
-	switch d {
-	case dtype.F32:
-		for i, v := range x {
-			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
-		}
-	case dtype.BF16:
-		for i, v := range x {
-			binary.LittleEndian.PutUint16(b[2*i:], dtype.F32ToBF16(v))
-		}
-	case dtype.F16:
-		for i, v := range x {
-			binary.LittleEndian.PutUint16(b[2*i:], dtype.F32ToF16(v))
-		}
-	}
 }
 
 // writeFile writes b to path and syncs it.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -165,9 +166,9 @@ func TestDType(t *testing.T) {
 	h := tensorBytes(t, f16)
 	const w = "model.layers.0.mlp.up_proj.weight"
 	vals := make([]float32, len(f32[w])/4)
-	decodeF32(vals, f32[w])
+	cast.Decode(vals, f32[w], dtype.F32, dtype.F32)
 	want := make([]byte, 2*len(vals))
-	encode(want, vals, dtype.F16)
+	cast.Encode(want, vals, dtype.F16)
 	if !bytes.Equal(h[w], want) {
 		t.Errorf("--dtype f16: %s is not the f32 values rounded to f16", w)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -84,9 +85,9 @@ func TestGoldenVectors(t *testing.T) {
 // roundTrip rounds v to d and widens it back, as torch's .to(d).float().
 func roundTrip(v float32, d dtype.DType) float32 {
 	var b [4]byte
-	encode(b[:], []float32{v}, d)
+	cast.Encode(b[:], []float32{v}, d)
 	out := make([]float32, 1)
-	decodeFloat(out, b[:], d)
+	cast.Decode(out, b[:], d, d)
 	return out[0]
 }
 
@@ -133,9 +134,9 @@ func TestGoldenVectorsPipeline(t *testing.T) {
 		}
 		golden, _ := g.ReadAll()
 		vals := make([]float32, g.NumElements())
-		decodeF32(vals, golden)
+		cast.Decode(vals, golden, dtype.F32, dtype.F32)
 		want := make([]byte, len(vals)*tn.DType.Size())
-		encode(want, vals, tn.DType)
+		cast.Encode(want, vals, tn.DType)
 		got, err := tn.ReadAll()
 		if err != nil {
 			t.Fatal(err)

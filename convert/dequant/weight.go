@@ -1,11 +1,11 @@
 package dequant
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -180,7 +180,7 @@ func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, 
 	if err != nil {
 		return nil, fmt.Errorf("dequant: %s: %w", c.Path, err)
 	}
-	decodeF32(w.nestedMap[:], raw)
+	cast.Decode(w.nestedMap[:], raw, dtype.F32, dtype.F32)
 	w.stdMap = w.nestedMap == bnb.DynamicMap()
 	return w, nil
 }
@@ -239,7 +239,7 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 		if err := readAt(w.absmax, b.raw, 4*first); err != nil {
 			return err
 		}
-		decodeF32(b.Absmax, b.raw)
+		cast.Decode(b.Absmax, b.raw, dtype.F32, dtype.F32)
 		b.Codes, b.Nested = b.Codes[:0], b.Nested[:0]
 		return nil
 	}
@@ -253,7 +253,7 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 		return err
 	}
 	b.Nested = grow(b.Nested, int(nn))
-	decodeF32(b.Nested, b.raw)
+	cast.Decode(b.Nested, b.raw, dtype.F32, dtype.F32)
 	if w.stdMap {
 		bnb.UndoDoubleQuant(b.Absmax, b.Codes, b.Nested, w.State.NestedOffset)
 	} else {
@@ -287,12 +287,6 @@ func readAt(t checkpoint.Tensor, p []byte, off int64) error {
 		return fmt.Errorf("dequant: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
 	}
 	return nil
-}
-
-func decodeF32(dst []float32, b []byte) {
-	for i := range dst {
-		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-	}
 }
 
 // grow returns s resized to n elements, reusing its array when it can.

@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"github.com/qconv/qconv/convert/dequant"
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -77,7 +78,7 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 	}
 	s.x = grow(s.x, n)
 	s.y = grow(s.y, n)
-	decode(s.x, s.raw, o.DType, m.to)
+	cast.Decode(s.x, s.raw, o.DType, m.to)
 	m.w.Dequantize(s.y, b)
 
 	for blk := 0; blk*int(m.bsize) < n; blk++ {

@@ -2,7 +2,6 @@ package verify
 
 import (
 	"context"
-	"encoding/binary"
 	"math"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 
 	"pgregory.net/rapid"
 
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -30,14 +30,6 @@ func writeFile(t rapid.TB, path string, specs []safetensors.TensorSpec, data map
 	if err := os.WriteFile(path, out, 0o666); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func f32Bytes(v []float32) []byte {
-	b := make([]byte, 4*len(v))
-	for i, f := range v {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
-	}
-	return b
 }
 
 // TestQuantizedIsWithinBounds is a property test of soundness: whatever
@@ -79,8 +71,8 @@ func TestQuantizedIsWithinBounds(t *testing.T) {
 		}
 		// The original in its dtype, and the values bitsandbytes sees.
 		raw := make([]byte, n*dt.Size())
-		encode(raw, x, dt)
-		decode(x, raw, dt, dt)
+		cast.Encode(raw, x, dt)
+		cast.Decode(x, raw, dt, dt)
 
 		packed := make([]byte, bnb.PackedBytes(int64(n)))
 		absmax := make([]float32, bnb.NumBlocks(int64(n), bs))
@@ -88,7 +80,7 @@ func TestQuantizedIsWithinBounds(t *testing.T) {
 		st := bnb.QuantState{QuantType: qt, Blocksize: bs, DType: dt.TorchName(), Shape: []int64{int64(rows), int64(cols)}}
 		cb := bnb.CodeBook(qt)
 		const w = "m.weight"
-		data := map[string][]byte{w: packed, w + ".quant_map": f32Bytes(cb[:])}
+		data := map[string][]byte{w: packed, w + ".quant_map": cast.F32Bytes(cb[:])}
 		specs := []safetensors.TensorSpec{
 			{Name: w, DType: dtype.U8, Shape: []int64{int64(len(packed)), 1}},
 			{Name: w + ".quant_map", DType: dtype.F32, Shape: []int64{16}},
@@ -97,13 +89,13 @@ func TestQuantizedIsWithinBounds(t *testing.T) {
 			codes, nested, offset := bnb.DoubleQuant(absmax)
 			st.DoubleQuant, st.NestedBlocksize, st.NestedDType, st.NestedOffset = true, bnb.NestedBlocksize, "float32", offset
 			dm := bnb.DynamicMap()
-			data[w+".absmax"], data[w+".nested_absmax"], data[w+".nested_quant_map"] = codes, f32Bytes(nested), f32Bytes(dm[:])
+			data[w+".absmax"], data[w+".nested_absmax"], data[w+".nested_quant_map"] = codes, cast.F32Bytes(nested), cast.F32Bytes(dm[:])
 			specs = append(specs,
 				safetensors.TensorSpec{Name: w + ".absmax", DType: dtype.U8, Shape: []int64{int64(len(codes))}},
 				safetensors.TensorSpec{Name: w + ".nested_absmax", DType: dtype.F32, Shape: []int64{int64(len(nested))}},
 				safetensors.TensorSpec{Name: w + ".nested_quant_map", DType: dtype.F32, Shape: []int64{256}})
 		} else {
-			data[w+".absmax"] = f32Bytes(absmax)
+			data[w+".absmax"] = cast.F32Bytes(absmax)
 			specs = append(specs, safetensors.TensorSpec{Name: w + ".absmax", DType: dtype.F32, Shape: []int64{int64(len(absmax))}})
 		}
 		js := st.MarshalPython()

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/dequant"
+	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -250,8 +251,8 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 		tr.fail(StatusInvalid, "shape %v, original %v", q.Shape, o.Shape)
 		return
 	}
-	cast := castable(o.DType) && castable(q.DType) && q.DType != dtype.F64
-	if o.DType != q.DType && !cast {
+	floats := o.DType.IsFloat() && q.DType.IsFloat() && q.DType != dtype.F64
+	if o.DType != q.DType && !floats {
 		tr.fail(StatusMismatch, "dtype %v cannot be compared with the original's %v", q.DType, o.DType)
 		return
 	}
@@ -261,7 +262,7 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 		cnt := min(per, n-e0)
 		v.add(tr, func(s *scratch, a *acc) error {
 			for u := int64(0); u < cnt; u += denseUnit {
-				if err := compareDense(s, a, o, q, e0+u, min(denseUnit, cnt-u), cast); err != nil {
+				if err := compareDense(s, a, o, q, e0+u, min(denseUnit, cnt-u), floats); err != nil {
 					return err
 				}
 				a.cut()
@@ -271,7 +272,7 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 	}
 }
 
-func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cast bool) error {
+func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, floats bool) error {
 	osz, qsz := int64(o.DType.Size()), int64(q.DType.Size())
 	s.raw = grow(s.raw, int(cnt*osz))
 	s.raw2 = grow(s.raw2, int(cnt*qsz))
@@ -286,9 +287,9 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cas
 		// Compare encodings, so that the sign of zero and NaN payloads
 		// count.
 		s.x = grow(s.x, int(cnt))
-		decode(s.x, s.raw, o.DType, q.DType)
+		cast.Decode(s.x, s.raw, o.DType, q.DType)
 		s.raw3 = grow(s.raw3, int(cnt*qsz))
-		encode(s.raw3, s.x, q.DType)
+		cast.Encode(s.raw3, s.x, q.DType)
 		want = s.raw3
 	}
 	a.n += cnt
@@ -296,7 +297,7 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cas
 		return nil // identical: no error to measure
 	}
 	a.n -= cnt
-	if !cast {
+	if !floats {
 		for i := int64(0); i < cnt; i++ {
 			if !bytes.Equal(want[i*qsz:(i+1)*qsz], s.raw2[i*qsz:(i+1)*qsz]) {
 				a.differ(e0 + i)
@@ -307,8 +308,8 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, cas
 	}
 	s.x = grow(s.x, int(cnt))
 	s.y = grow(s.y, int(cnt))
-	decode(s.x, want, q.DType, q.DType)
-	decode(s.y, s.raw2, q.DType, q.DType)
+	cast.Decode(s.x, want, q.DType, q.DType)
+	cast.Decode(s.y, s.raw2, q.DType, q.DType)
 	for i := int64(0); i < cnt; i++ {
 		if !bytes.Equal(want[i*qsz:(i+1)*qsz], s.raw2[i*qsz:(i+1)*qsz]) {
 			a.differ(e0 + i)
@@ -326,7 +327,7 @@ func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequa
 		tr.fail(StatusInvalid, "quant-state shape %v, original %v", w.State.Shape, o.Shape)
 		return
 	}
-	if !castable(o.DType) {
+	if !o.DType.IsFloat() {
 		tr.fail(StatusInvalid, "the original is %v, not a float tensor", o.DType)
 		return
 	}
