@@ -191,7 +191,10 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	}
 	for i := range c.runs {
 		fmt.Fprintf(stderr, "qconv-bench: round %d/%d\n", i+1, c.runs)
-		for _, t := range tasks {
+		for k := range tasks {
+			// Each round starts with the next command, so that a cost
+			// of coming first (or after a given command) is shared.
+			t := tasks[(i+k)%len(tasks)]
 			dst := filepath.Join(c.dir, "out")
 			s, err := t.run(ctx, dst)
 			if err != nil {
@@ -259,7 +262,7 @@ func report(w io.Writer, r reportInfo) {
 	if r.inBytes > 0 {
 		fmt.Fprintf(w, "output:   %s (%.3f × input)\n", mb(r.outBytes), float64(r.outBytes)/float64(r.inBytes))
 	}
-	fmt.Fprintf(w, "runs:     %d timed of each, alternating, after one untimed warm-up round; outputs deleted and disks synced between runs\n\n", r.runs)
+	fmt.Fprintf(w, "runs:     %d timed of each, alternating (order rotated each round), after one untimed warm-up round; outputs deleted and disks synced between runs\n\n", r.runs)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "command\tmedian\tmin\tmax\tinput MB/s\tCPU (median)\tpeak RSS (max)\t")

@@ -3,7 +3,8 @@
 // of a given size (embeddings, q/k/v/o, gate/up/down, norms, lm_head;
 // sharded with an index as transformers writes it), builds the qconv
 // binary once, warms the page cache with one untimed round, and then
-// runs, alternating, at least three times each:
+// runs, alternating (each round starting with the next command), at
+// least three times each:
 //
 //   - cp -r of the input (and cp -r followed by sync, since convert fsyncs
 //     its output and cp does not),
