@@ -1,9 +1,14 @@
 package bnb
 
 import (
+	"encoding/binary"
+	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"testing"
+
+	"github.com/qconv/qconv/formats/dtype"
 )
 
 // benchWeights returns n normally distributed weights of a typical scale,
@@ -70,5 +75,91 @@ func BenchmarkDequantizeBlocks(b *testing.B) {
 				DequantizeBlocks(dst, packed, absmax, 64, q)
 			}
 		})
+	}
+}
+
+// benchRaw returns benchWeights(n) encoded as little-endian elements of dt.
+func benchRaw(n int, dt dtype.DType) []byte {
+	x := benchWeights(n)
+	raw := make([]byte, n*dt.Size())
+	for i, f := range x {
+		switch dt {
+		case dtype.F32:
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
+		case dtype.BF16:
+			binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToBF16(f))
+		case dtype.F16:
+			binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToF16(f))
+		}
+	}
+	return raw
+}
+
+// benchPairs are the (source, model) dtype pairs benchmarked.
+var benchPairs = [][2]dtype.DType{
+	{dtype.BF16, dtype.BF16}, {dtype.F32, dtype.BF16}, {dtype.F16, dtype.F16},
+	{dtype.F32, dtype.F32}, {dtype.F32, dtype.F16}, {dtype.F16, dtype.BF16},
+}
+
+// BenchmarkQuantizeRaw counts the bytes of raw input.
+func BenchmarkQuantizeRaw(b *testing.B) {
+	for _, p := range benchPairs {
+		raw := benchRaw(benchN, p[0])
+		for _, q := range []QuantType{NF4, FP4} {
+			for _, bs := range []int{64, 4096} {
+				b.Run(fmt.Sprintf("%v_%v/%v/bs%d", p[0], p[1], q, bs), func(b *testing.B) {
+					dst := make([]byte, PackedBytes(benchN))
+					absmax := make([]float32, NumBlocks(benchN, bs))
+					if _, err := QuantizeRaw(dst, absmax, raw, p[0], p[1], bs, q); err != nil {
+						b.Fatal(err)
+					}
+					b.SetBytes(int64(len(raw)))
+					b.ReportAllocs()
+					for b.Loop() {
+						_, _ = QuantizeRaw(dst, absmax, raw, p[0], p[1], bs, q)
+					}
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkBlockAbsmaxRaw counts the bytes of raw input.
+func BenchmarkBlockAbsmaxRaw(b *testing.B) {
+	for _, p := range benchPairs {
+		raw := benchRaw(benchN, p[0])
+		b.Run(fmt.Sprintf("%v_%v/bs64", p[0], p[1]), func(b *testing.B) {
+			absmax := make([]float32, NumBlocks(benchN, 64))
+			b.SetBytes(int64(len(raw)))
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = BlockAbsmaxRaw(absmax, raw, p[0], p[1], 64)
+			}
+		})
+	}
+}
+
+// BenchmarkQuantizeViaFloat32 is the path QuantizeRaw replaces: decode 64 Ki
+// elements to float32, scan them for NaN/Inf, run QuantizeBlocks (what
+// convert did before). It counts the bytes of raw BF16 input.
+func BenchmarkQuantizeViaFloat32(b *testing.B) {
+	raw := benchRaw(benchN, dtype.BF16)
+	const sub = 64 << 10
+	vals := make([]float32, sub)
+	dst := make([]byte, PackedBytes(benchN))
+	absmax := make([]float32, NumBlocks(benchN, 64))
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		for off := 0; off < benchN; off += sub {
+			m := min(sub, benchN-off)
+			for i := range vals[:m] {
+				vals[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(raw[2*(off+i):]))
+			}
+			if firstNonFinite(vals[:m]) >= 0 {
+				b.Fatal("non-finite")
+			}
+			QuantizeBlocks(dst[off/2:], absmax[off/64:], vals[:m], 64, NF4)
+		}
 	}
 }

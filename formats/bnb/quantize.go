@@ -193,8 +193,11 @@ func QuantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, 
 	if int64(len(dst)) < PackedBytes(n) || int64(len(absmax)) < NumBlocks(n, blocksize) {
 		panic("bnb: QuantizeBlocks: dst or absmax too short")
 	}
-	tab := tableFor(q)
-	rcp := rcpTable()
+	quantizeBlocks(dst, absmax, src, blocksize, tableFor(q), rcpTable())
+}
+
+// quantizeBlocks is QuantizeBlocks for validated arguments.
+func quantizeBlocks(dst []byte, absmax []float32, src []float32, blocksize int, tab *codeTable, rcp *[rcpTableLen / 4]byte) {
 	// Blocks are processed in chunks of at most chunkBlocks blocks and
 	// chunkElems elements: first the absmax of each block, then their
 	// reciprocals, then the codes. The reciprocal table is 2 MiB and is

@@ -1,0 +1,410 @@
+package bnb
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+// This file quantizes tensor bytes as they lie in a safetensors file
+// (little-endian F32, BF16 or F16), rounding them to the model dtype on the
+// way, without widening the whole input to a float32 slice first. Every
+// entry point gives exactly the bytes of QuantizeBlocks (or BlockAbsmax) on
+// the values DecodeRaw produces; the fast loops for BF16 and F16 model
+// dtypes work on the 16-bit patterns and hand any block that needs care
+// (a NaN, an infinity, a bf16 subnormal, a partial block) to that reference
+// path.
+
+// ErrUnsupportedDType is returned (wrapped) by the raw entry points for a
+// source or model dtype other than F32, BF16 and F16.
+var ErrUnsupportedDType = errors.New("bnb: unsupported dtype")
+
+// RawSupported reports whether QuantizeRaw, BlockAbsmaxRaw and DecodeRaw
+// accept source dtype src and model dtype model: both must be F32, BF16 or
+// F16 (all nine pairs are supported).
+func RawSupported(src, model dtype.DType) bool {
+	return rawFloat(src) && rawFloat(model)
+}
+
+func rawFloat(d dtype.DType) bool { return d == dtype.F32 || d == dtype.BF16 || d == dtype.F16 }
+
+// checkRaw validates the dtypes and the length of src and returns the
+// number of elements.
+func checkRaw(fn string, src []byte, srcType, modelType dtype.DType) (int, error) {
+	if !RawSupported(srcType, modelType) {
+		return 0, fmt.Errorf("bnb: %s: %v source as %v model dtype: %w", fn, srcType, modelType, ErrUnsupportedDType)
+	}
+	size := srcType.Size()
+	if len(src)%size != 0 {
+		return 0, fmt.Errorf("bnb: %s: %d bytes are not a whole number of %v elements", fn, len(src), srcType)
+	}
+	return len(src) / size, nil
+}
+
+// DecodeRaw decodes len(dst) little-endian elements of dtype srcType from
+// src, rounds each to modelType as torch's .to(dtype) does (round to
+// nearest even; F32 to BF16 turns every NaN into the quiet NaN 0x7FC0) and
+// widens the result back to float32 exactly. These are the values that
+// bitsandbytes quantizes when a model of dtype modelType is loaded from a
+// srcType checkpoint; QuantizeRaw quantizes exactly them. A converter can
+// use it to report the value of the element that QuantizeRaw found
+// non-finite.
+//
+// src must hold at least len(dst) elements. DecodeRaw does not allocate; it
+// returns an error wrapping ErrUnsupportedDType for other dtypes.
+func DecodeRaw(dst []float32, src []byte, srcType, modelType dtype.DType) error {
+	if !RawSupported(srcType, modelType) {
+		return fmt.Errorf("bnb: DecodeRaw: %v source as %v model dtype: %w", srcType, modelType, ErrUnsupportedDType)
+	}
+	if len(src) < len(dst)*srcType.Size() {
+		return fmt.Errorf("bnb: DecodeRaw: %d bytes hold fewer than %d %v elements", len(src), len(dst), srcType)
+	}
+	decodeRaw(dst, src, srcType, modelType)
+	return nil
+}
+
+// decodeRaw is DecodeRaw for validated arguments.
+func decodeRaw(dst []float32, src []byte, srcType, modelType dtype.DType) {
+	switch srcType {
+	case dtype.F32:
+		src = src[:4*len(dst)]
+		switch modelType {
+		case dtype.BF16:
+			for i := range dst {
+				f := math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+				dst[i] = dtype.BF16ToF32(dtype.F32ToBF16(f))
+			}
+		case dtype.F16:
+			for i := range dst {
+				f := math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+				dst[i] = dtype.F16ToF32(dtype.F32ToF16(f))
+			}
+		default:
+			for i := range dst {
+				dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+			}
+		}
+	case dtype.BF16:
+		src = src[:2*len(dst)]
+		switch modelType {
+		case dtype.F16:
+			for i := range dst {
+				dst[i] = dtype.F16ToF32(dtype.F32ToF16(dtype.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))))
+			}
+		default: // BF16 and F32: widening is exact
+			for i := range dst {
+				dst[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+			}
+		}
+	case dtype.F16:
+		src = src[:2*len(dst)]
+		switch modelType {
+		case dtype.BF16:
+			for i := range dst {
+				dst[i] = dtype.BF16ToF32(dtype.F32ToBF16(dtype.F16ToF32(binary.LittleEndian.Uint16(src[2*i:]))))
+			}
+		default: // F16 and F32: widening is exact
+			for i := range dst {
+				dst[i] = dtype.F16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+			}
+		}
+	}
+}
+
+// firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
+func firstNonFinite(v []float32) int {
+	for i, f := range v {
+		if math.Float32bits(f)&0x7f800000 == 0x7f800000 {
+			return i
+		}
+	}
+	return -1
+}
+
+// rawChunk is the number of elements decoded to float32 at a time by the
+// generic path (a multiple of every block size).
+const rawChunk = 8 << 10
+
+// rawScratch is the per-call working memory of the raw entry points.
+type rawScratch struct {
+	f32 [rawChunk]float32
+	u16 [2 * rawChunk]byte // 16-bit patterns rounded from F32 input
+}
+
+// QuantizeRaw quantizes the little-endian srcType elements of src exactly
+// as QuantizeBlocks quantizes the values DecodeRaw gives for them, that is,
+// as bitsandbytes quantizes a srcType checkpoint loaded with model dtype
+// modelType: the same dst and absmax, the same layout rules (src is a run of
+// whole blocks, except that the last run of a tensor may end in a partial
+// block), the same panics for an invalid q or blocksize or a short dst or
+// absmax.
+//
+// It returns the index in src of the first element whose decoded value is
+// NaN or ±Inf, or -1: a converter that rejects such weights needs no
+// separate scan (the codes are written either way, as the GPU would). Note
+// that rounding can make a finite F32 element infinite in BF16 or F16.
+//
+// The common cases have specialised loops that work on 16-bit patterns:
+// BF16 and F32 sources with model dtype BF16, F16 and F32 sources with model
+// dtype F16; the other pairs decode to float32 in chunks and run
+// QuantizeBlocks. QuantizeRaw does not allocate and is safe for concurrent
+// use. It returns an error wrapping ErrUnsupportedDType for other dtypes,
+// and an error if len(src) is not a multiple of the element size.
+func QuantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, q QuantType) (nonFinite int, err error) {
+	n, err := checkRaw("QuantizeRaw", src, srcType, modelType)
+	if err != nil {
+		return -1, err
+	}
+	if !q.Valid() {
+		panic("bnb: QuantizeRaw: invalid quant type " + q.String())
+	}
+	if !ValidBlocksize(blocksize) {
+		panic("bnb: QuantizeRaw: invalid blocksize")
+	}
+	if int64(len(dst)) < PackedBytes(int64(n)) || int64(len(absmax)) < NumBlocks(int64(n), blocksize) {
+		panic("bnb: QuantizeRaw: dst or absmax too short")
+	}
+	var s rawScratch
+	k := rawKernel{tab: tableFor(q), rcp: rcpTable(), bs: blocksize, scratch: &s}
+	return k.run(dst, absmax, src, n, srcType, modelType), nil
+}
+
+// BlockAbsmaxRaw computes the absmax of each block of the little-endian
+// srcType elements of src exactly as QuantizeRaw does, without encoding
+// (the statistics pass of a double-quantizing converter). It returns the
+// index of the first non-finite decoded element, or -1, and errors, like
+// QuantizeRaw; it panics if blocksize is invalid or absmax too short. It
+// does not allocate.
+func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int) (nonFinite int, err error) {
+	n, err := checkRaw("BlockAbsmaxRaw", src, srcType, modelType)
+	if err != nil {
+		return -1, err
+	}
+	if !ValidBlocksize(blocksize) {
+		panic("bnb: BlockAbsmaxRaw: invalid blocksize")
+	}
+	if int64(len(absmax)) < NumBlocks(int64(n), blocksize) {
+		panic("bnb: BlockAbsmaxRaw: absmax too short")
+	}
+	var s rawScratch
+	k := rawKernel{rcp: rcpTable(), bs: blocksize, scratch: &s}
+	return k.run(nil, absmax, src, n, srcType, modelType), nil
+}
+
+// A rawKernel runs one QuantizeRaw or BlockAbsmaxRaw call. A nil tab means
+// absmax only (dst is then nil too).
+type rawKernel struct {
+	tab     *codeTable
+	rcp     *[rcpTableLen / 4]byte
+	bs      int
+	scratch *rawScratch
+}
+
+// run dispatches on the dtype pair; src holds n elements.
+func (k *rawKernel) run(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
+	switch {
+	case srcType == dtype.BF16 && modelType == dtype.BF16:
+		return k.bf16(dst, absmax, src)
+	case srcType == dtype.F32 && modelType == dtype.BF16:
+		return k.roundedF32(dst, absmax, src, n, modelType)
+	}
+	return k.generic(dst, absmax, src, n, srcType, modelType)
+}
+
+// generic decodes rawChunk elements at a time to float32 and runs the
+// float32 kernels on them.
+func (k *rawKernel) generic(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
+	size := srcType.Size()
+	nonFinite := -1
+	for off := 0; off < n; off += rawChunk {
+		m := min(rawChunk, n-off)
+		vals := k.scratch.f32[:m]
+		decodeRaw(vals, src[off*size:(off+m)*size], srcType, modelType)
+		if nonFinite < 0 {
+			if i := firstNonFinite(vals); i >= 0 {
+				nonFinite = off + i
+			}
+		}
+		k.float32s(dst, absmax, vals, off)
+	}
+	return nonFinite
+}
+
+// float32s quantizes (or, with a nil table, takes the absmax of) vals, the
+// decoded elements from index off on, into dst and absmax.
+func (k *rawKernel) float32s(dst []byte, absmax []float32, vals []float32, off int) {
+	if k.tab == nil {
+		BlockAbsmax(absmax[off/k.bs:], vals, k.bs)
+		return
+	}
+	quantizeBlocks(dst[off/2:], absmax[off/k.bs:], vals, k.bs, k.tab, k.rcp)
+}
+
+// roundedF32 rounds F32 source elements to 16-bit patterns of the model
+// dtype rawChunk at a time and runs the 16-bit kernel on them.
+func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, modelType dtype.DType) int {
+	nonFinite := -1
+	for off := 0; off < n; off += rawChunk {
+		m := min(rawChunk, n-off)
+		h := k.scratch.u16[:2*m]
+		var d []byte
+		if dst != nil {
+			d = dst[off/2:]
+		}
+		var i int
+		switch modelType {
+		case dtype.BF16:
+			roundF32ToBF16(h, src[4*off:4*(off+m)])
+			i = k.bf16(d, absmax[off/k.bs:], h)
+		}
+		if i >= 0 && nonFinite < 0 {
+			nonFinite = off + i
+		}
+	}
+	return nonFinite
+}
+
+// roundF32ToBF16 rounds the F32 elements of src to BF16 patterns in dst
+// (dtype.F32ToBF16: round to nearest even, NaN to 0x7FC0).
+func roundF32ToBF16(dst, src []byte) {
+	n := len(src) / 4
+	dst = dst[:2*n]
+	for i := range n {
+		u := binary.LittleEndian.Uint32(src[4*i:])
+		binary.LittleEndian.PutUint16(dst[2*i:], dtype.F32ToBF16(math.Float32frombits(u)))
+	}
+}
+
+// Lane constants for SWAR arithmetic on four 16-bit lanes of a uint64.
+const (
+	lanes16 = 0x0001_0001_0001_0001
+	laneTop = 0x8000 * lanes16 // the top bit of every lane
+	laneMag = 0x7fff * lanes16 // every lane's magnitude bits
+)
+
+// laneMax returns the lane-wise maximum of a and b, whose lanes are below
+// 0x8000. (a|top)-b never borrows across lanes, and its top bit says a >= b.
+func laneMax(a, b uint64) uint64 {
+	ge := ((a | laneTop) - b) & laneTop
+	mask := ge | (ge - ge>>15) // 0xffff in the lanes where a >= b
+	return b ^ ((a ^ b) & mask)
+}
+
+// bf16Stats returns the largest magnitude (bits & 0x7fff) of the BF16
+// elements of blk, which holds a multiple of four, and whether a lane is
+// a subnormal, a case the fast loop leaves to the reference path. Zeros
+// need no care. A result of 0x7f80 or more means an infinity or a NaN.
+func bf16Stats(blk []byte) (mx uint32, subnormal bool) {
+	var m0, m1, sub uint64
+	i := 0
+	for ; i+16 <= len(blk); i += 16 {
+		w := blk[i : i+16 : i+16]
+		a := binary.LittleEndian.Uint64(w) & laneMag
+		b := binary.LittleEndian.Uint64(w[8:]) & laneMag
+		// A lane is subnormal if 0 < m < 0x80: m+0x7fff carries into the
+		// top bit and m+0x7f80 does not.
+		sub |= (a + 0x7fff*lanes16) &^ (a + 0x7f80*lanes16)
+		sub |= (b + 0x7fff*lanes16) &^ (b + 0x7f80*lanes16)
+		m0, m1 = laneMax(m0, a), laneMax(m1, b)
+	}
+	if i < len(blk) { // four more elements
+		a := binary.LittleEndian.Uint64(blk[i:]) & laneMag
+		sub |= (a + 0x7fff*lanes16) &^ (a + 0x7f80*lanes16)
+		m0 = laneMax(m0, a)
+	}
+	m := laneMax(m0, m1)
+	m = laneMax(m, m>>32)
+	mx = max(uint32(m)&0xffff, uint32(m>>16)&0xffff)
+	return mx, sub&laneTop != 0
+}
+
+// bf16Rcp holds, for each 7-bit BF16 mantissa, the reciprocal error table
+// entry of the float32 with that mantissa: the only entries a BF16 absmax
+// can need, in one cache line pair instead of 128 scattered ones.
+var bf16Rcp = sync.OnceValue(func() *[128]int8 {
+	t := rcpTable()
+	r := new([128]int8)
+	for m := range r {
+		r[m] = int8(rcpDelta(t, uint32(m)<<16))
+	}
+	return r
+})
+
+// rcpBF16 is rcpApprox of the positive, normal, finite float32 with the bit
+// pattern mx<<16.
+func rcpBF16(t *[128]int8, mx uint32) float32 {
+	y := math.Float32bits(1 / math.Float32frombits(mx<<16))
+	if y&0x7f800000 == 0 { // subnormal result: flushed to zero
+		return 0
+	}
+	return math.Float32frombits(uint32(int32(y) + int32(t[mx&0x7f])))
+}
+
+// bf16 quantizes (or takes the absmax of) the BF16 elements of src. Whole
+// blocks without subnormals, infinities or NaNs take the fast loop; the
+// others go through float32s.
+func (k *rawKernel) bf16(dst []byte, absmax []float32, src []byte) int {
+	rt := bf16Rcp()
+	nonFinite := -1
+	bytesPerBlock := 2 * k.bs
+	for j, off := 0, 0; off < len(src); j, off = j+1, off+bytesPerBlock {
+		blk := src[off:min(off+bytesPerBlock, len(src))]
+		var mx uint32
+		slow := len(blk) != bytesPerBlock
+		if !slow {
+			var sub bool
+			mx, sub = bf16Stats(blk)
+			slow = sub || mx >= 0x7f80
+		}
+		if slow {
+			vals := k.scratch.f32[:len(blk)/2]
+			decodeRaw(vals, blk, dtype.BF16, dtype.BF16)
+			if nonFinite < 0 {
+				if i := firstNonFinite(vals); i >= 0 {
+					nonFinite = off/2 + i
+				}
+			}
+			k.float32s(dst, absmax, vals, off/2)
+			continue
+		}
+		if mx < 0x80 { // an all-zero block
+			absmax[j] = 0
+		} else {
+			absmax[j] = math.Float32frombits(mx << 16)
+		}
+		if k.tab == nil {
+			continue
+		}
+		r := float32(math.Inf(1))
+		if mx >= 0x80 {
+			r = rcpBF16(rt, mx)
+		}
+		encodeBF16(dst[off/4:off/4+k.bs/2], blk, r, k.tab)
+	}
+	return nonFinite
+}
+
+// encodeBF16 writes the codes of the BF16 elements of blk (a multiple of
+// eight, no subnormals) scaled by r, two per byte, into out.
+func encodeBF16(out []byte, blk []byte, r float32, tab *codeTable) {
+	for len(blk) >= 16 && len(out) >= 4 {
+		w0 := binary.LittleEndian.Uint64(blk)
+		w1 := binary.LittleEndian.Uint64(blk[8:])
+		a, b, c, d := uint32(w0), uint32(w0>>32), uint32(w1), uint32(w1>>32)
+		p0 := tab.pack(mulBits(a<<16, r), mulBits(a&0xffff0000, r))
+		p1 := tab.pack(mulBits(b<<16, r), mulBits(b&0xffff0000, r))
+		p2 := tab.pack(mulBits(c<<16, r), mulBits(c&0xffff0000, r))
+		p3 := tab.pack(mulBits(d<<16, r), mulBits(d&0xffff0000, r))
+		binary.LittleEndian.PutUint32(out, uint32(p0)|uint32(p1)<<8|uint32(p2)<<16|uint32(p3)<<24)
+		blk, out = blk[16:], out[4:]
+	}
+}
+
+// mulBits returns the bit pattern of the float32 with bit pattern u times r.
+func mulBits(u uint32, r float32) uint32 {
+	return math.Float32bits(math.Float32frombits(u) * r)
+}

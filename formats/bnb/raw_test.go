@@ -1,0 +1,342 @@
+package bnb
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+var rawTypes = []dtype.DType{dtype.F32, dtype.BF16, dtype.F16}
+
+// refDecode is the cast the converter applies, written with formats/dtype
+// element by element: src elements rounded to the model dtype (unless it is
+// the source dtype: torch's .to is then a no-op), widened.
+func refDecode(raw []byte, src, model dtype.DType) []float32 {
+	n := len(raw) / src.Size()
+	out := make([]float32, n)
+	for i := range out {
+		var f float32
+		switch src {
+		case dtype.F32:
+			f = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		case dtype.BF16:
+			f = dtype.BF16ToF32(binary.LittleEndian.Uint16(raw[2*i:]))
+		case dtype.F16:
+			f = dtype.F16ToF32(binary.LittleEndian.Uint16(raw[2*i:]))
+		}
+		switch {
+		case model == src:
+		case model == dtype.BF16:
+			f = dtype.BF16ToF32(dtype.F32ToBF16(f))
+		case model == dtype.F16:
+			f = dtype.F16ToF32(dtype.F32ToF16(f))
+		}
+		out[i] = f
+	}
+	return out
+}
+
+func refFirstNonFinite(v []float32) int {
+	for i, f := range v {
+		if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+			return i
+		}
+	}
+	return -1
+}
+
+// special16 are BF16 and F16 bit patterns at the edges: zeros, the
+// smallest and largest subnormals and normals, infinities, NaNs.
+var special16 = map[dtype.DType][]uint16{
+	dtype.BF16: {0x0000, 0x8000, 0x0001, 0x8001, 0x007f, 0x807f, 0x0080, 0x8080, 0x7f7f, 0xff7f,
+		0x7f80, 0xff80, 0x7fc0, 0xffc0, 0x7f81, 0xffff, 0x3f80, 0xbf80, 0x3db0, 0xbdb0},
+	dtype.F16: {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x83ff, 0x0400, 0x8400, 0x7bff, 0xfbff,
+		0x7c00, 0xfc00, 0x7e00, 0xfe00, 0x7c01, 0xffff, 0x3c00, 0xbc00, 0x2d80, 0xad80},
+}
+
+// special32 are float32 values that exercise the casts as well as the
+// kernel: values that overflow BF16 or F16 when rounded, ties of the
+// rounding, and the kernel's special values.
+func special32() []float32 {
+	v := specialValues()
+	v = append(v, 65504, 65519, 65520, -65520, 0x1.fefffep127, 0x1.ff0000p127, -0x1.ff0000p127,
+		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.Float32frombits(0x3f808001),
+		0x1p-24, 0x1p-25, 0x1.8p-25, -0x1p-24, 0x1p-14, 0x1.ff8p-15, 1e-8, 1e-3)
+	return v
+}
+
+// rawInput draws n elements of dtype src: mode 0 normal weights, 1 special
+// values, 2 random bits, 3 a mixture, 4 all zeros with a few specials.
+func rawInput(rng *rand.Rand, src dtype.DType, n, mode int) []byte {
+	sp32 := special32()
+	size := src.Size()
+	raw := make([]byte, n*size)
+	scale := math.Ldexp(1, rng.IntN(40)-30)
+	if src != dtype.F32 {
+		scale = math.Ldexp(1, rng.IntN(24)-16)
+	}
+	put := func(i int, f float32) {
+		switch src {
+		case dtype.F32:
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
+		case dtype.BF16:
+			binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToBF16(f))
+		case dtype.F16:
+			binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToF16(f))
+		}
+	}
+	putBits := func(i int) {
+		if size == 4 {
+			binary.LittleEndian.PutUint32(raw[4*i:], rng.Uint32())
+		} else {
+			binary.LittleEndian.PutUint16(raw[2*i:], uint16(rng.Uint32()))
+		}
+	}
+	putSpecial := func(i int) {
+		if size == 2 && rng.IntN(2) == 0 {
+			s := special16[src]
+			binary.LittleEndian.PutUint16(raw[2*i:], s[rng.IntN(len(s))])
+			return
+		}
+		put(i, sp32[rng.IntN(len(sp32))])
+	}
+	for i := range n {
+		m := mode
+		if m == 3 {
+			m = []int{0, 0, 0, 0, 0, 0, 1, 2}[rng.IntN(8)]
+		}
+		switch m {
+		case 0:
+			put(i, float32(rng.NormFloat64()*scale))
+		case 1:
+			putSpecial(i)
+		case 2:
+			putBits(i)
+		case 4:
+			if rng.IntN(50) == 0 {
+				putSpecial(i)
+			}
+		}
+	}
+	if mode == 1 && n > 0 && rng.IntN(2) == 0 {
+		put(0, 1) // absmax 1: the special values are scaled exactly
+	}
+	return raw
+}
+
+// checkRawCase compares QuantizeRaw and BlockAbsmaxRaw with QuantizeBlocks
+// and the plain reference on the decoded values.
+func checkRawCase(t *testing.T, raw []byte, src, model dtype.DType, bs int, q QuantType) {
+	t.Helper()
+	vals := refDecode(raw, src, model)
+	n := len(vals)
+	wantP, wantA := refQuantize(vals, bs, q)
+	fastP := make([]byte, PackedBytes(int64(n)))
+	fastA := make([]float32, NumBlocks(int64(n), bs))
+	QuantizeBlocks(fastP, fastA, vals, bs, q)
+	if !bytes.Equal(fastP, wantP) || !bytes.Equal(f32Bytes(fastA), f32Bytes(wantA)) {
+		t.Fatalf("QuantizeBlocks differs from the reference (%v→%v %v bs %d n %d)", src, model, q, bs, n)
+	}
+	wantNF := refFirstNonFinite(vals)
+	what := fmt.Sprintf("%v→%v %v bs %d n %d", src, model, q, bs, n)
+
+	gotP := make([]byte, len(wantP)+1)
+	gotA := make([]float32, len(wantA)+1)
+	gotP[len(wantP)], gotA[len(wantA)] = 0xa5, 42 // must stay untouched
+	nf, err := QuantizeRaw(gotP, gotA, raw, src, model, bs, q)
+	if err != nil {
+		t.Fatalf("%s: QuantizeRaw: %v", what, err)
+	}
+	if nf != wantNF {
+		t.Fatalf("%s: QuantizeRaw non-finite index %d, want %d", what, nf, wantNF)
+	}
+	if !bytes.Equal(gotP[:len(wantP)], wantP) {
+		t.Fatalf("%s: QuantizeRaw packed\n got %x\nwant %x\n in %v", what, gotP[:len(wantP)], wantP, vals)
+	}
+	if !bytes.Equal(f32Bytes(gotA[:len(wantA)]), f32Bytes(wantA)) {
+		t.Fatalf("%s: QuantizeRaw absmax %v, want %v", what, gotA[:len(wantA)], wantA)
+	}
+	if gotP[len(wantP)] != 0xa5 || gotA[len(wantA)] != 42 {
+		t.Fatalf("%s: QuantizeRaw wrote past the end", what)
+	}
+
+	amA := make([]float32, len(wantA)+1)
+	amA[len(wantA)] = 42
+	nf, err = BlockAbsmaxRaw(amA, raw, src, model, bs)
+	if err != nil {
+		t.Fatalf("%s: BlockAbsmaxRaw: %v", what, err)
+	}
+	if nf != wantNF {
+		t.Fatalf("%s: BlockAbsmaxRaw non-finite index %d, want %d", what, nf, wantNF)
+	}
+	if !bytes.Equal(f32Bytes(amA[:len(wantA)]), f32Bytes(wantA)) || amA[len(wantA)] != 42 {
+		t.Fatalf("%s: BlockAbsmaxRaw %v, want %v", what, amA, wantA)
+	}
+
+	dec := make([]float32, n)
+	if err := DecodeRaw(dec, raw, src, model); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f32Bytes(dec), f32Bytes(vals)) {
+		t.Fatalf("%s: DecodeRaw differs from the element-wise casts", what)
+	}
+}
+
+// TestQuantizeRawMatchesFloat32 checks every supported dtype pair on random
+// and special inputs, all block sizes, odd lengths and partial blocks, and
+// lengths that cross the raw chunk size.
+func TestQuantizeRawMatchesFloat32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	iters := 600
+	if testing.Short() {
+		iters = 100
+	}
+	for _, src := range rawTypes {
+		for _, model := range rawTypes {
+			t.Run(src.String()+"_"+model.String(), func(t *testing.T) {
+				for iter := range iters {
+					q := QuantType(1 + iter%2)
+					bs := validBlocksizes[rng.IntN(len(validBlocksizes))]
+					n := rng.IntN(3*bs + 2)
+					switch iter % 10 {
+					case 0:
+						n = rng.IntN(9)
+					case 1:
+						n = rawChunk + rng.IntN(3*bs) - bs
+					}
+					checkRawCase(t, rawInput(rng, src, n, iter%5), src, model, bs, q)
+				}
+			})
+		}
+	}
+}
+
+// TestQuantizeRawThresholds puts scaled values exactly on, and one ulp of
+// the model dtype around, every code threshold: blocks of absmax 1 whose
+// other elements are the thresholds rounded to the model dtype.
+func TestQuantizeRawThresholds(t *testing.T) {
+	for _, model := range rawTypes {
+		var vals []float32
+		for _, b := range append(nf4ThresholdBits[:], fp4ThresholdBits[:]...) {
+			f := math.Float32frombits(b)
+			for _, x := range []float32{f, -f} {
+				switch model {
+				case dtype.BF16:
+					h := dtype.F32ToBF16(x)
+					vals = append(vals, dtype.BF16ToF32(h-1), dtype.BF16ToF32(h), dtype.BF16ToF32(h+1))
+				case dtype.F16:
+					h := dtype.F32ToF16(x)
+					vals = append(vals, dtype.F16ToF32(h-1), dtype.F16ToF32(h), dtype.F16ToF32(h+1))
+				default:
+					vals = append(vals, math.Float32frombits(b-1), x, math.Float32frombits(b+1))
+				}
+			}
+		}
+		for _, bs := range []int{32, 64} {
+			// Every block gets a 1.0 (absmax 1, reciprocal exactly 1).
+			var blocks []float32
+			for i, v := range vals {
+				if len(blocks)%bs == 0 {
+					blocks = append(blocks, 1)
+				}
+				blocks = append(blocks, v)
+				_ = i
+			}
+			for _, src := range rawTypes {
+				raw := make([]byte, len(blocks)*src.Size())
+				for i, f := range blocks {
+					switch src {
+					case dtype.F32:
+						binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
+					case dtype.BF16:
+						binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToBF16(f))
+					case dtype.F16:
+						binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToF16(f))
+					}
+				}
+				for _, q := range []QuantType{NF4, FP4} {
+					checkRawCase(t, raw, src, model, bs, q)
+				}
+			}
+		}
+	}
+}
+
+// TestQuantizeRawGolden quantizes the golden inputs from their stored bytes
+// and compares with bitsandbytes' packed weights and absmax.
+func TestQuantizeRawGolden(t *testing.T) {
+	for _, file := range []string{goldenVectors, goldenVectorsWide} {
+		g := gtOpen(t, file)
+		cs := casesVectors
+		if file == goldenVectorsWide {
+			cs = casesWide
+		}
+		for _, c := range cs(t, g) {
+			in := g.get(t, c.input)
+			n := int64(len(in.data) / in.dt.Size())
+			packed := make([]byte, PackedBytes(n))
+			absmax := make([]float32, NumBlocks(n, c.bs))
+			if _, err := QuantizeRaw(packed, absmax, in.data, in.dt, in.dt, c.bs, c.qt); err != nil {
+				t.Fatal(err)
+			}
+			w := c.name + ".weight"
+			gtEqual(t, c.name+": packed weight", packed, g.get(t, w).data)
+			if !c.dq {
+				gtEqual(t, c.name+": absmax", f32Bytes(absmax), g.get(t, w+".absmax").data)
+			}
+		}
+	}
+}
+
+func TestQuantizeRawErrors(t *testing.T) {
+	if _, err := QuantizeRaw(nil, nil, make([]byte, 4), dtype.I32, dtype.BF16, 64, NF4); !errors.Is(err, ErrUnsupportedDType) {
+		t.Errorf("I32 source: %v, want ErrUnsupportedDType", err)
+	}
+	if _, err := BlockAbsmaxRaw(nil, make([]byte, 4), dtype.F32, dtype.F64, 64); !errors.Is(err, ErrUnsupportedDType) {
+		t.Errorf("F64 model: %v, want ErrUnsupportedDType", err)
+	}
+	if _, err := QuantizeRaw(make([]byte, 2), make([]float32, 1), make([]byte, 3), dtype.BF16, dtype.BF16, 64, NF4); err == nil {
+		t.Error("3 bytes of BF16: no error")
+	}
+	if err := DecodeRaw(make([]float32, 2), make([]byte, 7), dtype.F32, dtype.F32); err == nil {
+		t.Error("DecodeRaw of a short input: no error")
+	}
+	if nf, err := QuantizeRaw(nil, nil, nil, dtype.BF16, dtype.BF16, 64, NF4); nf != -1 || err != nil {
+		t.Errorf("empty input: %d, %v", nf, err)
+	}
+}
+
+// FuzzQuantizeRaw compares QuantizeRaw with QuantizeBlocks on the decoded
+// values for arbitrary bytes. The first byte picks the dtype pair, quant
+// type and block size.
+func FuzzQuantizeRaw(f *testing.F) {
+	g := gtOpenF(f, goldenVectorsWide)
+	for _, name := range []string{"input_bf16", "input_f16", "input_f32", "input_odd1000_bf16"} {
+		if v, ok := g.tensors[name]; ok {
+			f.Add(append([]byte{byte(len(name))}, v.data[:min(len(v.data), 600)]...))
+		}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for sel := range 18 {
+		src := rawTypes[sel%3]
+		f.Add(append([]byte{byte(sel)}, rawInput(rng, src, 70, 1)...))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) == 0 {
+			return
+		}
+		sel := int(data[0])
+		src, model := rawTypes[sel%3], rawTypes[sel/3%3]
+		q := QuantType(1 + sel/9%2)
+		bs := []int{32, 64}[sel/18%2]
+		raw := data[1:]
+		raw = raw[:len(raw)/src.Size()*src.Size()]
+		checkRawCase(t, raw, src, model, bs, q)
+	})
+}
