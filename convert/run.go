@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/internal/cast"
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -82,13 +83,6 @@ type worker struct {
 
 func (r *runner) newWorker() *worker {
 	return &worker{vals: make([]float32, subChunk)}
-}
-
-func grow[T any](b []T, n int) []T {
-	if cap(b) < n {
-		return make([]T, n)
-	}
-	return b[:n]
 }
 
 // window is the number of jobs the dispatcher may run ahead of the oldest
@@ -182,7 +176,7 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 
 	// Pass 1: the mean of each double-quantized weight's absmax values,
 	// which decides the length of its quant-state JSON.
-	if err := runJobs(ctx, s.workers, r.window(), r.passJobs(statItems, true), r.newWorker, r.doJob); err != nil {
+	if err := jobs.Run(ctx, s.workers, r.window(), r.passJobs(statItems, true), r.newWorker, r.doJob); err != nil {
 		return err
 	}
 
@@ -227,7 +221,7 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 			}
 		}
 	}
-	return runJobs(ctx, s.workers, r.window(), r.passJobs(writeItems, false), r.newWorker, r.doJob)
+	return jobs.Run(ctx, s.workers, r.window(), r.passJobs(writeItems, false), r.newWorker, r.doJob)
 }
 
 // itemFiles returns the output files of this run that it writes to.
@@ -354,7 +348,7 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 // read reads the bytes of elements [start, start+n) of it into w.raw.
 func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 	size := int64(it.src.DType.Size())
-	w.raw = grow(w.raw, int(n*size))
+	w.raw = jobs.Grow(w.raw, int(n*size))
 	got, err := r.src[it.index].ReadAt(w.raw, start*size)
 	if got == len(w.raw) {
 		err = nil
@@ -447,8 +441,8 @@ func (r *runner) quantJob(w *worker, j *job, raw []byte) error {
 	it := j.it
 	bs := r.s.blocksize
 	nb := int(bnb.NumBlocks(j.n, bs))
-	w.packed = grow(w.packed, int(bnb.PackedBytes(j.n)))
-	w.absmax = grow(w.absmax, nb)
+	w.packed = jobs.Grow(w.packed, int(bnb.PackedBytes(j.n)))
+	w.absmax = jobs.Grow(w.absmax, nb)
 	for off := 0; off < int(j.n); off += subChunk {
 		m := min(subChunk, int(j.n)-off)
 		vals, err := r.decode(w, j, raw, off, m)
@@ -467,7 +461,7 @@ func (r *runner) quantJob(w *worker, j *job, raw []byte) error {
 		}
 		return nil
 	}
-	w.out = grow(w.out, 4*nb)
+	w.out = jobs.Grow(w.out, 4*nb)
 	cast.Encode(w.out, w.absmax, dtype.F32)
 	return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
 }
@@ -511,7 +505,7 @@ func (r *runner) keepJob(w *worker, j *job, raw []byte) error {
 		return r.writeEntry(it, entryData, j.start*int64(to.Size()), raw)
 	}
 	fs, ts := from.Size(), to.Size()
-	w.out = grow(w.out, subChunk*ts)
+	w.out = jobs.Grow(w.out, subChunk*ts)
 	for off := 0; off < int(j.n); off += subChunk {
 		m := min(subChunk, int(j.n)-off)
 		vals := w.vals[:m]

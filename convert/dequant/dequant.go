@@ -9,11 +9,11 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/qconv/qconv/convert/internal/cast"
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -332,6 +332,8 @@ type scratch struct {
 	out    []byte
 }
 
+func newScratch() *scratch { return new(scratch) }
+
 // write creates the output weight files in work and fills them.
 func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 	files := make([]*os.File, len(p.files))
@@ -371,7 +373,7 @@ func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 		total += layout.DataSize
 	}
 
-	var jobs []job
+	var js []job
 	for _, it := range p.items {
 		per := p.jobElems
 		if it.w != nil {
@@ -379,11 +381,15 @@ func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 			per = max(unit, per/unit*unit)
 		}
 		for s := int64(0); s < it.n; s += per {
-			jobs = append(jobs, job{it, s, min(per, it.n-s)})
+			js = append(js, job{it, s, min(per, it.n-s)})
 		}
 	}
+	workers := p.opts.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
 	var done, count atomic.Int64
-	err := runJobs(ctx, p.opts.Workers, jobs, func(s *scratch, j job) error {
+	err := jobs.Run(ctx, workers, 2*workers, slices.Values(js), newScratch, func(_ context.Context, s *scratch, j job) error {
 		if p.opts.failAfter > 0 && count.Add(1) == p.opts.failAfter {
 			return fmt.Errorf("dequant: injected failure")
 		}
@@ -401,6 +407,9 @@ func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 		}
 		return nil
 	})
+	if err == context.Canceled || err == context.DeadlineExceeded {
+		return fmt.Errorf("dequant: interrupted; no output written: %w", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -421,13 +430,13 @@ func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 	it := j.it
 	size := it.dtype.Size()
-	s.out = grow(s.out, int(j.n)*size)
+	s.out = jobs.Grow(s.out, int(j.n)*size)
 	if w := it.w; w != nil {
 		bs := int64(w.State.Blocksize)
 		if err := w.ReadBlocks(&s.blocks, j.start/bs, bnb.NumBlocks(j.n, int(bs))); err != nil {
 			return nil, err
 		}
-		s.vals = grow(s.vals, int(j.n))
+		s.vals = jobs.Grow(s.vals, int(j.n))
 		w.Dequantize(s.vals, &s.blocks)
 		cast.Encode(s.out, s.vals, it.dtype)
 		return s.out, nil
@@ -440,55 +449,14 @@ func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 		}
 		return s.out, nil
 	}
-	s.raw = grow(s.raw, int(j.n*fsz))
+	s.raw = jobs.Grow(s.raw, int(j.n*fsz))
 	if err := readAt(it.src, s.raw, j.start*fsz); err != nil {
 		return nil, err
 	}
-	s.vals = grow(s.vals, int(j.n))
+	s.vals = jobs.Grow(s.vals, int(j.n))
 	cast.Decode(s.vals, s.raw, from, from)
 	cast.Encode(s.out, s.vals, it.dtype)
 	return s.out, nil
-}
-
-// runJobs runs do for every job on workers goroutines (zero: GOMAXPROCS;
-// 1: in order on the calling goroutine). Each worker has its own scratch.
-// The first error stops the rest and is returned; so is ctx's.
-func runJobs(ctx context.Context, workers int, jobs []job, do func(*scratch, job) error) error {
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	work := func() {
-		var s scratch
-		for ctx.Err() == nil {
-			i := next.Add(1) - 1
-			if i >= int64(len(jobs)) {
-				return
-			}
-			if err := do(&s, jobs[i]); err != nil {
-				cancel(err)
-				return
-			}
-		}
-	}
-	if workers == 1 {
-		work()
-	} else {
-		var wg sync.WaitGroup
-		for range min(workers, len(jobs)) {
-			wg.Go(work)
-		}
-		wg.Wait()
-	}
-	if err := context.Cause(ctx); err != nil {
-		if err == context.Canceled || err == context.DeadlineExceeded {
-			return fmt.Errorf("dequant: interrupted; no output written: %w", err)
-		}
-		return err
-	}
-	return nil
 }
 
 // finish checks the weight files, writes the index and config.json, and

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -112,7 +113,7 @@ func FuzzLoadWeight(f *testing.F) {
 			if err := wt.ReadBlocks(&b, first, 256); err != nil {
 				t.Fatal(err)
 			}
-			vals = grow(vals, b.Elements)
+			vals = jobs.Grow(vals, b.Elements)
 			wt.Dequantize(vals, &b)
 		}
 	})

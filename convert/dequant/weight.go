@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/qconv/qconv/convert/internal/cast"
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -229,13 +230,13 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 	bs := int64(w.State.Blocksize)
 	elems := min(w.n-first*bs, count*bs)
 	b.First, b.Elements = first, int(elems)
-	b.Packed = grow(b.Packed, int(bnb.PackedBytes(elems)))
+	b.Packed = jobs.Grow(b.Packed, int(bnb.PackedBytes(elems)))
 	if err := readAt(w.Packed, b.Packed, first*bs/2); err != nil {
 		return err
 	}
-	b.Absmax = grow(b.Absmax, int(count))
+	b.Absmax = jobs.Grow(b.Absmax, int(count))
 	if !w.State.DoubleQuant {
-		b.raw = grow(b.raw, int(4*count))
+		b.raw = jobs.Grow(b.raw, int(4*count))
 		if err := readAt(w.absmax, b.raw, 4*first); err != nil {
 			return err
 		}
@@ -243,16 +244,16 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 		b.Codes, b.Nested = b.Codes[:0], b.Nested[:0]
 		return nil
 	}
-	b.Codes = grow(b.Codes, int(count))
+	b.Codes = jobs.Grow(b.Codes, int(count))
 	if err := readAt(w.absmax, b.Codes, first); err != nil {
 		return err
 	}
 	nn := bnb.NumBlocks(count, bnb.NestedBlocksize)
-	b.raw = grow(b.raw, int(4*nn))
+	b.raw = jobs.Grow(b.raw, int(4*nn))
 	if err := readAt(w.nestedAbsmax, b.raw, 4*(first/bnb.NestedBlocksize)); err != nil {
 		return err
 	}
-	b.Nested = grow(b.Nested, int(nn))
+	b.Nested = jobs.Grow(b.Nested, int(nn))
 	cast.Decode(b.Nested, b.raw, dtype.F32, dtype.F32)
 	if w.stdMap {
 		bnb.UndoDoubleQuant(b.Absmax, b.Codes, b.Nested, w.State.NestedOffset)
@@ -287,12 +288,4 @@ func readAt(t checkpoint.Tensor, p []byte, off int64) error {
 		return fmt.Errorf("dequant: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
 	}
 	return nil
-}
-
-// grow returns s resized to n elements, reusing its array when it can.
-func grow[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
 }

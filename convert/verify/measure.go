@@ -5,6 +5,7 @@ import (
 
 	"github.com/qconv/qconv/convert/dequant"
 	"github.com/qconv/qconv/convert/internal/cast"
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -72,12 +73,12 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 	n := b.Elements
 	e0 := b0 * m.bsize
 	osz := int64(o.DType.Size())
-	s.raw = grow(s.raw, n*int(osz))
+	s.raw = jobs.Grow(s.raw, n*int(osz))
 	if err := readAt(o, s.raw, e0*osz); err != nil {
 		return err
 	}
-	s.x = grow(s.x, n)
-	s.y = grow(s.y, n)
+	s.x = jobs.Grow(s.x, n)
+	s.y = jobs.Grow(s.y, n)
 	cast.Decode(s.x, s.raw, o.DType, m.to)
 	m.w.Dequantize(s.y, b)
 

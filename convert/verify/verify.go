@@ -9,11 +9,10 @@ import (
 	"math"
 	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/dequant"
 	"github.com/qconv/qconv/convert/internal/cast"
+	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -192,6 +191,8 @@ type scratch struct {
 	blocks          dequant.Blocks
 }
 
+func newScratch() *scratch { return new(scratch) }
+
 // run runs the planned jobs on the given number of workers (zero: all
 // CPUs) and merges their results. The first error stops the others and
 // is returned.
@@ -199,42 +200,14 @@ func (v *verifier) run(ctx context.Context, workers int) error {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	workers = min(workers, max(1, len(v.jobs)))
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		next    atomic.Int64
-		errOnce sync.Once
-		first   error
-		wg      sync.WaitGroup
-	)
-	work := func() {
-		var s scratch
-		for ctx.Err() == nil {
-			i := next.Add(1) - 1
-			if i >= int64(len(v.jobs)) {
-				return
-			}
-			j := v.jobs[i]
-			if err := j.run(&s, &j.stats); err != nil {
-				errOnce.Do(func() { first = err; cancel() })
-				return
-			}
-		}
+	err := jobs.Run(ctx, workers, 2*workers, slices.Values(v.jobs), newScratch, func(_ context.Context, s *scratch, j *job) error {
+		return j.run(s, &j.stats)
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("verify: %w", ctx.Err())
 	}
-	if workers == 1 {
-		work()
-	} else {
-		for range workers {
-			wg.Go(work)
-		}
-		wg.Wait()
-	}
-	if first != nil {
-		return first
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("verify: %w", err)
+	if err != nil {
+		return err
 	}
 	for _, j := range v.jobs {
 		j.tr.acc.merge(&j.stats)
@@ -274,8 +247,8 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 
 func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, floats bool) error {
 	osz, qsz := int64(o.DType.Size()), int64(q.DType.Size())
-	s.raw = grow(s.raw, int(cnt*osz))
-	s.raw2 = grow(s.raw2, int(cnt*qsz))
+	s.raw = jobs.Grow(s.raw, int(cnt*osz))
+	s.raw2 = jobs.Grow(s.raw2, int(cnt*qsz))
 	if err := readAt(o, s.raw, e0*osz); err != nil {
 		return err
 	}
@@ -286,9 +259,9 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, flo
 	if o.DType != q.DType {
 		// Compare encodings, so that the sign of zero and NaN payloads
 		// count.
-		s.x = grow(s.x, int(cnt))
+		s.x = jobs.Grow(s.x, int(cnt))
 		cast.Decode(s.x, s.raw, o.DType, q.DType)
-		s.raw3 = grow(s.raw3, int(cnt*qsz))
+		s.raw3 = jobs.Grow(s.raw3, int(cnt*qsz))
 		cast.Encode(s.raw3, s.x, q.DType)
 		want = s.raw3
 	}
@@ -306,8 +279,8 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, flo
 		a.n += cnt
 		return nil
 	}
-	s.x = grow(s.x, int(cnt))
-	s.y = grow(s.y, int(cnt))
+	s.x = jobs.Grow(s.x, int(cnt))
+	s.y = jobs.Grow(s.y, int(cnt))
 	cast.Decode(s.x, want, q.DType, q.DType)
 	cast.Decode(s.y, s.raw2, q.DType, q.DType)
 	for i := int64(0); i < cnt; i++ {
@@ -347,14 +320,6 @@ func readAt(t checkpoint.Tensor, p []byte, off int64) error {
 		return fmt.Errorf("verify: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
 	}
 	return nil
-}
-
-// grow returns s resized to n elements, reusing its array when it can.
-func grow[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n)
-	}
-	return s[:n]
 }
 
 // summarize sorts the tensors worst first and computes the totals.

@@ -1,4 +1,13 @@
-package convert
+// Package jobs runs the jobs of convert's pipelines (convert, dequant,
+// verify) on a bounded number of goroutines: jobs are handed out in order,
+// each worker has its own scratch state, the first error stops the rest,
+// and one worker runs them in order on the calling goroutine, the
+// reference path that the parallel one must match.
+//
+// It is not a general task scheduler: jobs are not retried, reordered or
+// prioritized, and results are not collected (jobs write them where they
+// belong, at offsets planned before the run).
+package jobs
 
 import (
 	"context"
@@ -6,7 +15,7 @@ import (
 	"sync"
 )
 
-// runJobs runs do for every job of jobs, on workers goroutines.
+// Run runs do for every job of jobs, on workers goroutines.
 //
 // Jobs are produced in order by one goroutine (the caller's) and handed to
 // the workers through an unbuffered channel, so at most workers jobs are
@@ -17,13 +26,13 @@ import (
 // overlap a run of window consecutive jobs.
 //
 // The first error returned by do wins: it cancels the rest (jobs not
-// started are skipped, running ones finish) and is returned. With
-// workers == 1 the jobs run in order on the calling goroutine: that is
+// started are skipped, running ones finish) and is returned; so is the
+// cause of ctx's cancellation. With workers <= 1 the jobs run in order on the calling goroutine: that is
 // the reference path, which the parallel path must match byte for byte.
 //
 // newWorker makes the per-worker state (buffers) passed to do; each worker
 // gets its own, so do never shares buffers between goroutines.
-func runJobs[W any, J any](ctx context.Context, workers, window int, jobs iter.Seq[J], newWorker func() W, do func(ctx context.Context, w W, j J) error) error {
+func Run[W any, J any](ctx context.Context, workers, window int, jobs iter.Seq[J], newWorker func() W, do func(ctx context.Context, w W, j J) error) error {
 	if err := ctx.Err(); err != nil {
 		return context.Cause(ctx)
 	}
@@ -111,4 +120,13 @@ func runJobs[W any, J any](ctx context.Context, workers, window int, jobs iter.S
 		return context.Cause(ctx)
 	}
 	return nil
+}
+
+// Grow returns s resized to n elements, reusing its array when it is large
+// enough (the contents are then stale): for a worker's scratch buffers.
+func Grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
 }
