@@ -139,27 +139,33 @@ func BenchmarkBlockAbsmaxRaw(b *testing.B) {
 	}
 }
 
-// BenchmarkQuantizeViaFloat32 is the path QuantizeRaw replaces: decode 64 Ki
-// elements to float32, scan them for NaN/Inf, run QuantizeBlocks (what
-// convert did before). It counts the bytes of raw BF16 input.
+// BenchmarkQuantizeViaFloat32 is the path QuantizeRaw replaces (see
+// quantizeViaFloat32). It counts the bytes of raw BF16 input.
 func BenchmarkQuantizeViaFloat32(b *testing.B) {
 	raw := benchRaw(benchN, dtype.BF16)
-	const sub = 64 << 10
-	vals := make([]float32, sub)
+	vals := make([]float32, 64<<10)
 	dst := make([]byte, PackedBytes(benchN))
 	absmax := make([]float32, NumBlocks(benchN, 64))
 	b.SetBytes(int64(len(raw)))
 	b.ReportAllocs()
 	for b.Loop() {
-		for off := 0; off < benchN; off += sub {
-			m := min(sub, benchN-off)
-			for i := range vals[:m] {
-				vals[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(raw[2*(off+i):]))
-			}
-			if firstNonFinite(vals[:m]) >= 0 {
-				b.Fatal("non-finite")
-			}
-			QuantizeBlocks(dst[off/2:], absmax[off/64:], vals[:m], 64, NF4)
+		quantizeViaFloat32(dst, absmax, raw, vals)
+	}
+}
+
+// quantizeViaFloat32 is what convert did before QuantizeRaw: decode
+// len(vals) BF16 elements at a time to float32, scan them for NaN/Inf, and
+// run QuantizeBlocks (NF4, blocksize 64).
+func quantizeViaFloat32(dst []byte, absmax []float32, raw []byte, vals []float32) {
+	n := len(raw) / 2
+	for off := 0; off < n; off += len(vals) {
+		v := vals[:min(len(vals), n-off)]
+		for i := range v {
+			v[i] = dtype.BF16ToF32(binary.LittleEndian.Uint16(raw[2*(off+i):]))
 		}
+		if firstNonFinite(v) >= 0 {
+			panic("non-finite")
+		}
+		QuantizeBlocks(dst[off/2:], absmax[off/64:], v, 64, NF4)
 	}
 }

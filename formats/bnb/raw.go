@@ -208,8 +208,10 @@ type rawKernel struct {
 func (k *rawKernel) run(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
 	switch {
 	case srcType == dtype.BF16 && modelType == dtype.BF16:
-		return k.bf16(dst, absmax, src)
-	case srcType == dtype.F32 && modelType == dtype.BF16:
+		return k.half(dst, absmax, src, false)
+	case srcType == dtype.F16 && modelType == dtype.F16:
+		return k.half(dst, absmax, src, true)
+	case srcType == dtype.F32 && (modelType == dtype.BF16 || modelType == dtype.F16):
 		return k.roundedF32(dst, absmax, src, n, modelType)
 	}
 	return k.generic(dst, absmax, src, n, srcType, modelType)
@@ -255,13 +257,13 @@ func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, 
 		if dst != nil {
 			d = dst[off/2:]
 		}
-		var i int
-		switch modelType {
-		case dtype.BF16:
+		f16 := modelType == dtype.F16
+		if f16 {
+			roundF32ToF16(h, src[4*off:4*(off+m)])
+		} else {
 			roundF32ToBF16(h, src[4*off:4*(off+m)])
-			i = k.bf16(d, absmax[off/k.bs:], h)
 		}
-		if i >= 0 && nonFinite < 0 {
+		if i := k.half(d, absmax[off/k.bs:], h, f16); i >= 0 && nonFinite < 0 {
 			nonFinite = off + i
 		}
 	}
@@ -271,11 +273,33 @@ func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, 
 // roundF32ToBF16 rounds the F32 elements of src to BF16 patterns in dst
 // (dtype.F32ToBF16: round to nearest even, NaN to 0x7FC0).
 func roundF32ToBF16(dst, src []byte) {
+	n := min(len(src)/4, len(dst)/2)
+	for i := 0; i+2 <= n; i += 2 {
+		w := binary.LittleEndian.Uint64(src[4*i:])
+		binary.LittleEndian.PutUint32(dst[2*i:], bf16RNE(uint32(w))|bf16RNE(uint32(w>>32))<<16)
+	}
+	if n%2 == 1 {
+		binary.LittleEndian.PutUint16(dst[2*n-2:], uint16(bf16RNE(binary.LittleEndian.Uint32(src[4*n-4:]))))
+	}
+}
+
+// bf16RNE is dtype.F32ToBF16 on bit patterns, without a branch.
+func bf16RNE(u uint32) uint32 {
+	h := (u + 0x7fff + (u>>16)&1) >> 16
+	if u&0x7fffffff > 0x7f800000 {
+		h = 0x7fc0
+	}
+	return h
+}
+
+// roundF32ToF16 rounds the F32 elements of src to F16 patterns in dst
+// (dtype.F32ToF16: round to nearest even).
+func roundF32ToF16(dst, src []byte) {
 	n := len(src) / 4
 	dst = dst[:2*n]
 	for i := range n {
 		u := binary.LittleEndian.Uint32(src[4*i:])
-		binary.LittleEndian.PutUint16(dst[2*i:], dtype.F32ToBF16(math.Float32frombits(u)))
+		binary.LittleEndian.PutUint16(dst[2*i:], dtype.F32ToF16(math.Float32frombits(u)))
 	}
 }
 
@@ -287,39 +311,40 @@ const (
 )
 
 // laneMax returns the lane-wise maximum of a and b, whose lanes are below
-// 0x8000. (a|top)-b never borrows across lanes, and its top bit says a >= b.
+// 0x8000. (b|top)-a never borrows across lanes; a lane of it is
+// 0x8000+b-a, whose top bit says b >= a.
 func laneMax(a, b uint64) uint64 {
-	ge := ((a | laneTop) - b) & laneTop
-	mask := ge | (ge - ge>>15) // 0xffff in the lanes where a >= b
-	return b ^ ((a ^ b) & mask)
+	d := (b | laneTop) - a
+	ge := d & laneTop
+	return a + d&(ge-ge>>15)
 }
 
 // bf16Stats returns the largest magnitude (bits & 0x7fff) of the BF16
-// elements of blk, which holds a multiple of four, and whether a lane is
-// a subnormal, a case the fast loop leaves to the reference path. Zeros
-// need no care. A result of 0x7f80 or more means an infinity or a NaN.
+// elements of blk, which holds a multiple of eight, and whether one of
+// them is a subnormal, a case the fast loop leaves to the reference path.
+// Zeros need no care. A result of 0x7f80 or more means an infinity or a
+// NaN.
 func bf16Stats(blk []byte) (mx uint32, subnormal bool) {
-	var m0, m1, sub uint64
-	i := 0
-	for ; i+16 <= len(blk); i += 16 {
-		w := blk[i : i+16 : i+16]
-		a := binary.LittleEndian.Uint64(w) & laneMag
-		b := binary.LittleEndian.Uint64(w[8:]) & laneMag
-		// A lane is subnormal if 0 < m < 0x80: m+0x7fff carries into the
-		// top bit and m+0x7f80 does not.
-		sub |= (a + 0x7fff*lanes16) &^ (a + 0x7f80*lanes16)
-		sub |= (b + 0x7fff*lanes16) &^ (b + 0x7f80*lanes16)
-		m0, m1 = laneMax(m0, a), laneMax(m1, b)
-	}
-	if i < len(blk) { // four more elements
-		a := binary.LittleEndian.Uint64(blk[i:]) & laneMag
-		sub |= (a + 0x7fff*lanes16) &^ (a + 0x7f80*lanes16)
-		m0 = laneMax(m0, a)
+	var m0, m1 uint64
+	normal := uint64(laneTop) // a lane's top bit is cleared by a zero or subnormal
+	for b := blk; len(b) >= 16; b = b[16:] {
+		w0 := binary.LittleEndian.Uint64(b) & laneMag
+		w1 := binary.LittleEndian.Uint64(b[8:]) & laneMag
+		// m+0x7f80 reaches the top bit exactly when m >= 0x80.
+		normal &= (w0 + 0x7f80*lanes16) & (w1 + 0x7f80*lanes16)
+		m0, m1 = laneMax(m0, w0), laneMax(m1, w1)
 	}
 	m := laneMax(m0, m1)
 	m = laneMax(m, m>>32)
 	mx = max(uint32(m)&0xffff, uint32(m>>16)&0xffff)
-	return mx, sub&laneTop != 0
+	if normal != laneTop { // a zero or a subnormal: which?
+		for i := 0; i+2 <= len(blk); i += 2 {
+			if m := binary.LittleEndian.Uint16(blk[i:]) & 0x7fff; m != 0 && m < 0x80 {
+				return mx, true
+			}
+		}
+	}
+	return mx, false
 }
 
 // bf16Rcp holds, for each 7-bit BF16 mantissa, the reciprocal error table
@@ -344,25 +369,39 @@ func rcpBF16(t *[128]int8, mx uint32) float32 {
 	return math.Float32frombits(uint32(int32(y) + int32(t[mx&0x7f])))
 }
 
-// bf16 quantizes (or takes the absmax of) the BF16 elements of src. Whole
-// blocks without subnormals, infinities or NaNs take the fast loop; the
-// others go through float32s.
-func (k *rawKernel) bf16(dst []byte, absmax []float32, src []byte) int {
-	rt := bf16Rcp()
+// half quantizes (or takes the absmax of) the BF16 elements of src, or
+// with f16 set the F16 elements. Whole blocks whose values need no care
+// take the fast loop; the others (and a partial last block) go through
+// float32s, so that both give the same bytes:
+//   - BF16: blocks with an infinity, a NaN or a subnormal (which the GPU
+//     reads as zero);
+//   - F16: blocks with an infinity or a NaN, and blocks whose absmax is
+//     below 2^-14, whose reciprocal is too large for the scaled multiply of
+//     encodeF16. F16 subnormals are normal float32 values, which need no
+//     flushing.
+func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int {
+	bt, ft := bf16Rcp(), f16Rcp()
+	srcType := dtype.BF16
+	if f16 {
+		srcType = dtype.F16
+	}
 	nonFinite := -1
 	bytesPerBlock := 2 * k.bs
 	for j, off := 0, 0; off < len(src); j, off = j+1, off+bytesPerBlock {
 		blk := src[off:min(off+bytesPerBlock, len(src))]
 		var mx uint32
 		slow := len(blk) != bytesPerBlock
-		if !slow {
+		if !slow && f16 {
+			mx = halfMax(blk)
+			slow = mx < 0x0400 && mx != 0 || mx >= 0x7c00
+		} else if !slow {
 			var sub bool
 			mx, sub = bf16Stats(blk)
 			slow = sub || mx >= 0x7f80
 		}
 		if slow {
 			vals := k.scratch.f32[:len(blk)/2]
-			decodeRaw(vals, blk, dtype.BF16, dtype.BF16)
+			decodeRaw(vals, blk, srcType, srcType)
 			if nonFinite < 0 {
 				if i := firstNonFinite(vals); i >= 0 {
 					nonFinite = off/2 + i
@@ -371,22 +410,84 @@ func (k *rawKernel) bf16(dst []byte, absmax []float32, src []byte) int {
 			k.float32s(dst, absmax, vals, off/2)
 			continue
 		}
-		if mx < 0x80 { // an all-zero block
-			absmax[j] = 0
-		} else {
+		var r float32
+		switch {
+		case mx == 0: // an all-zero block
+			absmax[j], r = 0, float32(math.Inf(1))
+		case f16:
+			absmax[j] = math.Float32frombits(mx<<13 + (127-15)<<23)
+			r = rcpF16(ft, mx)
+		default:
 			absmax[j] = math.Float32frombits(mx << 16)
+			r = rcpBF16(bt, mx)
 		}
 		if k.tab == nil {
 			continue
 		}
-		r := float32(math.Inf(1))
-		if mx >= 0x80 {
-			r = rcpBF16(rt, mx)
+		out := dst[off/4 : off/4+k.bs/2]
+		if f16 {
+			encodeF16(out, blk, r*0x1p112, k.tab)
+		} else {
+			encodeBF16(out, blk, r, k.tab)
 		}
-		encodeBF16(dst[off/4:off/4+k.bs/2], blk, r, k.tab)
 	}
 	return nonFinite
 }
+
+// halfMax returns the largest magnitude (bits & 0x7fff) of the 16-bit
+// elements of blk, which holds a multiple of eight.
+func halfMax(blk []byte) uint32 {
+	var m0, m1 uint64
+	for b := blk; len(b) >= 16; b = b[16:] {
+		m0 = laneMax(m0, binary.LittleEndian.Uint64(b)&laneMag)
+		m1 = laneMax(m1, binary.LittleEndian.Uint64(b[8:])&laneMag)
+	}
+	m := laneMax(m0, m1)
+	m = laneMax(m, m>>32)
+	return max(uint32(m)&0xffff, uint32(m>>16)&0xffff)
+}
+
+// f16Rcp is bf16Rcp for the 10-bit mantissas of F16 values.
+var f16Rcp = sync.OnceValue(func() *[1024]int8 {
+	t := rcpTable()
+	r := new([1024]int8)
+	for m := range r {
+		r[m] = int8(rcpDelta(t, uint32(m)<<13))
+	}
+	return r
+})
+
+// rcpF16 is rcpApprox of the float32 value of the normal, finite F16
+// magnitude pattern mx (1/x of such a value is never subnormal).
+func rcpF16(t *[1024]int8, mx uint32) float32 {
+	y := math.Float32bits(1 / math.Float32frombits(mx<<13+(127-15)<<23))
+	return math.Float32frombits(uint32(int32(y) + int32(t[mx&0x3ff])))
+}
+
+// encodeF16 writes the codes of the F16 elements of blk (a multiple of
+// eight) scaled by r2 = r·2^112, two per byte, into out. It multiplies
+// the F16 bits moved into float32 position without rebiasing the exponent,
+// a value 2^112 times too small (a subnormal float32 for an F16 subnormal,
+// exactly), by r2: the exact product, and so its rounding, is that of x·r.
+func encodeF16(out []byte, blk []byte, r2 float32, tab *codeTable) {
+	for len(blk) >= 16 && len(out) >= 4 {
+		w0 := binary.LittleEndian.Uint64(blk)
+		w1 := binary.LittleEndian.Uint64(blk[8:])
+		a, b, c, d := uint32(w0), uint32(w0>>32), uint32(w1), uint32(w1>>32)
+		p0 := tab.pack(mulBits(f16Lo(a), r2), mulBits(f16Hi(a), r2))
+		p1 := tab.pack(mulBits(f16Lo(b), r2), mulBits(f16Hi(b), r2))
+		p2 := tab.pack(mulBits(f16Lo(c), r2), mulBits(f16Hi(c), r2))
+		p3 := tab.pack(mulBits(f16Lo(d), r2), mulBits(f16Hi(d), r2))
+		binary.LittleEndian.PutUint32(out, uint32(p0)|uint32(p1)<<8|uint32(p2)<<16|uint32(p3)<<24)
+		blk, out = blk[16:], out[4:]
+	}
+}
+
+// f16Lo and f16Hi move the F16 in the low or high half of w into float32
+// position (sign to bit 31, exponent and mantissa to bits 27-13): the
+// arithmetic shift copies the sign into bits 30-28, which the mask clears.
+func f16Lo(w uint32) uint32 { return uint32(int32(w<<16)>>3) & 0x8fffe000 }
+func f16Hi(w uint32) uint32 { return uint32(int32(w)>>3) & 0x8fffe000 }
 
 // encodeBF16 writes the codes of the BF16 elements of blk (a multiple of
 // eight, no subnormals) scaled by r, two per byte, into out.
