@@ -7,12 +7,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
+	"slices"
 	"time"
 
+	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/checkpoint"
-	"github.com/qconv/qconv/formats/safetensors"
 )
 
 // Summary reports what a conversion did.
@@ -45,9 +44,8 @@ type Summary struct {
 type source struct {
 	ck      *checkpoint.Checkpoint
 	tensors []srcTensor
-	files   []string        // shard names by ordinal
-	readers []io.ReaderAt   // per srcTensor (same order as tensors)
-	exclude map[string]bool // files of the checkpoint itself, relative to its dir
+	files   []string      // shard names by ordinal
+	readers []io.ReaderAt // per srcTensor (same order as tensors)
 	bytes   int64
 }
 
@@ -56,12 +54,11 @@ func openSource(path string) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
-	src := &source{ck: ck, exclude: map[string]bool{checkpoint.ConfigFileName: true, checkpoint.IndexFileName: true}}
+	src := &source{ck: ck}
 	ordinal := make(map[*checkpoint.Shard]int, len(ck.Shards))
 	for i, sh := range ck.Shards { // sorted by name: model-00001-of-… in order
 		ordinal[sh] = i
 		src.files = append(src.files, sh.Name)
-		src.exclude[filepath.ToSlash(sh.Name)] = true
 		src.bytes += sh.Size()
 	}
 	for _, t := range ck.Tensors() {
@@ -98,8 +95,8 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	}
 	defer in.ck.Close()
 
-	if err := checkDst(in.ck, dst, s.force); err != nil {
-		return nil, err
+	if err := outdir.Check(in.ck, dst, s.force); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
 	}
 	p, err := newPlan(s, in.tensors, in.files, in.ck.Config)
 	if err != nil {
@@ -151,8 +148,8 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	if err := w.removeState(sum.Files); err != nil {
 		return fail(err)
 	}
-	if err := install(w.dir, dst, s.force, sum); err != nil {
-		return nil, err
+	if err := outdir.Install(w.dir, dst, s.force, append(slices.Clip(sum.Files), sum.Index)); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	sum.PeakRSSBytes = peakRSS()
@@ -215,219 +212,22 @@ func interrupted(ctx context.Context, err error) error {
 // and fills sum. The output weight files must be complete in work.
 func finish(ctx context.Context, p *Plan, in *source, work string, sum *Summary) error {
 	sum.Files = nil
-	var entries []checkpoint.IndexEntry
-	var totalSize int64
 	for _, f := range p.Files {
-		path := filepath.Join(work, f.Name)
-		sf, err := safetensors.Open(path)
-		if err != nil {
-			return fmt.Errorf("convert: checking output: %w", err)
-		}
-		for _, t := range sf.Tensors() {
-			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: f.Name})
-			totalSize += t.Size()
-		}
-		sum.OutputBytes += sf.Size()
-		sf.Close()
 		sum.Files = append(sum.Files, f.Name)
 	}
-	if p.Sharded() {
-		ix := checkpoint.NewIndex(p.TotalParameters, totalSize, entries)
-		b, err := ix.Marshal()
-		if err != nil {
-			return fmt.Errorf("convert: %w", err)
-		}
-		if err := writeFile(filepath.Join(work, checkpoint.IndexFileName), b); err != nil {
-			return err
-		}
-		sum.Index = checkpoint.IndexFileName
+	var err error
+	if sum.OutputBytes, sum.Index, err = outdir.WriteIndex(work, sum.Files, p.TotalParameters); err != nil {
+		return fmt.Errorf("convert: %w", err)
 	}
 	if in.ck.Config != nil {
-		if err := writeFile(filepath.Join(work, checkpoint.ConfigFileName), p.ConfigJSON(in.ck.Config)); err != nil {
-			return err
+		if err := outdir.WriteFile(filepath.Join(work, checkpoint.ConfigFileName), p.ConfigJSON(in.ck.Config)); err != nil {
+			return fmt.Errorf("convert: %w", err)
 		}
 	} else {
 		fmt.Fprintf(p.s.log, "qconv: note: %s has no config.json; the output has none either (transformers needs one with quantization_config)\n", in.ck.Path)
 	}
-	if in.ck.Layout == checkpoint.LayoutFile {
-		return nil
-	}
-	cp, skipped, err := auxFiles(in.ck.Dir, in.exclude)
-	if err != nil {
-		return err
-	}
-	for _, rel := range cp {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
-		}
-		if err := copyFile(filepath.Join(work, filepath.FromSlash(rel)), filepath.Join(in.ck.Dir, filepath.FromSlash(rel))); err != nil {
-			return err
-		}
-	}
-	sum.Copied, sum.NotCopied = cp, skipped
-	return nil
-}
-
-// canonical returns the absolute, symlink-resolved form of path; the part
-// that does not exist yet is appended as given.
-func canonical(path string) (string, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return "", err
-	}
-	var rest []string
-	p := abs
-	for {
-		if r, err := filepath.EvalSymlinks(p); err == nil {
-			return filepath.Join(append([]string{r}, rest...)...), nil
-		}
-		parent := filepath.Dir(p)
-		if parent == p {
-			return abs, nil
-		}
-		rest = append([]string{filepath.Base(p)}, rest...)
-		p = parent
-	}
-}
-
-// within reports whether path is dir or inside it (both canonical).
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
-}
-
-// checkDst refuses destinations that would overwrite or sit inside the
-// source, or hold files (unless force).
-func checkDst(ck *checkpoint.Checkpoint, dst string, force bool) error {
-	if dst == "" {
-		return fmt.Errorf("convert: empty destination")
-	}
-	d, err := canonical(dst)
-	if err != nil {
+	if sum.Copied, sum.NotCopied, err = outdir.CopyAux(ctx, in.ck, work); err != nil {
 		return fmt.Errorf("convert: %w", err)
-	}
-	srcDir, err := canonical(ck.Dir)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if ck.Layout != checkpoint.LayoutFile && within(d, srcDir) {
-		return fmt.Errorf("convert: destination %s is inside the source %s", dst, ck.Path)
-	}
-	if within(srcDir, d) {
-		return fmt.Errorf("convert: the source %s is inside the destination %s", ck.Path, dst)
-	}
-	fi, err := os.Stat(dst)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil
-	case err != nil:
-		return fmt.Errorf("convert: %w", err)
-	case !fi.IsDir():
-		return fmt.Errorf("convert: destination %s exists and is not a directory", dst)
-	}
-	ents, err := os.ReadDir(dst)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if len(ents) > 0 && !force {
-		return fmt.Errorf("convert: destination %s is not empty (use --force to replace its files)", dst)
-	}
-	return nil
-}
-
-// staleWeights matches weight files that a new output replaces, as
-// transformers' save_pretrained cleans them.
-var staleWeights = regexp.MustCompile(`^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$`)
-
-// install moves the finished output from work to dst.
-func install(work, dst string, force bool, sum *Summary) error {
-	fi, err := os.Stat(dst)
-	if errors.Is(err, os.ErrNotExist) {
-		if err := os.Rename(work, dst); err != nil {
-			return fmt.Errorf("convert: %w", err)
-		}
-		return syncDir(filepath.Dir(dst))
-	}
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("convert: destination %s exists and is not a directory", dst)
-	}
-	ents, err := os.ReadDir(dst)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if len(ents) == 0 {
-		if err := os.Remove(dst); err != nil {
-			return fmt.Errorf("convert: %w", err)
-		}
-		if err := os.Rename(work, dst); err != nil {
-			return fmt.Errorf("convert: %w", err)
-		}
-		return syncDir(filepath.Dir(dst))
-	}
-	if !force {
-		return fmt.Errorf("convert: destination %s is not empty (use --force to replace its files)", dst)
-	}
-	// Replace files one by one; remove stale weight files first so that
-	// dst never holds a mix of old and new shards with a matching index.
-	outputs := map[string]bool{}
-	for _, f := range sum.Files {
-		outputs[f] = true
-	}
-	if sum.Index != "" {
-		outputs[sum.Index] = true
-	}
-	for _, e := range ents {
-		if !e.IsDir() && staleWeights.MatchString(e.Name()) && !outputs[e.Name()] {
-			if err := os.Remove(filepath.Join(dst, e.Name())); err != nil {
-				return fmt.Errorf("convert: %w", err)
-			}
-		}
-	}
-	if err := moveTree(work, dst); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(work); err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	return syncDir(dst)
-}
-
-// moveTree renames every file of the tree src into the same place under
-// dst, replacing files there and creating directories as needed.
-func moveTree(src, dst string) error {
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	for _, e := range ents {
-		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
-		if e.IsDir() {
-			if err := os.MkdirAll(to, 0o777); err != nil {
-				return fmt.Errorf("convert: %w", err)
-			}
-			if err := moveTree(from, to); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := os.Rename(from, to); err != nil {
-			return fmt.Errorf("convert: %w", err)
-		}
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("convert: syncing %s: %w", dir, err)
 	}
 	return nil
 }

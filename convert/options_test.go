@@ -143,15 +143,6 @@ func TestSelection(t *testing.T) {
 	}
 }
 
-func TestNaturalOrder(t *testing.T) {
-	names := []string{"model.layers.10.a.weight", "model.layers.2.a.bias", "model.layers.2.a.weight", "model.layers.1.b.weight", "model.layers.02.a.weight", "lm_head.weight", "model.norm.weight"}
-	slices.SortFunc(names, naturalCompare)
-	want := []string{"lm_head.weight", "model.layers.1.b.weight", "model.layers.2.a.weight", "model.layers.02.a.weight", "model.layers.2.a.bias", "model.layers.10.a.weight", "model.norm.weight"}
-	if !slices.Equal(names, want) {
-		t.Errorf("got  %q\nwant %q", names, want)
-	}
-}
-
 func TestConfigJSON(t *testing.T) {
 	src := writeSynth(t, boundaryTensors()[:4], 1<<40, "")
 	cfg := `{"torch_dtype": "float32", "model_type": "llama", "zeta": 1e-06, "alpha": [1, 2.50]}`

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -160,55 +161,6 @@ func (p *Plan) maxQuantStateLen(it *item) int64 {
 	return n
 }
 
-// naturalLess orders tensor names as a model's state dict usually is:
-// modules in natural order (numbers compared by value, so layers.2 comes
-// before layers.10), and within a module "weight" before "bias" before the
-// rest.
-func naturalCompare(a, b string) int {
-	ma, mb := moduleName(a), moduleName(b)
-	if c := naturalCmp(ma, mb); c != 0 {
-		return c
-	}
-	rank := func(s string) int {
-		switch lastComponent(s) {
-		case "weight":
-			return 0
-		case "bias":
-			return 1
-		}
-		return 2
-	}
-	return cmp.Or(cmp.Compare(rank(a), rank(b)), naturalCmp(a, b))
-}
-
-// naturalCmp compares strings with runs of digits compared by value.
-func naturalCmp(a, b string) int {
-	for a != "" && b != "" {
-		da, db := digitRun(a), digitRun(b)
-		if da > 0 && db > 0 {
-			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
-			if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb)); c != 0 {
-				return c
-			}
-			a, b = a[da:], b[db:]
-			continue
-		}
-		if a[0] != b[0] {
-			return cmp.Compare(a[0], b[0])
-		}
-		a, b = a[1:], b[1:]
-	}
-	return cmp.Compare(len(a), len(b))
-}
-
-func digitRun(s string) int {
-	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	return i
-}
-
 // configDType returns the dtype recorded in config.json ("dtype", else
 // "torch_dtype"), or Invalid.
 func configDType(cfg *pyjson.Value) (dtype.DType, error) {
@@ -301,7 +253,7 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 	// Items in state-dict order.
 	sorted := slices.Clone(tensors)
 	slices.SortStableFunc(sorted, func(a, b srcTensor) int {
-		return cmp.Or(cmp.Compare(a.shard, b.shard), naturalCompare(a.Name, b.Name))
+		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(a.Name, b.Name))
 	})
 	sel := selector{skip: s.skip, include: s.include}
 	defaultSel := true
@@ -367,38 +319,15 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		seen[name] = it.src.Name
 	}
 
-	// Shards as huggingface_hub's split_state_dict_into_shards_factory:
-	// entries in order; one larger than the limit gets a shard of its own
-	// (appended while the current shard stays open); otherwise a new
-	// shard starts when the next entry would overflow the current one.
-	var shards [][]entryRef
-	var cur []entryRef
-	var curSize int64
-	for i, r := range refs {
-		sz := sizes[i]
-		if sz > s.maxShard {
-			shards = append(shards, []entryRef{r})
-			continue
-		}
-		if curSize+sz > s.maxShard {
-			shards = append(shards, cur)
-			cur, curSize = nil, 0
-		}
-		cur = append(cur, r)
-		curSize += sz
-	}
-	if len(cur) > 0 {
-		shards = append(shards, cur)
-	}
+	// Shards as huggingface_hub's split_state_dict_into_shards_factory.
+	shards := outdir.Split(sizes, s.maxShard)
 	for i, sh := range shards {
-		name := "model.safetensors"
-		if len(shards) > 1 {
-			name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
+		fp := FilePlan{Name: outdir.FileName(i, len(shards))}
+		for _, k := range sh {
+			fp.entries = append(fp.entries, refs[k])
+			p.items[refs[k].item].entries[refs[k].entry].file = i
 		}
-		p.Files = append(p.Files, FilePlan{Name: name, entries: sh})
-		for _, r := range sh {
-			p.items[r.item].entries[r.entry].file = i
-		}
+		p.Files = append(p.Files, fp)
 	}
 	return p, nil
 }

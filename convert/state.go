@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/internal/atomicfile"
 )
 
@@ -82,11 +83,11 @@ type workDir struct {
 
 // workDirFor returns the work directory of dst.
 func workDirFor(dst string) (string, error) {
-	abs, err := filepath.Abs(dst)
+	dir, err := outdir.Beside(dst, workSuffix)
 	if err != nil {
 		return "", fmt.Errorf("convert: %w", err)
 	}
-	return filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+workSuffix), nil
+	return dir, nil
 }
 
 // newPlanState describes what the plan's output depends on.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/jobs"
+	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -102,16 +103,16 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	defer ck.Close()
-	if err := checkDst(ck, dst); err != nil {
-		return nil, err
+	if err := outdir.Check(ck, dst, false); err != nil {
+		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	p, err := newPlan(ck, opts)
 	if err != nil {
 		return nil, err
 	}
-	work, err := makeWorkDir(dst)
+	work, err := outdir.MkTemp(dst)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	ok := false
 	defer func() {
@@ -126,11 +127,11 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	if err := p.write(ctx, work, sum); err != nil {
 		return nil, err
 	}
-	if err := p.finish(ck, work, sum); err != nil {
-		return nil, err
+	if err := p.finish(ctx, ck, work, sum); err != nil {
+		return nil, fmt.Errorf("dequant: %w", err)
 	}
-	if err := install(work, dst); err != nil {
-		return nil, err
+	if err := outdir.Install(work, dst, false, append(slices.Clip(sum.Files), sum.Index)); err != nil {
+		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	ok = true
 	sum.Seconds = time.Since(start).Seconds()
@@ -230,91 +231,29 @@ func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
 	}
 
 	// Shards as transformers' save_pretrained makes them: tensors in
-	// state-dict order, a new shard when the next would overflow the
-	// current one, a tensor larger than the limit alone in its own.
+	// state-dict order, split as outdir.Split says.
 	slices.SortStableFunc(p.items, func(a, b *item) int {
-		return cmp.Or(cmp.Compare(a.shard, b.shard), stateDictCompare(a.name, b.name))
+		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(a.name, b.name))
 	})
 	maxShard := opts.MaxShardSize
 	if maxShard == 0 {
 		maxShard = DefaultMaxShardSize
 	}
-	var cur []*item
-	var curSize int64
-	for _, it := range p.items {
-		if it.size > maxShard {
-			p.files = append(p.files, []*item{it})
-			continue
-		}
-		if curSize+it.size > maxShard && len(cur) > 0 {
-			p.files = append(p.files, cur)
-			cur, curSize = nil, 0
-		}
-		cur = append(cur, it)
-		curSize += it.size
+	sizes := make([]int64, len(p.items))
+	for i, it := range p.items {
+		sizes[i] = it.size
 	}
-	if len(cur) > 0 {
-		p.files = append(p.files, cur)
-	}
-	for i, f := range p.files {
-		name := checkpoint.WeightsFileName
-		if len(p.files) > 1 {
-			name = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(p.files))
+	shards := outdir.Split(sizes, maxShard)
+	for i, sh := range shards {
+		var f []*item
+		for _, k := range sh {
+			f = append(f, p.items[k])
+			p.items[k].file = i
 		}
-		p.names = append(p.names, name)
-		for _, it := range f {
-			it.file = i
-		}
+		p.files = append(p.files, f)
+		p.names = append(p.names, outdir.FileName(i, len(shards)))
 	}
 	return p, nil
-}
-
-// stateDictCompare orders tensor names as a model's state dict usually
-// is: modules in natural order (layers.2 before layers.10), and within a
-// module "weight" before "bias" before the rest. (The same order as the
-// convert package's plan.)
-func stateDictCompare(a, b string) int {
-	ma, mb := a[:max(0, strings.LastIndexByte(a, '.'))], b[:max(0, strings.LastIndexByte(b, '.'))]
-	if c := naturalCmp(ma, mb); c != 0 {
-		return c
-	}
-	rank := func(s string) int {
-		switch s[strings.LastIndexByte(s, '.')+1:] {
-		case "weight":
-			return 0
-		case "bias":
-			return 1
-		}
-		return 2
-	}
-	return cmp.Or(cmp.Compare(rank(a), rank(b)), naturalCmp(a, b))
-}
-
-// naturalCmp compares strings with runs of digits compared by value.
-func naturalCmp(a, b string) int {
-	digits := func(s string) int {
-		i := 0
-		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-			i++
-		}
-		return i
-	}
-	for a != "" && b != "" {
-		da, db := digits(a), digits(b)
-		if da > 0 && db > 0 {
-			na, nb := strings.TrimLeft(a[:da], "0"), strings.TrimLeft(b[:db], "0")
-			if c := cmp.Or(cmp.Compare(len(na), len(nb)), strings.Compare(na, nb)); c != 0 {
-				return c
-			}
-			a, b = a[da:], b[db:]
-			continue
-		}
-		if a[0] != b[0] {
-			return cmp.Compare(a[0], b[0])
-		}
-		a, b = a[1:], b[1:]
-	}
-	return cmp.Compare(len(a), len(b))
 }
 
 // A job writes elements [start, start+n) of one item (for a weight, a
@@ -461,43 +400,22 @@ func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 
 // finish checks the weight files, writes the index and config.json, and
 // copies the other files of the source directory.
-func (p *plan) finish(ck *checkpoint.Checkpoint, work string, sum *Summary) error {
-	var entries []checkpoint.IndexEntry
-	var totalSize, params int64
-	for _, name := range p.names {
-		sf, err := safetensors.Open(filepath.Join(work, name))
-		if err != nil {
-			return fmt.Errorf("dequant: checking output: %w", err)
-		}
-		for _, t := range sf.Tensors() {
-			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: name})
-			totalSize += t.Size()
-			params += t.NumElements()
-		}
-		sum.OutputBytes += sf.Size()
-		sf.Close()
-		sum.Files = append(sum.Files, name)
+func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work string, sum *Summary) error {
+	var params int64
+	for _, it := range p.items {
+		params += it.n
 	}
-	if len(p.names) > 1 {
-		b, err := checkpoint.NewIndex(params, totalSize, entries).Marshal()
-		if err != nil {
-			return fmt.Errorf("dequant: %w", err)
-		}
-		if err := writeFile(filepath.Join(work, checkpoint.IndexFileName), b); err != nil {
-			return err
-		}
-		sum.Index = checkpoint.IndexFileName
+	sum.Files = p.names
+	var err error
+	if sum.OutputBytes, sum.Index, err = outdir.WriteIndex(work, p.names, params); err != nil {
+		return err
 	}
 	if ck.Config != nil {
-		if err := writeFile(filepath.Join(work, checkpoint.ConfigFileName), ConfigJSON(ck.Config, p.dtype)); err != nil {
+		if err := outdir.WriteFile(filepath.Join(work, checkpoint.ConfigFileName), ConfigJSON(ck.Config, p.dtype)); err != nil {
 			return err
 		}
 	}
-	if ck.Layout == checkpoint.LayoutFile {
-		return nil
-	}
-	copied, err := copyAux(ck, work)
-	sum.Copied = copied
+	sum.Copied, _, err = outdir.CopyAux(ctx, ck, work)
 	return err
 }
 
@@ -516,23 +434,4 @@ func ConfigJSON(cfg *pyjson.Value, d dtype.DType) []byte {
 		}
 	}
 	return append(out.MarshalIndentSorted(), '\n')
-}
-
-// writeFile writes b to path and syncs it.
-func writeFile(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return fmt.Errorf("dequant: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("dequant: writing %s: %w", path, err)
-	}
-	return nil
 }
