@@ -5,14 +5,19 @@
 //
 // It provides the code books ([CodeBook], [DynamicMap]), the block
 // quantizer ([QuantizeBlocks]) with an emulation of the GPU's approximate
-// reciprocal, double quantization of the per-block absmax values
-// ([DoubleQuant]), dequantization ([DequantizeBlocks], [UndoDoubleQuant]) and
-// the quant-state JSON blob stored next to every quantized weight
-// ([QuantState]).
+// reciprocal, its absmax pass alone ([BlockAbsmax]), the same two kernels
+// on raw little-endian F32/BF16/F16 tensor bytes rounded to the model dtype
+// on the way ([QuantizeRaw], [BlockAbsmaxRaw], [DecodeRaw]; they also
+// report the first NaN or infinity), the float32 mean torch computes on the
+// GPU ([CUDAMean]), double quantization of the per-block absmax values
+// ([DoubleQuant]), dequantization ([DequantizeBlocks], [UndoDoubleQuant],
+// [UndoDoubleQuantMap]) and the quant-state JSON blob stored next to every
+// quantized weight ([QuantState]).
 //
 // The package works on float32 slices and byte slices only. It does not read
-// or write files, decide which tensors to quantize, cast between model dtypes
-// (see formats/dtype), or build config.json; those belong to formats/safetensors,
+// or write files, decide which tensors to quantize or which dtype a model
+// is loaded in, cast tensors that are kept unquantized (see formats/dtype),
+// or build config.json; those belong to formats/safetensors,
 // formats/checkpoint and convert.
 //
 // The reference for every number is the CUDA path of bitsandbytes 0.50

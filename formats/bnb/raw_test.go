@@ -72,7 +72,9 @@ func special32() []float32 {
 }
 
 // rawInput draws n elements of dtype src: mode 0 normal weights, 1 special
-// values, 2 random bits, 3 a mixture, 4 all zeros with a few specials.
+// values, 2 random bits, 3 a mixture, 4 all zeros with a few specials, 5
+// normal weights with finite specials (zeros, subnormals, the largest
+// finite values), which the fast loops must handle themselves.
 func rawInput(rng *rand.Rand, src dtype.DType, n, mode int) []byte {
 	sp32 := special32()
 	size := src.Size()
@@ -121,6 +123,14 @@ func rawInput(rng *rand.Rand, src dtype.DType, n, mode int) []byte {
 		case 4:
 			if rng.IntN(50) == 0 {
 				putSpecial(i)
+			}
+		case 5:
+			put(i, float32(rng.NormFloat64()*scale))
+			if rng.IntN(8) == 0 {
+				putSpecial(i)
+				if f := refDecode(raw[i*size:(i+1)*size], src, src)[0]; math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+					put(i, 0)
+				}
 			}
 		}
 	}
@@ -210,7 +220,7 @@ func TestQuantizeRawMatchesFloat32(t *testing.T) {
 					case 1:
 						n = rawChunk + rng.IntN(3*bs) - bs
 					}
-					checkRawCase(t, rawInput(rng, src, n, iter%5), src, model, bs, q)
+					checkRawCase(t, rawInput(rng, src, n, iter%6), src, model, bs, q)
 				}
 			})
 		}
