@@ -54,6 +54,11 @@ type Options struct {
 	// weight, to whole groups of 256 blocks). Zero means
 	// DefaultJobElements.
 	JobElements int
+	// Force allows a non-empty destination directory: the output files
+	// replace files of the same names there, and stale weight files
+	// (model.safetensors, model-NNNNN-of-NNNNN.safetensors, the index) are
+	// removed. Without it a non-empty destination is an error.
+	Force bool
 	// Progress, if not nil, is called after each job with the output
 	// bytes written so far and in total, from worker goroutines (it must
 	// be safe for concurrent use, and quick).
@@ -89,7 +94,7 @@ type Summary struct {
 // documentation for what the output holds. The output is built in a
 // temporary directory beside dst and renamed into place at the end; on any
 // error, or when ctx is cancelled, dst is left as it was. dst must not
-// exist or be an empty directory.
+// exist or be an empty directory, unless Options.Force.
 func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, error) {
 	start := time.Now()
 	if opts.DType != dtype.Invalid && opts.DType != dtype.F32 && opts.DType != dtype.BF16 && opts.DType != dtype.F16 {
@@ -103,7 +108,7 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	defer ck.Close()
-	if err := outdir.Check(ck, dst, false); err != nil {
+	if err := outdir.Check(ck, dst, opts.Force); err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	p, err := newPlan(ck, opts)
@@ -130,7 +135,7 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	if err := p.finish(ctx, ck, work, sum); err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
-	if err := outdir.Install(work, dst, false, append(slices.Clip(sum.Files), sum.Index)); err != nil {
+	if err := outdir.Install(work, dst, opts.Force, append(slices.Clip(sum.Files), sum.Index)); err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	ok = true

@@ -267,3 +267,39 @@ func TestAtomic(t *testing.T) {
 		})
 	}
 }
+
+// TestForce: with Force, a non-empty destination gets the output files,
+// loses the stale weight files of an earlier sharded output, and keeps
+// its other files; the result is the fresh output plus those files.
+func TestForce(t *testing.T) {
+	src := model("tiny-llama-bf16-nf4-dq-u8")
+	dst := filepath.Join(t.TempDir(), "out")
+	os.MkdirAll(dst, 0o777)
+	for _, name := range []string{"keep.txt", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "config.json"} {
+		os.WriteFile(filepath.Join(dst, name), []byte("old"), 0o666)
+	}
+	if _, err := Dequantize(context.Background(), src, dst, Options{}); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("without Force: %v, want a non-empty destination error", err)
+	}
+	if _, err := Dequantize(context.Background(), src, dst, Options{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	fresh := run(t, src, Options{})
+	want := map[string][]byte{"keep.txt": []byte("old")}
+	ents, _ := os.ReadDir(fresh)
+	for _, e := range ents {
+		want[e.Name()] = readFile(t, filepath.Join(fresh, e.Name()))
+	}
+	ents, _ = os.ReadDir(dst)
+	if len(ents) != len(want) {
+		t.Errorf("%d files in the destination, want %d", len(ents), len(want))
+	}
+	for name, b := range want {
+		if got, err := os.ReadFile(filepath.Join(dst, name)); err != nil || !bytes.Equal(got, b) {
+			t.Errorf("%s differs from the fresh output's (%v)", name, err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(dst)); len(ents) != 1 {
+		t.Errorf("left beside the destination: %v", ents)
+	}
+}
