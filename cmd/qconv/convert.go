@@ -2,20 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
-	"time"
-
-	"github.com/schollz/progressbar/v3"
 
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/formats/bnb"
@@ -115,10 +107,7 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	workers := runtime.NumCPU()
 	fs.IntVar(&workers, "workers", workers, "number of parallel workers")
 	fs.IntVar(&workers, "j", workers, "shorthand for --workers")
-	maxShard := fs.String("max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
-	progress := fs.String("progress", "auto", "progress display on stderr: auto (a bar on a terminal), always (a plain line every 5 s off a terminal), never")
-	asJSON := fs.Bool("json", false, "write a JSON summary to stdout")
-	force := fs.Bool("force", false, "allow a non-empty DST: replace its files of the same names and stale weight files")
+	out := addOutputFlags(fs)
 	allowNonFinite := fs.Bool("allow-nonfinite", false, "quantize weights holding NaN or Inf instead of failing")
 	shard := fs.String("shard", "", "convert only part I of N of the output files: I/N (0-based), or auto/N to take I from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID")
 	finalize := fs.Bool("finalize", false, "finish a conversion whose parts (--shard) are all done: check them and write DST")
@@ -137,7 +126,7 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		Include:        include,
 		Workers:        workers,
 		AllowNonFinite: *allowNonFinite,
-		Force:          *force,
+		Force:          out.force,
 		Finalize:       *finalize,
 		Restart:        *restart,
 		Log:            stderr,
@@ -160,8 +149,8 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	if workers < 1 {
 		return usageError(stderr, "convert", "--workers %d: want at least 1", workers)
 	}
-	if opts.MaxShardSize, err = convert.ParseSize(*maxShard); err != nil {
-		return usageError(stderr, "convert", "--max-shard-size: %v", err)
+	if opts.MaxShardSize, code, ok = out.check("convert", stderr); !ok {
+		return code
 	}
 	if *shard != "" {
 		if opts.Part, err = parsePart(*shard, os.Getenv); err != nil {
@@ -171,29 +160,24 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 			return usageError(stderr, "convert", "--shard and --finalize do not go together: finalize once, after all parts")
 		}
 	}
-	switch *progress {
-	case "auto", "always", "never":
-	default:
-		return usageError(stderr, "convert", "--progress %q: want auto, always or never", *progress)
-	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep := startProgress(*progress, stderr)
-	opts.Progress = rep.update
-	sum, err := convert.Convert(ctx, pos[0], pos[1], opts)
-	rep.stop(err == nil)
+	var sum *convert.Summary
+	err = out.run("convert", "converting", stderr, func(ctx context.Context, progress func(done, total int64)) (err error) {
+		opts.Progress = progress
+		sum, err = convert.Convert(ctx, pos[0], pos[1], opts)
+		return err
+	})
 	if err != nil {
 		printError(stderr, err)
 		return exitError
 	}
 
-	if !opts.Part.Whole() && !*asJSON {
+	if !opts.Part.Whole() && !out.asJSON {
 		fmt.Fprintf(stdout, "converted part %s: %s; run with --finalize when all parts are done\n", opts.Part, strings.Join(sum.Files, ", "))
 		return exitOK
 	}
 	p := sum.Plan
-	out := convertSummary{
+	js := convertSummary{
 		Src: sum.Src, Dst: sum.Dst,
 		QuantType: opts.QuantType.String(), Blocksize: *blocksize, DoubleQuant: *doubleQuant,
 		DType: p.ModelDType.TorchName(), ComputeDType: p.ComputeDType.TorchName(), Workers: workers,
@@ -202,36 +186,23 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		Files: sum.Files, Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
 		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes,
 	}
-	if out.DType == "" {
-		out.DType = "mixed"
+	if js.DType == "" {
+		js.DType = "mixed"
 	}
 	if sum.Seconds > 0 {
-		out.InputMBPerSecond = float64(sum.InputBytes) / 1e6 / sum.Seconds
+		js.InputMBPerSecond = float64(sum.InputBytes) / 1e6 / sum.Seconds
 	}
-	if *asJSON {
-		b, err := json.MarshalIndent(out, "", "  ")
-		if err != nil {
-			printError(stderr, err)
-			return exitError
-		}
-		fmt.Fprintf(stdout, "%s\n", b)
-		return exitOK
+	if out.asJSON {
+		return writeJSON(stdout, stderr, js)
 	}
 	dq := ""
 	if *doubleQuant {
 		dq = " + double quant"
 	}
 	fmt.Fprintf(stdout, "wrote %s: %d tensors quantized (%s%s, blocksize %d), %d kept (%s); %s -> %s in %d file(s); %.1f s, %.0f MB/s\n",
-		sum.Dst, sum.TensorsQuantized, out.QuantType, dq, *blocksize, sum.TensorsKept, out.DType,
-		humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds, out.InputMBPerSecond)
+		sum.Dst, sum.TensorsQuantized, js.QuantType, dq, *blocksize, sum.TensorsKept, js.DType,
+		humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds, js.InputMBPerSecond)
 	return exitOK
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
 }
 
 // parsePart parses --shard: "I/N", "auto/N" or "/N" (I from the
@@ -261,104 +232,4 @@ func parsePart(s string, getenv func(string) string) (convert.Part, error) {
 		return convert.Part{}, fmt.Errorf("part index %q: want an integer from 0 to %d", i, count-1)
 	}
 	return convert.Part{Index: index, Count: count}, nil
-}
-
-// progressReporter shows conversion progress on stderr: a progress bar on
-// a terminal, plain lines at most every few seconds otherwise ("always"),
-// or nothing. Updates come from worker goroutines; one goroutine renders.
-type progressReporter struct {
-	done, total atomic.Int64
-	quit        chan struct{}
-	wg          sync.WaitGroup
-	w           io.Writer
-	bar         *progressbar.ProgressBar
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
-
-func startProgress(mode string, w io.Writer) *progressReporter {
-	r := &progressReporter{quit: make(chan struct{}), w: w}
-	term := isTerminal(w)
-	if mode == "never" || (mode == "auto" && !term) {
-		return r
-	}
-	interval := 5 * time.Second
-	if term {
-		interval = 200 * time.Millisecond
-		r.bar = progressbar.NewOptions64(-1,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription("converting"),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionFullWidth(),
-			progressbar.OptionThrottle(100*time.Millisecond),
-		)
-	}
-	start := time.Now()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-r.quit:
-				return
-			case <-t.C:
-			}
-			done, total := r.done.Load(), r.total.Load()
-			if total == 0 {
-				continue
-			}
-			if r.bar != nil {
-				if r.bar.GetMax64() != total {
-					r.bar.ChangeMax64(total)
-				}
-				r.bar.Set64(done)
-				continue
-			}
-			secs := time.Since(start).Seconds()
-			rate := float64(done) / 1e6 / secs
-			eta := "?"
-			if done > 0 {
-				eta = time.Duration(float64(total-done) / float64(done) * secs * float64(time.Second)).Round(time.Second).String()
-			}
-			fmt.Fprintf(w, "qconv: convert: %s / %s (%.0f%%), %.0f MB/s, ETA %s\n",
-				humanBytes(done), humanBytes(total), 100*float64(done)/float64(total), rate, eta)
-		}
-	}()
-	return r
-}
-
-// update records progress; it keeps the largest done value, since calls
-// from several workers may arrive out of order.
-func (r *progressReporter) update(done, total int64) {
-	r.total.Store(total)
-	for {
-		cur := r.done.Load()
-		if done <= cur || r.done.CompareAndSwap(cur, done) {
-			return
-		}
-	}
-}
-
-func (r *progressReporter) stop(ok bool) {
-	close(r.quit)
-	r.wg.Wait()
-	if r.bar != nil {
-		if ok {
-			r.bar.Set64(r.total.Load())
-			r.bar.Finish()
-		}
-		r.bar.Exit()
-		fmt.Fprintln(r.w) // end the bar's line
-	}
 }

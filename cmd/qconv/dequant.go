@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/convert/dequant"
@@ -74,8 +70,7 @@ func runDequant(args []string, stdout, stderr io.Writer) int {
 	workers := 0
 	fs.IntVar(&workers, "workers", 0, "number of parallel workers (0: all CPUs)")
 	fs.IntVar(&workers, "j", 0, "shorthand for --workers")
-	maxShard := fs.String("max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
-	asJSON := fs.Bool("json", false, "write a JSON summary to stdout")
+	out := addOutputFlags(fs)
 	pos, code, ok := parseFlags(fs, dequantUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -83,7 +78,7 @@ func runDequant(args []string, stdout, stderr io.Writer) int {
 	if len(pos) != 2 {
 		return usageError(stderr, "dequant", "expected SRC and DST, got %d arguments", len(pos))
 	}
-	var opts dequant.Options
+	opts := dequant.Options{Force: out.force}
 	var err error
 	if opts.DType, err = convert.ParseDType(*dt); err != nil {
 		return usageError(stderr, "dequant", "--dtype: %v", err)
@@ -92,39 +87,33 @@ func runDequant(args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "dequant", "--workers %d: want at least 0", workers)
 	}
 	opts.Workers = workers
-	if opts.MaxShardSize, err = convert.ParseSize(*maxShard); err != nil {
-		return usageError(stderr, "dequant", "--max-shard-size: %v", err)
+	if opts.MaxShardSize, code, ok = out.check("dequant", stderr); !ok {
+		return code
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	sum, err := dequant.Dequantize(ctx, pos[0], pos[1], opts)
+	var sum *dequant.Summary
+	err = out.run("dequant", "dequantizing", stderr, func(ctx context.Context, progress func(done, total int64)) (err error) {
+		opts.Progress = progress
+		sum, err = dequant.Dequantize(ctx, pos[0], pos[1], opts)
+		return err
+	})
 	if err != nil {
 		printError(stderr, err)
 		return exitError
 	}
-	out := dequantSummary{
+	js := dequantSummary{
 		Src: sum.Src, Dst: sum.Dst, DType: sum.DType.TorchName(),
 		Weights: sum.Weights, Kept: sum.Kept,
 		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
-		Files: sum.Files, Index: sum.Index, Copied: sum.Copied, Seconds: sum.Seconds,
+		Files: sum.Files, Index: sum.Index, Copied: nonNil(sum.Copied), Seconds: sum.Seconds,
 	}
-	if out.DType == "" {
-		out.DType = "mixed"
+	if js.DType == "" {
+		js.DType = "mixed"
 	}
-	if out.Copied == nil {
-		out.Copied = []string{}
-	}
-	if *asJSON {
-		b, err := json.MarshalIndent(out, "", "  ")
-		if err != nil {
-			printError(stderr, err)
-			return exitError
-		}
-		fmt.Fprintf(stdout, "%s\n", b)
-		return exitOK
+	if out.asJSON {
+		return writeJSON(stdout, stderr, js)
 	}
 	fmt.Fprintf(stdout, "wrote %s: %d weights dequantized (%s), %d tensors kept; %s -> %s in %d file(s); %.1f s\n",
-		sum.Dst, sum.Weights, out.DType, sum.Kept, humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds)
+		sum.Dst, sum.Weights, js.DType, sum.Kept, humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds)
 	return exitOK
 }

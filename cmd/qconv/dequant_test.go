@@ -40,6 +40,7 @@ func TestDequantCLIErrors(t *testing.T) {
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8")}, "expected SRC and DST"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--dtype", "f8"}, "--dtype"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--max-shard-size", "x"}, "--max-shard-size"},
+		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--progress", "sometimes"}, "--progress"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(tmp, "b")}, "no bitsandbytes 4-bit weights"},
 		{[]string{"dequant", filepath.Join(tmp, "none"), filepath.Join(tmp, "c")}, "none"},
 	} {
@@ -50,5 +51,29 @@ func TestDequantCLIErrors(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 		t.Errorf("failed runs left %v", ents)
+	}
+}
+
+// TestDequantCLIForce: a non-empty DST is refused, and with --force gets
+// the output (stale weight files removed, other files kept).
+func TestDequantCLIForce(t *testing.T) {
+	dst := t.TempDir()
+	for _, name := range []string{"keep.txt", "model-00001-of-00002.safetensors"} {
+		os.WriteFile(filepath.Join(dst, name), []byte("old"), 0o666)
+	}
+	src := filepath.Join(models, "tiny-llama-bf16-nf4-u8")
+	if code, _, errOut := qconv("dequant", src, dst); code != exitError || !strings.Contains(errOut, "not empty (use --force") {
+		t.Errorf("non-empty DST: exit %d, stderr %q", code, errOut)
+	}
+	if code, _, errOut := qconv("dequant", src, dst, "--force", "--progress=never"); code != exitOK || errOut != "" {
+		t.Fatalf("--force: exit %d, stderr %q", code, errOut)
+	}
+	var names []string
+	ents, _ := os.ReadDir(dst)
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := "config.json generation_config.json keep.txt model.safetensors"; strings.Join(names, " ") != want {
+		t.Errorf("--force: DST holds %v, want %s", names, want)
 	}
 }
