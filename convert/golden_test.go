@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/qconv/qconv/formats/bnb"
@@ -68,7 +69,7 @@ func compareDirs(t *testing.T, dir, want string) {
 	for _, e := range wantEnts {
 		wantNames = append(wantNames, e.Name())
 	}
-	if !slicesEqual(gotNames, wantNames) {
+	if !slices.Equal(gotNames, wantNames) {
 		t.Errorf("files: got %v, want %v", gotNames, wantNames)
 	}
 	for _, name := range wantNames {
@@ -93,18 +94,6 @@ func compareDirs(t *testing.T, dir, want string) {
 	}
 }
 
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func diffSafetensors(t *testing.T, got, want []byte) {
 	t.Helper()
 	g, err := safetensors.NewReader(bytes.NewReader(got), int64(len(got)))
@@ -123,7 +112,7 @@ func diffSafetensors(t *testing.T, got, want []byte) {
 			t.Errorf("missing tensor %q", wt.Name)
 			continue
 		}
-		if gt.DType != wt.DType || !int64sEqual(gt.Shape, wt.Shape) {
+		if gt.DType != wt.DType || !slices.Equal(gt.Shape, wt.Shape) {
 			t.Errorf("tensor %q: got %v %v, want %v %v", wt.Name, gt.DType, gt.Shape, wt.DType, wt.Shape)
 			continue
 		}
@@ -143,16 +132,4 @@ func diffSafetensors(t *testing.T, got, want []byte) {
 			t.Errorf("unexpected tensor %q", gt.Name)
 		}
 	}
-}
-
-func int64sEqual(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

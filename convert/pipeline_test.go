@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -110,15 +111,7 @@ func TestWorkersEquivalence(t *testing.T) {
 				t.Run(fmt.Sprintf("shard%d/opts%d/j%d", shard, oi, w), func(t *testing.T) {
 					o.Workers = w
 					dir, _ := convertTo(t, src, o)
-					got := readDir(t, dir)
-					if len(got) != len(ref) {
-						t.Fatalf("got files %v, want %d files", keys(got), len(ref))
-					}
-					for name, b := range ref {
-						if !bytes.Equal(got[name], b) {
-							t.Errorf("%s differs between -j 1 and -j %d", name, w)
-						}
-					}
+					sameFiles(t, readDir(t, dir), ref, "the -j 1 output")
 				})
 			}
 		}
@@ -131,6 +124,20 @@ func keys(m map[string][]byte) []string {
 		ks = append(ks, k)
 	}
 	return ks
+}
+
+// sameFiles checks that got and want (see readDir) hold the same files
+// with the same bytes; want is described as what.
+func sameFiles(t testing.TB, got, want map[string][]byte, what string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("files %v, want those of %s: %v", keys(got), what, keys(want))
+	}
+	for name, b := range want {
+		if !bytes.Equal(got[name], b) {
+			t.Errorf("%s differs from %s", name, what)
+		}
+	}
 }
 
 // outputTensors reads every tensor of a converted checkpoint.
@@ -263,7 +270,7 @@ func TestShardedOutput(t *testing.T) {
 					t.Errorf("missing %s", name)
 					continue
 				}
-				if g.info.DType != w.info.DType || !int64sEqual(g.info.Shape, w.info.Shape) || !bytes.Equal(g.bytes, w.bytes) {
+				if g.info.DType != w.info.DType || !slices.Equal(g.info.Shape, w.info.Shape) || !bytes.Equal(g.bytes, w.bytes) {
 					t.Errorf("%s differs from the golden single-file output", name)
 				}
 			}
@@ -466,15 +473,7 @@ func TestBadInputs(t *testing.T) {
 					t.Errorf("non-empty dst changed: %v", keys(got))
 				}
 			}
-			after := readDir(t, c.src)
-			if len(after) != len(before) {
-				t.Errorf("source changed: %v -> %v", keys(before), keys(after))
-			}
-			for k, v := range before {
-				if !bytes.Equal(after[k], v) {
-					t.Errorf("source file %s changed", k)
-				}
-			}
+			sameFiles(t, readDir(t, c.src), before, "the source before")
 		})
 	}
 }
@@ -508,17 +507,9 @@ func TestForce(t *testing.T) {
 	if _, err := Convert(context.Background(), src, dst, Options{Force: true}); err != nil {
 		t.Fatal(err)
 	}
-	got := readDir(t, dst)
 	want := readDir(t, filepath.Join(goldenModels, "tiny-llama-bf16-nf4-dq-u8"))
 	want["keep.txt"] = []byte("old")
-	if len(got) != len(want) {
-		t.Errorf("files %v, want %v", keys(got), keys(want))
-	}
-	for k, v := range want {
-		if !bytes.Equal(got[k], v) {
-			t.Errorf("%s differs", k)
-		}
-	}
+	sameFiles(t, readDir(t, dst), want, "the golden output and keep.txt")
 }
 
 func TestCopiesAuxFiles(t *testing.T) {

@@ -23,19 +23,6 @@ func referenceOutput(t *testing.T, src string, o Options) map[string][]byte {
 	return readDir(t, dir)
 }
 
-func sameOutput(t *testing.T, dir string, want map[string][]byte) {
-	t.Helper()
-	got := readDir(t, dir)
-	if len(got) != len(want) {
-		t.Errorf("files %v, want %v", keys(got), keys(want))
-	}
-	for name, b := range want {
-		if !bytes.Equal(got[name], b) {
-			t.Errorf("%s differs from the one-process output", name)
-		}
-	}
-}
-
 func TestPartitioned(t *testing.T) {
 	src := filepath.Join(goldenModels, "tiny-llama-bf16")
 	ref := referenceOutput(t, src, shardedOpts)
@@ -87,7 +74,7 @@ func TestPartitioned(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			sameOutput(t, dst, ref)
+			sameFiles(t, readDir(t, dst), ref, "the one-process output")
 			noOutput(t, filepath.Join(filepath.Dir(dst), "none"))
 		})
 	}
@@ -130,7 +117,7 @@ func TestResume(t *testing.T) {
 				if strings.Contains(log.String(), "already complete") {
 					kept++
 				}
-				sameOutput(t, dst, ref)
+				sameFiles(t, readDir(t, dst), ref, "the one-process output")
 				noOutput(t, dst+"-none")
 			})
 		}
@@ -191,5 +178,5 @@ func TestResumeRefusesChanges(t *testing.T) {
 		t.Errorf("damaged file %q kept: %s", damaged, log.String())
 	}
 	ref := referenceOutput(t, src, Options{MaxShardSize: 50_000})
-	sameOutput(t, dst, ref)
+	sameFiles(t, readDir(t, dst), ref, "the one-process output")
 }

@@ -292,13 +292,8 @@ func (a *acc) sums() part {
 
 // check is add plus the bound check of element i.
 func (a *acc) check(i int64, x, y, bound float64) {
+	a.add(x, y)
 	e := math.Abs(x - y)
-	a.n++
-	a.cur.sumSq += x * x
-	a.cur.sumErrSq += e * e
-	if e > a.maxErr || e != e {
-		a.maxErr = e
-	}
 	if e > a.worst*bound { // rarely true: divide only then
 		r := math.Inf(1)
 		if bound > 0 {

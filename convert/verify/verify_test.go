@@ -123,17 +123,7 @@ func dropTensors(t *testing.T, dir string, names ...string) {
 		t.Fatalf("dropTensors: some of %q are not in %s", names, path)
 	}
 	f.Close()
-	plan, err := safetensors.NewPlan(map[string]string{"format": "pt"}, specs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := slices.Clone(plan.Header)
-	for _, ti := range plan.Tensors {
-		out = append(out, data[ti.Name]...)
-	}
-	if err := os.WriteFile(path, out, 0o666); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, path, specs, data)
 }
 
 func quantSuffixes(qt string, dq bool) []string {
