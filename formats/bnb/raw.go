@@ -155,6 +155,12 @@ type rawScratch struct {
 // use. It returns an error wrapping ErrUnsupportedDType for other dtypes,
 // and an error if len(src) is not a multiple of the element size.
 func QuantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, q QuantType) (nonFinite int, err error) {
+	return quantizeRaw(dst, absmax, src, srcType, modelType, blocksize, q, true)
+}
+
+// quantizeRaw is QuantizeRaw; simd false keeps it off the vector kernels
+// (for the tests of the portable path).
+func quantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, q QuantType, simd bool) (int, error) {
 	n, err := checkRaw("QuantizeRaw", src, srcType, modelType)
 	if err != nil {
 		return -1, err
@@ -169,7 +175,7 @@ func QuantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dt
 		panic("bnb: QuantizeRaw: dst or absmax too short")
 	}
 	var s rawScratch
-	k := rawKernel{tab: tableFor(q), rcp: rcpTable(), bs: blocksize, scratch: &s}
+	k := rawKernel{q: q, simd: simd, tab: tableFor(q), rcp: rcpTable(), bs: blocksize, scratch: &s}
 	return k.run(dst, absmax, src, n, srcType, modelType), nil
 }
 
@@ -191,13 +197,15 @@ func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType
 		panic("bnb: BlockAbsmaxRaw: absmax too short")
 	}
 	var s rawScratch
-	k := rawKernel{rcp: rcpTable(), bs: blocksize, scratch: &s}
+	k := rawKernel{simd: true, rcp: rcpTable(), bs: blocksize, scratch: &s}
 	return k.run(nil, absmax, src, n, srcType, modelType), nil
 }
 
 // A rawKernel runs one QuantizeRaw or BlockAbsmaxRaw call. A nil tab means
 // absmax only (dst is then nil too).
 type rawKernel struct {
+	q       QuantType
+	simd    bool // use the vector kernels where the CPU has them
 	tab     *codeTable
 	rcp     *[rcpTableLen / 4]byte
 	bs      int
@@ -379,59 +387,95 @@ func rcpBF16(t *[128]int8, mx uint32) float32 {
 //     below 2^-14, whose reciprocal is too large for the scaled multiply of
 //     encodeF16. F16 subnormals are normal float32 values, which need no
 //     flushing.
+//
+// Blocks go in chunks of up to halfChunk: first the absmax and reciprocal
+// of each, then the codes of the whole chunk (in one call of the vector
+// kernel where there is one), then the blocks that need care.
 func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int {
+	const halfChunk = 128
+	var rs [halfChunk]float32
+	var slow [halfChunk]bool
 	bt, ft := bf16Rcp(), f16Rcp()
-	srcType := dtype.BF16
-	if f16 {
-		srcType = dtype.F16
-	}
 	nonFinite := -1
-	bytesPerBlock := 2 * k.bs
-	for j, off := 0, 0; off < len(src); j, off = j+1, off+bytesPerBlock {
-		blk := src[off:min(off+bytesPerBlock, len(src))]
-		var mx uint32
-		slow := len(blk) != bytesPerBlock
-		if !slow && f16 {
-			mx = halfMax(blk)
-			slow = mx < 0x0400 && mx != 0 || mx >= 0x7c00
-		} else if !slow {
-			var sub bool
-			mx, sub = bf16Stats(blk)
-			slow = sub || mx >= 0x7f80
+	bpb := 2 * k.bs // bytes per block
+	full := len(src) / bpb
+	for b0 := 0; b0 < full; b0 += halfChunk {
+		nb := min(halfChunk, full-b0)
+		am := absmax[b0 : b0+nb]
+		anySlow := false
+		for j := range am {
+			blk := src[(b0+j)*bpb : (b0+j+1)*bpb]
+			var mx uint32
+			if f16 {
+				mx = halfMax(blk)
+				slow[j] = mx < 0x0400 && mx != 0 || mx >= 0x7c00
+			} else {
+				var sub bool
+				mx, sub = bf16Stats(blk)
+				slow[j] = sub || mx >= 0x7f80
+			}
+			switch {
+			case slow[j]:
+				am[j], rs[j] = 0, 0
+				anySlow = true
+			case mx == 0: // an all-zero block
+				am[j], rs[j] = 0, float32(math.Inf(1))
+			case f16:
+				am[j] = math.Float32frombits(mx<<13 + (127-15)<<23)
+				rs[j] = rcpF16(ft, mx) * 0x1p112
+			default:
+				am[j] = math.Float32frombits(mx << 16)
+				rs[j] = rcpBF16(bt, mx)
+			}
 		}
-		if slow {
-			vals := k.scratch.f32[:len(blk)/2]
-			decodeRaw(vals, blk, srcType, srcType)
-			if nonFinite < 0 {
-				if i := firstNonFinite(vals); i >= 0 {
-					nonFinite = off/2 + i
+		if k.tab != nil {
+			out := dst[b0*k.bs/2 : (b0+nb)*k.bs/2]
+			in := src[b0*bpb : (b0+nb)*bpb]
+			if !k.simd || !encodeBlocksSIMD(out, in, rs[:nb], k.bs, f16, k.q) {
+				for j := range nb {
+					o, blk := out[j*k.bs/2:(j+1)*k.bs/2], in[j*bpb:(j+1)*bpb]
+					if f16 {
+						encodeF16(o, blk, rs[j], k.tab)
+					} else {
+						encodeBF16(o, blk, rs[j], k.tab)
+					}
 				}
 			}
-			k.float32s(dst, absmax, vals, off/2)
-			continue
 		}
-		var r float32
-		switch {
-		case mx == 0: // an all-zero block
-			absmax[j], r = 0, float32(math.Inf(1))
-		case f16:
-			absmax[j] = math.Float32frombits(mx<<13 + (127-15)<<23)
-			r = rcpF16(ft, mx)
-		default:
-			absmax[j] = math.Float32frombits(mx << 16)
-			r = rcpBF16(bt, mx)
+		if anySlow {
+			for j := range nb {
+				if slow[j] {
+					e0 := (b0 + j) * k.bs
+					if i := k.slowBlock(dst, absmax, src[2*e0:2*e0+bpb], e0, f16); i >= 0 && nonFinite < 0 {
+						nonFinite = i
+					}
+				}
+			}
 		}
-		if k.tab == nil {
-			continue
-		}
-		out := dst[off/4 : off/4+k.bs/2]
-		if f16 {
-			encodeF16(out, blk, r*0x1p112, k.tab)
-		} else {
-			encodeBF16(out, blk, r, k.tab)
+	}
+	if e0 := full * k.bs; 2*e0 < len(src) {
+		if i := k.slowBlock(dst, absmax, src[2*e0:], e0, f16); i >= 0 && nonFinite < 0 {
+			nonFinite = i
 		}
 	}
 	return nonFinite
+}
+
+// slowBlock quantizes the block of 16-bit elements blk, which starts at
+// element e0, through float32s. It returns the index of its first
+// non-finite element, or -1.
+func (k *rawKernel) slowBlock(dst []byte, absmax []float32, blk []byte, e0 int, f16 bool) int {
+	t := dtype.BF16
+	if f16 {
+		t = dtype.F16
+	}
+	vals := k.scratch.f32[:len(blk)/2]
+	decodeRaw(vals, blk, t, t)
+	k.float32s(dst, absmax, vals, e0)
+	if i := firstNonFinite(vals); i >= 0 {
+		return e0 + i
+	}
+	return -1
 }
 
 // halfMax returns the largest magnitude (bits & 0x7fff) of the 16-bit

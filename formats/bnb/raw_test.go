@@ -156,29 +156,31 @@ func checkRawCase(t *testing.T, raw []byte, src, model dtype.DType, bs int, q Qu
 	wantNF := refFirstNonFinite(vals)
 	what := fmt.Sprintf("%v→%v %v bs %d n %d", src, model, q, bs, n)
 
-	gotP := make([]byte, len(wantP)+1)
-	gotA := make([]float32, len(wantA)+1)
-	gotP[len(wantP)], gotA[len(wantA)] = 0xa5, 42 // must stay untouched
-	nf, err := QuantizeRaw(gotP, gotA, raw, src, model, bs, q)
-	if err != nil {
-		t.Fatalf("%s: QuantizeRaw: %v", what, err)
-	}
-	if nf != wantNF {
-		t.Fatalf("%s: QuantizeRaw non-finite index %d, want %d", what, nf, wantNF)
-	}
-	if !bytes.Equal(gotP[:len(wantP)], wantP) {
-		t.Fatalf("%s: QuantizeRaw packed\n got %x\nwant %x\n in %v", what, gotP[:len(wantP)], wantP, vals)
-	}
-	if !bytes.Equal(f32Bytes(gotA[:len(wantA)]), f32Bytes(wantA)) {
-		t.Fatalf("%s: QuantizeRaw absmax %v, want %v", what, gotA[:len(wantA)], wantA)
-	}
-	if gotP[len(wantP)] != 0xa5 || gotA[len(wantA)] != 42 {
-		t.Fatalf("%s: QuantizeRaw wrote past the end", what)
+	for _, simd := range []bool{false, true} {
+		gotP := make([]byte, len(wantP)+1)
+		gotA := make([]float32, len(wantA)+1)
+		gotP[len(wantP)], gotA[len(wantA)] = 0xa5, 42 // must stay untouched
+		nf, err := quantizeRaw(gotP, gotA, raw, src, model, bs, q, simd)
+		if err != nil {
+			t.Fatalf("%s: QuantizeRaw: %v", what, err)
+		}
+		if nf != wantNF {
+			t.Fatalf("%s (simd %v): QuantizeRaw non-finite index %d, want %d", what, simd, nf, wantNF)
+		}
+		if !bytes.Equal(gotP[:len(wantP)], wantP) {
+			t.Fatalf("%s (simd %v): QuantizeRaw packed\n got %x\nwant %x\n in %v", what, simd, gotP[:len(wantP)], wantP, vals)
+		}
+		if !bytes.Equal(f32Bytes(gotA[:len(wantA)]), f32Bytes(wantA)) {
+			t.Fatalf("%s (simd %v): QuantizeRaw absmax %v, want %v", what, simd, gotA[:len(wantA)], wantA)
+		}
+		if gotP[len(wantP)] != 0xa5 || gotA[len(wantA)] != 42 {
+			t.Fatalf("%s (simd %v): QuantizeRaw wrote past the end", what, simd)
+		}
 	}
 
 	amA := make([]float32, len(wantA)+1)
 	amA[len(wantA)] = 42
-	nf, err = BlockAbsmaxRaw(amA, raw, src, model, bs)
+	nf, err := BlockAbsmaxRaw(amA, raw, src, model, bs)
 	if err != nil {
 		t.Fatalf("%s: BlockAbsmaxRaw: %v", what, err)
 	}
@@ -349,4 +351,133 @@ func FuzzQuantizeRaw(f *testing.F) {
 		raw = raw[:len(raw)/src.Size()*src.Size()]
 		checkRawCase(t, raw, src, model, bs, q)
 	})
+}
+
+// TestEncodeSIMDMatchesGo runs the vector kernels and the portable loops on
+// every 16-bit pattern (specials included: the two must agree even where
+// QuantizeRaw would not call them) with reciprocals from tiny to infinite.
+func TestEncodeSIMDMatchesGo(t *testing.T) {
+	if !haveAVX2 {
+		t.Skip("no vector kernels on this CPU or build")
+	}
+	const bs = 64
+	src := make([]byte, 2<<16)
+	for i := range 1 << 16 {
+		binary.LittleEndian.PutUint16(src[2*i:], uint16(i*40503)) // a permutation
+	}
+	nb := len(src) / (2 * bs)
+	rng := rand.New(rand.NewPCG(9, 9))
+	rs := make([]float32, nb)
+	for _, scale := range []float64{0x1p-120, 0x1p-60, 1e-3, 1, 12.5, 1e4, 0x1p60, 0x1p100, 0x1p126, math.Inf(1)} {
+		for i := range rs {
+			rs[i] = float32(scale * (1 + rng.Float64()))
+			if rng.IntN(7) == 0 {
+				rs[i] = float32(scale)
+			}
+		}
+		for _, f16 := range []bool{false, true} {
+			for _, q := range []QuantType{NF4, FP4} {
+				want := make([]byte, len(src)/4)
+				got := make([]byte, len(src)/4)
+				for b := range nb {
+					o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
+					if f16 {
+						encodeF16(o, blk, rs[b], tableFor(q))
+					} else {
+						encodeBF16(o, blk, rs[b], tableFor(q))
+					}
+				}
+				if !encodeBlocksSIMD(got, src, rs, bs, f16, q) {
+					t.Fatal("encodeBlocksSIMD declined")
+				}
+				for i := range want {
+					if got[i] != want[i] {
+						b := i / (bs / 2)
+						e := 2 * i
+						t.Fatalf("f16 %v %v scale %g: byte %d (block %d, r %g, elements %#04x %#04x): vector %#02x, Go %#02x",
+							f16, q, scale, i, b, rs[b], binary.LittleEndian.Uint16(src[2*e:]), binary.LittleEndian.Uint16(src[2*e+2:]), got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestEncodeSIMDThresholds makes the vector kernels and the portable loops
+// scale values onto, and a few ulps around, every code threshold (and
+// FP4's sign limit -2^-126): each block pairs a random x with a reciprocal
+// r near threshold/x, so that x·r rounds to the threshold or next to it.
+func TestEncodeSIMDThresholds(t *testing.T) {
+	if !haveAVX2 {
+		t.Skip("no vector kernels on this CPU or build")
+	}
+	const bs = 32
+	var targets []uint32
+	for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
+		for d := uint32(0); d < 3; d++ {
+			targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	for _, f16 := range []bool{false, true} {
+		var src []byte
+		var rs []float32
+		for _, target := range targets {
+			for range 40 {
+				// x: a random positive normal 16-bit value of moderate size.
+				var h uint16
+				var x float32
+				if f16 {
+					h = uint16(0x3000 + rng.IntN(0x1000))
+					x = dtype.F16ToF32(h)
+				} else {
+					h = uint16(0x3c00 + rng.IntN(0x0400))
+					x = dtype.BF16ToF32(h)
+				}
+				tv := math.Float32frombits(target &^ 0x80000000)
+				r := math.Float32bits(tv / x)
+				r += uint32(rng.IntN(3)) - 1
+				rf := math.Float32frombits(r)
+				if f16 {
+					rf *= 0x1p112 // encodeF16 takes r·2^112
+				}
+				rs = append(rs, rf)
+				for i := range bs {
+					v := h
+					if target&0x80000000 != 0 {
+						v |= 0x8000
+					}
+					if i%4 == 3 {
+						v ^= 0x8000
+					}
+					src = binary.LittleEndian.AppendUint16(src, v)
+				}
+			}
+		}
+		for _, q := range []QuantType{NF4, FP4} {
+			want := make([]byte, len(src)/4)
+			got := make([]byte, len(src)/4)
+			for b := range rs {
+				o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
+				if f16 {
+					encodeF16(o, blk, rs[b], tableFor(q))
+				} else {
+					encodeBF16(o, blk, rs[b], tableFor(q))
+				}
+			}
+			encodeBlocksSIMD(got, src, rs, bs, f16, q)
+			if i := firstDiff(got, want); i >= 0 {
+				t.Fatalf("f16 %v %v: byte %d (block %d): vector %#02x, Go %#02x", f16, q, i, i/(bs/2), got[i], want[i])
+			}
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
 }

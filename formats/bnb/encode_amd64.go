@@ -1,0 +1,67 @@
+//go:build amd64 && !purego
+
+package bnb
+
+//go:generate go run encode_amd64_gen.go
+
+// The AVX2 kernels of encode_amd64.s encode nblocks whole blocks of bs
+// 16-bit elements (bs a multiple of 32) from src, block b scaled by rs[b],
+// into out, choosing codes by counting the thresholds below each scaled
+// value with vector compares: the definition of scalarCode, so they give
+// the bytes of encodeBF16 and encodeF16 (the tests check both paths).
+
+//go:noescape
+func encodeBF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeBF16FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF16FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
+
+func xgetbv0() (eax uint32)
+
+// haveAVX2 reports whether the CPU and the OS support AVX2. It is set once,
+// at package initialisation.
+var haveAVX2 = func() bool {
+	maxID, _, _, _ := cpuid(0, 0)
+	if maxID < 7 {
+		return false
+	}
+	_, _, ecx1, _ := cpuid(1, 0)
+	const osxsave, avx = 1 << 27, 1 << 28
+	if ecx1&osxsave == 0 || ecx1&avx == 0 || xgetbv0()&6 != 6 { // XMM and YMM state enabled
+		return false
+	}
+	_, ebx7, _, _ := cpuid(7, 0)
+	return ebx7&(1<<5) != 0
+}()
+
+// encodeBlocksSIMD encodes len(rs) whole blocks of bs 16-bit elements of
+// src (F16 if f16, else BF16), block b scaled by rs[b] (by r·2^112 for F16,
+// as for encodeF16), into out. It reports false, doing nothing, where the
+// CPU has no vector kernel.
+func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantType) bool {
+	if !haveAVX2 || len(rs) == 0 {
+		return false
+	}
+	if len(src) < 2*bs*len(rs) || len(out) < bs/2*len(rs) || bs%32 != 0 {
+		panic("bnb: encodeBlocksSIMD: short buffers")
+	}
+	switch {
+	case !f16 && q == NF4:
+		encodeBF16NF4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	case !f16:
+		encodeBF16FP4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	case q == NF4:
+		encodeF16NF4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	default:
+		encodeF16FP4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	}
+	return true
+}

@@ -1,0 +1,11 @@
+//go:build !amd64 || purego
+
+package bnb
+
+// haveAVX2 is false: this build has no vector kernels.
+const haveAVX2 = false
+
+// encodeBlocksSIMD reports false: this build has no vector kernels.
+func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantType) bool {
+	return false
+}
