@@ -22,6 +22,9 @@ func encodeF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 //go:noescape
 func encodeF16FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 
+//go:noescape
+func stats16AVX2(out *uint32, src *byte, nblocks, bs int)
+
 func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
 
 func xgetbv0() (eax uint32)
@@ -63,5 +66,21 @@ func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantTy
 	default:
 		encodeF16FP4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
 	}
+	return true
+}
+
+// blockStatsSIMD writes, for each of the len(st) whole blocks of bs 16-bit
+// elements of src, the largest magnitude bits&0x7fff of its elements, plus
+// 1<<16 if one of them is a BF16 subnormal (0 < bits&0x7fff < 0x80): what
+// bf16Stats and halfMax compute. It reports false, doing nothing, where
+// the CPU has no vector kernel.
+func blockStatsSIMD(st []uint32, src []byte, bs int) bool {
+	if !haveAVX2 || len(st) == 0 {
+		return false
+	}
+	if len(src) < 2*bs*len(st) || bs%32 != 0 {
+		panic("bnb: blockStatsSIMD: short buffers")
+	}
+	stats16AVX2(&st[0], &src[0], len(st), bs)
 	return true
 }

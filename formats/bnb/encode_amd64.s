@@ -96,6 +96,17 @@ DATA fp4rank<>+24(SB)/4, $0x00000002
 DATA fp4rank<>+28(SB)/4, $0x00000003
 GLOBL fp4rank<>(SB), RODATA|NOPTR, $32
 
+// The magnitude bits of 16 16-bit floats.
+DATA magmask<>+0(SB)/4, $0x7fff7fff
+DATA magmask<>+4(SB)/4, $0x7fff7fff
+DATA magmask<>+8(SB)/4, $0x7fff7fff
+DATA magmask<>+12(SB)/4, $0x7fff7fff
+DATA magmask<>+16(SB)/4, $0x7fff7fff
+DATA magmask<>+20(SB)/4, $0x7fff7fff
+DATA magmask<>+24(SB)/4, $0x7fff7fff
+DATA magmask<>+28(SB)/4, $0x7fff7fff
+GLOBL magmask<>(SB), RODATA|NOPTR, $32
+
 // func encodeBF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 TEXT ·encodeBF16NF4AVX2(SB), NOSPLIT, $0-40
 	MOVQ out+0(FP), DI
@@ -742,6 +753,63 @@ group:
 	DECQ R11
 	JNZ group
 	ADDQ $4, DX
+	DECQ CX
+	JNZ block
+done:
+	VZEROUPPER
+	RET
+
+// func stats16AVX2(out *uint32, src *byte, nblocks, bs int)
+TEXT ·stats16AVX2(SB), NOSPLIT, $0-32
+	MOVQ out+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ nblocks+16(FP), CX
+	MOVQ bs+24(FP), R8
+	SHRQ $5, R8
+	TESTQ CX, CX
+	JZ done
+	TESTQ R8, R8
+	JZ done
+	VMOVDQU magmask<>(SB), Y14
+	VPCMPEQW Y13, Y13, Y13
+block:
+	VPXOR Y0, Y0, Y0
+	VPXOR Y4, Y4, Y4
+	VPCMPEQW Y1, Y1, Y1
+	VPCMPEQW Y5, Y5, Y5
+	MOVQ R8, R11
+loop:
+	VPAND (SI), Y14, Y2
+	VPAND 32(SI), Y14, Y6
+	VPMAXUW Y2, Y0, Y0
+	VPMAXUW Y6, Y4, Y4
+	VPADDW Y13, Y2, Y2
+	VPADDW Y13, Y6, Y6
+	VPMINUW Y2, Y1, Y1
+	VPMINUW Y6, Y5, Y5
+	ADDQ $64, SI
+	DECQ R11
+	JNZ loop
+	VPMAXUW Y4, Y0, Y0
+	VPMINUW Y5, Y1, Y1
+	VEXTRACTI128 $1, Y0, X2
+	VPMAXUW X2, X0, X0
+	VEXTRACTI128 $1, Y1, X3
+	VPMINUW X3, X1, X1
+	VPXOR X13, X0, X0
+	VPHMINPOSUW X0, X0
+	VPHMINPOSUW X1, X1
+	VMOVD X0, AX
+	ANDL $0xffff, AX
+	XORL $0xffff, AX
+	VMOVD X1, BX
+	ANDL $0xffff, BX
+	MOVL AX, DX
+	ORL $0x10000, DX
+	CMPL BX, $0x7f
+	CMOVLCS DX, AX
+	MOVL AX, (DI)
+	ADDQ $4, DI
 	DECQ CX
 	JNZ block
 done:

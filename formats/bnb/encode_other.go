@@ -9,3 +9,8 @@ const haveAVX2 = false
 func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantType) bool {
 	return false
 }
+
+// blockStatsSIMD reports false: this build has no vector kernels.
+func blockStatsSIMD(st []uint32, src []byte, bs int) bool {
+	return false
+}

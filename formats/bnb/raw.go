@@ -395,6 +395,7 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 	const halfChunk = 128
 	var rs [halfChunk]float32
 	var slow [halfChunk]bool
+	var st [halfChunk]uint32
 	bt, ft := bf16Rcp(), f16Rcp()
 	nonFinite := -1
 	bpb := 2 * k.bs // bytes per block
@@ -403,15 +404,21 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 		nb := min(halfChunk, full-b0)
 		am := absmax[b0 : b0+nb]
 		anySlow := false
+		vstats := k.simd && blockStatsSIMD(st[:nb], src[b0*bpb:(b0+nb)*bpb], k.bs)
 		for j := range am {
-			blk := src[(b0+j)*bpb : (b0+j+1)*bpb]
 			var mx uint32
-			if f16 {
+			var sub bool
+			switch blk := src[(b0+j)*bpb : (b0+j+1)*bpb]; {
+			case vstats:
+				mx, sub = st[j]&0xffff, st[j]>>16 != 0
+			case f16:
 				mx = halfMax(blk)
+			default:
+				mx, sub = bf16Stats(blk)
+			}
+			if f16 {
 				slow[j] = mx < 0x0400 && mx != 0 || mx >= 0x7c00
 			} else {
-				var sub bool
-				mx, sub = bf16Stats(blk)
 				slow[j] = sub || mx >= 0x7f80
 			}
 			switch {

@@ -481,3 +481,49 @@ func firstDiff(a, b []byte) int {
 	}
 	return -1
 }
+
+// TestBlockStatsSIMD compares the vector statistics kernel with bf16Stats
+// and halfMax on blocks of random patterns, of special patterns, and of
+// small magnitudes around the BF16 subnormal limit.
+func TestBlockStatsSIMD(t *testing.T) {
+	if !haveAVX2 {
+		t.Skip("no vector kernels on this CPU or build")
+	}
+	rng := rand.New(rand.NewPCG(4, 4))
+	for _, bs := range validBlocksizes {
+		nb := 400
+		src := make([]byte, 2*bs*nb)
+		for b := range nb {
+			for i := range bs {
+				var h uint16
+				switch b % 4 {
+				case 0:
+					h = uint16(rng.Uint32())
+				case 1:
+					s := special16[dtype.BF16]
+					h = s[rng.IntN(len(s))]
+				case 2:
+					h = uint16(rng.IntN(0x100)) | uint16(rng.IntN(2))<<15
+				}
+				binary.LittleEndian.PutUint16(src[2*(b*bs+i):], h)
+			}
+			if b%4 == 3 { // zeros and one small magnitude
+				edge := []uint16{0x0001, 0x007e, 0x007f, 0x0080, 0x0081, 0x807f, 0x8001, 0x8080, 0x8000}
+				binary.LittleEndian.PutUint16(src[2*(b*bs+rng.IntN(bs)):], edge[rng.IntN(len(edge))])
+			}
+		}
+		st := make([]uint32, nb)
+		blockStatsSIMD(st, src, bs)
+		for b := range nb {
+			blk := src[2*b*bs : 2*(b+1)*bs]
+			mx, sub := bf16Stats(blk)
+			want := mx
+			if sub {
+				want |= 1 << 16
+			}
+			if st[b] != want || halfMax(blk) != mx {
+				t.Fatalf("bs %d block %d: vector %#x, bf16Stats %#x, halfMax %#x", bs, b, st[b], want, halfMax(blk))
+			}
+		}
+	}
+}
