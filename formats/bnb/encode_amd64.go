@@ -25,6 +25,9 @@ func encodeF16FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 //go:noescape
 func stats16AVX2(out *uint32, src *byte, nblocks, bs int)
 
+//go:noescape
+func roundBF16AVX2(dst, src *byte, n int)
+
 func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
 
 func xgetbv0() (eax uint32)
@@ -82,5 +85,22 @@ func blockStatsSIMD(st []uint32, src []byte, bs int) bool {
 		panic("bnb: blockStatsSIMD: short buffers")
 	}
 	stats16AVX2(&st[0], &src[0], len(st), bs)
+	return true
+}
+
+// roundBF16SIMD rounds the float32 elements of src to BF16 in dst as
+// roundF32ToBF16 does, and reports whether the CPU has the vector kernel
+// (false: nothing done).
+func roundBF16SIMD(dst, src []byte) bool {
+	if !haveAVX2 {
+		return false
+	}
+	n := min(len(src)/4, len(dst)/2)
+	if v := n &^ 15; v > 0 {
+		roundBF16AVX2(&dst[0], &src[0], v)
+	}
+	if v := n &^ 15; v < n {
+		roundF32ToBF16(dst[2*v:2*n], src[4*v:4*n])
+	}
 	return true
 }

@@ -107,6 +107,47 @@ DATA magmask<>+24(SB)/4, $0x7fff7fff
 DATA magmask<>+28(SB)/4, $0x7fff7fff
 GLOBL magmask<>(SB), RODATA|NOPTR, $32
 
+// Constants of float32 to BF16 rounding.
+DATA one<>+0(SB)/4, $0x00000001
+DATA one<>+4(SB)/4, $0x00000001
+DATA one<>+8(SB)/4, $0x00000001
+DATA one<>+12(SB)/4, $0x00000001
+DATA one<>+16(SB)/4, $0x00000001
+DATA one<>+20(SB)/4, $0x00000001
+DATA one<>+24(SB)/4, $0x00000001
+DATA one<>+28(SB)/4, $0x00000001
+GLOBL one<>(SB), RODATA|NOPTR, $32
+
+DATA half7fff<>+0(SB)/4, $0x00007fff
+DATA half7fff<>+4(SB)/4, $0x00007fff
+DATA half7fff<>+8(SB)/4, $0x00007fff
+DATA half7fff<>+12(SB)/4, $0x00007fff
+DATA half7fff<>+16(SB)/4, $0x00007fff
+DATA half7fff<>+20(SB)/4, $0x00007fff
+DATA half7fff<>+24(SB)/4, $0x00007fff
+DATA half7fff<>+28(SB)/4, $0x00007fff
+GLOBL half7fff<>(SB), RODATA|NOPTR, $32
+
+DATA infbits<>+0(SB)/4, $0x7f800000
+DATA infbits<>+4(SB)/4, $0x7f800000
+DATA infbits<>+8(SB)/4, $0x7f800000
+DATA infbits<>+12(SB)/4, $0x7f800000
+DATA infbits<>+16(SB)/4, $0x7f800000
+DATA infbits<>+20(SB)/4, $0x7f800000
+DATA infbits<>+24(SB)/4, $0x7f800000
+DATA infbits<>+28(SB)/4, $0x7f800000
+GLOBL infbits<>(SB), RODATA|NOPTR, $32
+
+DATA bf16nan<>+0(SB)/4, $0x00007fc0
+DATA bf16nan<>+4(SB)/4, $0x00007fc0
+DATA bf16nan<>+8(SB)/4, $0x00007fc0
+DATA bf16nan<>+12(SB)/4, $0x00007fc0
+DATA bf16nan<>+16(SB)/4, $0x00007fc0
+DATA bf16nan<>+20(SB)/4, $0x00007fc0
+DATA bf16nan<>+24(SB)/4, $0x00007fc0
+DATA bf16nan<>+28(SB)/4, $0x00007fc0
+GLOBL bf16nan<>(SB), RODATA|NOPTR, $32
+
 // func encodeBF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 TEXT ·encodeBF16NF4AVX2(SB), NOSPLIT, $0-40
 	MOVQ out+0(FP), DI
@@ -812,6 +853,47 @@ loop:
 	ADDQ $4, DI
 	DECQ CX
 	JNZ block
+done:
+	VZEROUPPER
+	RET
+
+// func roundBF16AVX2(dst, src *byte, n int)
+TEXT ·roundBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $4, CX
+	JZ done
+	VMOVDQU one<>(SB), Y12
+	VMOVDQU half7fff<>(SB), Y13
+	VMOVDQU infbits<>(SB), Y14
+	VMOVDQU bf16nan<>(SB), Y15
+loop:
+	VMOVDQU 0(SI), Y0
+	VPSRLD $16, Y0, Y2
+	VPAND Y12, Y2, Y2
+	VPADDD Y0, Y2, Y2
+	VPADDD Y13, Y2, Y2
+	VPSRLD $16, Y2, Y2
+	VPAND absmask<>(SB), Y0, Y4
+	VPCMPGTD Y14, Y4, Y4
+	VPBLENDVB Y4, Y15, Y2, Y2
+	VMOVDQU 32(SI), Y1
+	VPSRLD $16, Y1, Y3
+	VPAND Y12, Y3, Y3
+	VPADDD Y1, Y3, Y3
+	VPADDD Y13, Y3, Y3
+	VPSRLD $16, Y3, Y3
+	VPAND absmask<>(SB), Y1, Y5
+	VPCMPGTD Y14, Y5, Y5
+	VPBLENDVB Y5, Y15, Y3, Y3
+	VPACKUSDW Y3, Y2, Y2
+	VPERMQ $0xd8, Y2, Y2
+	VMOVDQU Y2, (DI)
+	ADDQ $64, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ loop
 done:
 	VZEROUPPER
 	RET

@@ -14,3 +14,8 @@ func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantTy
 func blockStatsSIMD(st []uint32, src []byte, bs int) bool {
 	return false
 }
+
+// roundBF16SIMD reports false: this build has no vector kernels.
+func roundBF16SIMD(dst, src []byte) bool {
+	return false
+}

@@ -268,7 +268,7 @@ func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, 
 		f16 := modelType == dtype.F16
 		if f16 {
 			roundF32ToF16(h, src[4*off:4*(off+m)])
-		} else {
+		} else if !k.simd || !roundBF16SIMD(h, src[4*off:4*(off+m)]) {
 			roundF32ToBF16(h, src[4*off:4*(off+m)])
 		}
 		if i := k.half(d, absmax[off/k.bs:], h, f16); i >= 0 && nonFinite < 0 {

@@ -527,3 +527,56 @@ func TestBlockStatsSIMD(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundBF16 checks both F32 to BF16 rounding loops against
+// dtype.F32ToBF16 on random and special patterns and odd lengths; with
+// -bnb.exhaustive, on all 2^32 patterns.
+func TestRoundBF16(t *testing.T) {
+	check := func(src []byte) {
+		t.Helper()
+		n := len(src) / 4
+		want := make([]byte, 2*n)
+		for i := range n {
+			binary.LittleEndian.PutUint16(want[2*i:], dtype.F32ToBF16(math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))))
+		}
+		got := make([]byte, 2*n)
+		roundF32ToBF16(got, src)
+		if i := firstDiff(got, want); i >= 0 {
+			t.Fatalf("roundF32ToBF16: element %d (%#08x): %x, want %x", i/2, binary.LittleEndian.Uint32(src[4*(i/2):]), got[i&^1:i&^1+2], want[i&^1:i&^1+2])
+		}
+		if roundBF16SIMD(got, src) {
+			if i := firstDiff(got, want); i >= 0 {
+				t.Fatalf("roundBF16SIMD: element %d (%#08x): %x, want %x", i/2, binary.LittleEndian.Uint32(src[4*(i/2):]), got[i&^1:i&^1+2], want[i&^1:i&^1+2])
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(8, 8))
+	var src []byte
+	for _, f := range special32() {
+		src = binary.LittleEndian.AppendUint32(src, math.Float32bits(f))
+	}
+	for _, u := range []uint32{0x7f800001, 0xff800001, 0x7fbfffff, 0x7fffffff, 0xffffffff, 0x7f7fffff, 0x3f80ffff, 0x3f818000, 0x3f808000, 0x3f817fff} {
+		src = binary.LittleEndian.AppendUint32(src, u)
+	}
+	for range 100000 {
+		u := rng.Uint32()
+		if rng.IntN(4) == 0 {
+			u = u&^0xffff | []uint32{0x7fff, 0x8000, 0x8001, 0xffff, 0}[rng.IntN(5)]
+		}
+		src = binary.LittleEndian.AppendUint32(src, u)
+	}
+	for n := range 40 {
+		check(src[:4*n])
+	}
+	check(src)
+	if !*exhaustive {
+		return
+	}
+	buf := make([]byte, 4<<20)
+	for hi := uint64(0); hi < 1<<32; hi += 1 << 20 {
+		for i := range 1 << 20 {
+			binary.LittleEndian.PutUint32(buf[4*i:], uint32(hi)+uint32(i))
+		}
+		check(buf)
+	}
+}
