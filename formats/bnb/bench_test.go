@@ -101,27 +101,68 @@ var benchPairs = [][2]dtype.DType{
 	{dtype.F32, dtype.F32}, {dtype.F32, dtype.F16}, {dtype.F16, dtype.BF16},
 }
 
-// BenchmarkQuantizeRaw counts the bytes of raw input.
+// BenchmarkQuantizeRaw counts the bytes of raw input. The "portable"
+// variants keep off the vector kernels.
 func BenchmarkQuantizeRaw(b *testing.B) {
 	for _, p := range benchPairs {
 		raw := benchRaw(benchN, p[0])
 		for _, q := range []QuantType{NF4, FP4} {
 			for _, bs := range []int{64, 4096} {
-				b.Run(fmt.Sprintf("%v_%v/%v/bs%d", p[0], p[1], q, bs), func(b *testing.B) {
-					dst := make([]byte, PackedBytes(benchN))
-					absmax := make([]float32, NumBlocks(benchN, bs))
-					if _, err := QuantizeRaw(dst, absmax, raw, p[0], p[1], bs, q); err != nil {
-						b.Fatal(err)
+				for _, simd := range []bool{true, false} {
+					name := fmt.Sprintf("%v_%v/%v/bs%d", p[0], p[1], q, bs)
+					if !simd {
+						if p[1] == dtype.F32 || p[0] != p[1] && p[0] != dtype.F32 {
+							continue // no vector kernels on these paths
+						}
+						name += "/portable"
 					}
-					b.SetBytes(int64(len(raw)))
-					b.ReportAllocs()
-					for b.Loop() {
-						_, _ = QuantizeRaw(dst, absmax, raw, p[0], p[1], bs, q)
-					}
-				})
+					b.Run(name, func(b *testing.B) {
+						dst := make([]byte, PackedBytes(benchN))
+						absmax := make([]float32, NumBlocks(benchN, bs))
+						if _, err := quantizeRaw(dst, absmax, raw, p[0], p[1], bs, q, simd); err != nil {
+							b.Fatal(err)
+						}
+						b.SetBytes(int64(len(raw)))
+						b.ReportAllocs()
+						for b.Loop() {
+							_, _ = quantizeRaw(dst, absmax, raw, p[0], p[1], bs, q, simd)
+						}
+					})
+				}
 			}
 		}
 	}
+}
+
+// BenchmarkEncode16 times the code selection of the BF16 fast path alone
+// (blocksize 64, a fixed reciprocal), portable and vector.
+func BenchmarkEncode16(b *testing.B) {
+	raw := benchRaw(benchN, dtype.BF16)
+	out := make([]byte, benchN/2)
+	tab := tableFor(NF4)
+	rs := make([]float32, benchN/64)
+	for i := range rs {
+		rs[i] = 12.5
+	}
+	b.Run("portable", func(b *testing.B) {
+		b.SetBytes(int64(len(raw)))
+		b.ReportAllocs()
+		for b.Loop() {
+			for off := 0; off < len(raw); off += 128 {
+				encodeBF16(out[off/4:off/4+32], raw[off:off+128], 12.5, tab)
+			}
+		}
+	})
+	if !haveAVX2 {
+		return
+	}
+	b.Run("avx2", func(b *testing.B) {
+		b.SetBytes(int64(len(raw)))
+		b.ReportAllocs()
+		for b.Loop() {
+			encodeBlocksSIMD(out, raw, rs, 64, false, NF4)
+		}
+	})
 }
 
 // BenchmarkBlockAbsmaxRaw counts the bytes of raw input.

@@ -45,16 +45,22 @@ func TestThreadCPUThroughput(t *testing.T) {
 			cpu := threadTime(t) - start
 			best = max(best, float64(bytes*iters)/cpu.Seconds()/1e6)
 		}
-		t.Logf("%-36s %8.0f MB/s per CPU second", name, best)
+		t.Logf("%-46s %6.0f MB/s per CPU second", name, best)
 	}
 	for _, p := range benchPairs {
 		raw := benchRaw(benchN, p[0])
 		for _, q := range []QuantType{NF4, FP4} {
-			dst := make([]byte, PackedBytes(benchN))
-			absmax := make([]float32, NumBlocks(benchN, 64))
-			measure(fmt.Sprintf("QuantizeRaw %v→%v %v bs64", p[0], p[1], q), len(raw), func() {
-				_, _ = QuantizeRaw(dst, absmax, raw, p[0], p[1], 64, q)
-			})
+			for _, simd := range []bool{true, false} {
+				name := fmt.Sprintf("QuantizeRaw %v→%v %v bs64", p[0], p[1], q)
+				if !simd {
+					name += " portable"
+				}
+				dst := make([]byte, PackedBytes(benchN))
+				absmax := make([]float32, NumBlocks(benchN, 64))
+				measure(name, len(raw), func() {
+					_, _ = quantizeRaw(dst, absmax, raw, p[0], p[1], 64, q, simd)
+				})
+			}
 		}
 		absmax := make([]float32, NumBlocks(benchN, 64))
 		measure(fmt.Sprintf("BlockAbsmaxRaw %v→%v bs64", p[0], p[1]), len(raw), func() {

@@ -129,12 +129,6 @@ func firstNonFinite(v []float32) int {
 // generic path (a multiple of every block size).
 const rawChunk = 8 << 10
 
-// rawScratch is the per-call working memory of the raw entry points.
-type rawScratch struct {
-	f32 [rawChunk]float32
-	u16 [2 * rawChunk]byte // 16-bit patterns rounded from F32 input
-}
-
 // QuantizeRaw quantizes the little-endian srcType elements of src exactly
 // as QuantizeBlocks quantizes the values DecodeRaw gives for them, that is,
 // as bitsandbytes quantizes a srcType checkpoint loaded with model dtype
@@ -174,8 +168,7 @@ func quantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dt
 	if int64(len(dst)) < PackedBytes(int64(n)) || int64(len(absmax)) < NumBlocks(int64(n), blocksize) {
 		panic("bnb: QuantizeRaw: dst or absmax too short")
 	}
-	var s rawScratch
-	k := rawKernel{q: q, simd: simd, tab: tableFor(q), rcp: rcpTable(), bs: blocksize, scratch: &s}
+	k := rawKernel{q: q, simd: simd, tab: tableFor(q), rcp: rcpTable(), bs: blocksize}
 	return k.run(dst, absmax, src, n, srcType, modelType), nil
 }
 
@@ -196,8 +189,7 @@ func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType
 	if int64(len(absmax)) < NumBlocks(int64(n), blocksize) {
 		panic("bnb: BlockAbsmaxRaw: absmax too short")
 	}
-	var s rawScratch
-	k := rawKernel{simd: true, rcp: rcpTable(), bs: blocksize, scratch: &s}
+	k := rawKernel{simd: true, rcp: rcpTable(), bs: blocksize}
 	return k.run(nil, absmax, src, n, srcType, modelType), nil
 }
 
@@ -209,7 +201,6 @@ type rawKernel struct {
 	tab     *codeTable
 	rcp     *[rcpTableLen / 4]byte
 	bs      int
-	scratch *rawScratch
 }
 
 // run dispatches on the dtype pair; src holds n elements.
@@ -230,9 +221,10 @@ func (k *rawKernel) run(dst []byte, absmax []float32, src []byte, n int, srcType
 func (k *rawKernel) generic(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
 	size := srcType.Size()
 	nonFinite := -1
+	var buf [rawChunk]float32
 	for off := 0; off < n; off += rawChunk {
 		m := min(rawChunk, n-off)
-		vals := k.scratch.f32[:m]
+		vals := buf[:m]
 		decodeRaw(vals, src[off*size:(off+m)*size], srcType, modelType)
 		if nonFinite < 0 {
 			if i := firstNonFinite(vals); i >= 0 {
@@ -258,9 +250,10 @@ func (k *rawKernel) float32s(dst []byte, absmax []float32, vals []float32, off i
 // dtype rawChunk at a time and runs the 16-bit kernel on them.
 func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, modelType dtype.DType) int {
 	nonFinite := -1
+	var buf [2 * rawChunk]byte
 	for off := 0; off < n; off += rawChunk {
 		m := min(rawChunk, n-off)
-		h := k.scratch.u16[:2*m]
+		h := buf[:2*m]
 		var d []byte
 		if dst != nil {
 			d = dst[off/2:]
@@ -470,13 +463,22 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 
 // slowBlock quantizes the block of 16-bit elements blk, which starts at
 // element e0, through float32s. It returns the index of its first
-// non-finite element, or -1.
+// non-finite element, or -1. (Its buffer is on the stack, sized for small
+// blocks where it can be: Go clears it on every call.)
 func (k *rawKernel) slowBlock(dst []byte, absmax []float32, blk []byte, e0 int, f16 bool) int {
+	if len(blk) <= 2*256 {
+		var buf [256]float32
+		return k.slowBlockIn(buf[:len(blk)/2], dst, absmax, blk, e0, f16)
+	}
+	var buf [4096]float32
+	return k.slowBlockIn(buf[:len(blk)/2], dst, absmax, blk, e0, f16)
+}
+
+func (k *rawKernel) slowBlockIn(vals []float32, dst []byte, absmax []float32, blk []byte, e0 int, f16 bool) int {
 	t := dtype.BF16
 	if f16 {
 		t = dtype.F16
 	}
-	vals := k.scratch.f32[:len(blk)/2]
 	decodeRaw(vals, blk, t, t)
 	k.float32s(dst, absmax, vals, e0)
 	if i := firstNonFinite(vals); i >= 0 {
