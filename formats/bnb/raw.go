@@ -196,11 +196,11 @@ func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType
 // A rawKernel runs one QuantizeRaw or BlockAbsmaxRaw call. A nil tab means
 // absmax only (dst is then nil too).
 type rawKernel struct {
-	q       QuantType
-	simd    bool // use the vector kernels where the CPU has them
-	tab     *codeTable
-	rcp     *[rcpTableLen / 4]byte
-	bs      int
+	q    QuantType
+	simd bool // use the vector kernels where the CPU has them
+	tab  *codeTable
+	rcp  *[rcpTableLen / 4]byte
+	bs   int
 }
 
 // run dispatches on the dtype pair; src holds n elements.
