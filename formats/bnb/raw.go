@@ -144,10 +144,14 @@ const rawChunk = 8 << 10
 //
 // The common cases have specialised loops that work on 16-bit patterns:
 // BF16 and F32 sources with model dtype BF16, F16 and F32 sources with model
-// dtype F16; the other pairs decode to float32 in chunks and run
-// QuantizeBlocks. QuantizeRaw does not allocate and is safe for concurrent
-// use. It returns an error wrapping ErrUnsupportedDType for other dtypes,
-// and an error if len(src) is not a multiple of the element size.
+// dtype F16 (F32 input is first rounded to 16 bits, a chunk at a time). On
+// amd64 CPUs with AVX2 they run vector kernels (statistics, code selection,
+// F32 to BF16 rounding); elsewhere, or built with the purego tag, portable
+// Go loops that give the same bytes. The other pairs decode to float32 in
+// chunks and run QuantizeBlocks. QuantizeRaw does not allocate and is safe
+// for concurrent use. It returns an error wrapping ErrUnsupportedDType for
+// other dtypes, and an error if len(src) is not a multiple of the element
+// size.
 func QuantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, q QuantType) (nonFinite int, err error) {
 	return quantizeRaw(dst, absmax, src, srcType, modelType, blocksize, q, true)
 }
@@ -179,6 +183,12 @@ func quantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dt
 // QuantizeRaw; it panics if blocksize is invalid or absmax too short. It
 // does not allocate.
 func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int) (nonFinite int, err error) {
+	return blockAbsmaxRaw(absmax, src, srcType, modelType, blocksize, true)
+}
+
+// blockAbsmaxRaw is BlockAbsmaxRaw; simd false keeps it off the vector
+// kernels.
+func blockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, simd bool) (int, error) {
 	n, err := checkRaw("BlockAbsmaxRaw", src, srcType, modelType)
 	if err != nil {
 		return -1, err
@@ -189,7 +199,7 @@ func BlockAbsmaxRaw(absmax []float32, src []byte, srcType, modelType dtype.DType
 	if int64(len(absmax)) < NumBlocks(int64(n), blocksize) {
 		panic("bnb: BlockAbsmaxRaw: absmax too short")
 	}
-	k := rawKernel{simd: true, rcp: rcpTable(), bs: blocksize}
+	k := rawKernel{simd: simd, rcp: rcpTable(), bs: blocksize}
 	return k.run(nil, absmax, src, n, srcType, modelType), nil
 }
 

@@ -178,17 +178,19 @@ func checkRawCase(t *testing.T, raw []byte, src, model dtype.DType, bs int, q Qu
 		}
 	}
 
-	amA := make([]float32, len(wantA)+1)
-	amA[len(wantA)] = 42
-	nf, err := BlockAbsmaxRaw(amA, raw, src, model, bs)
-	if err != nil {
-		t.Fatalf("%s: BlockAbsmaxRaw: %v", what, err)
-	}
-	if nf != wantNF {
-		t.Fatalf("%s: BlockAbsmaxRaw non-finite index %d, want %d", what, nf, wantNF)
-	}
-	if !bytes.Equal(f32Bytes(amA[:len(wantA)]), f32Bytes(wantA)) || amA[len(wantA)] != 42 {
-		t.Fatalf("%s: BlockAbsmaxRaw %v, want %v", what, amA, wantA)
+	for _, simd := range []bool{false, true} {
+		amA := make([]float32, len(wantA)+1)
+		amA[len(wantA)] = 42
+		nf, err := blockAbsmaxRaw(amA, raw, src, model, bs, simd)
+		if err != nil {
+			t.Fatalf("%s: BlockAbsmaxRaw: %v", what, err)
+		}
+		if nf != wantNF {
+			t.Fatalf("%s (simd %v): BlockAbsmaxRaw non-finite index %d, want %d", what, simd, nf, wantNF)
+		}
+		if !bytes.Equal(f32Bytes(amA[:len(wantA)]), f32Bytes(wantA)) || amA[len(wantA)] != 42 {
+			t.Fatalf("%s (simd %v): BlockAbsmaxRaw %v, want %v", what, simd, amA, wantA)
+		}
 	}
 
 	dec := make([]float32, n)
