@@ -81,7 +81,7 @@ func decodeRaw(dst []float32, src []byte, srcType, modelType dtype.DType) {
 		case dtype.F16:
 			for i := range dst {
 				f := math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
-				dst[i] = dtype.F16ToF32(dtype.F32ToF16(f))
+				dst[i] = f16ToF32(f32ToF16(math.Float32bits(f)))
 			}
 		default:
 			for i := range dst {
@@ -93,7 +93,7 @@ func decodeRaw(dst []float32, src []byte, srcType, modelType dtype.DType) {
 		switch modelType {
 		case dtype.F16:
 			for i := range dst {
-				dst[i] = dtype.F16ToF32(dtype.F32ToF16(dtype.BF16ToF32(binary.LittleEndian.Uint16(src[2*i:]))))
+				dst[i] = f16ToF32(f32ToF16(uint32(binary.LittleEndian.Uint16(src[2*i:])) << 16))
 			}
 		default: // BF16 and F32: widening is exact
 			for i := range dst {
@@ -105,14 +105,56 @@ func decodeRaw(dst []float32, src []byte, srcType, modelType dtype.DType) {
 		switch modelType {
 		case dtype.BF16:
 			for i := range dst {
-				dst[i] = dtype.BF16ToF32(dtype.F32ToBF16(dtype.F16ToF32(binary.LittleEndian.Uint16(src[2*i:]))))
+				dst[i] = dtype.BF16ToF32(dtype.F32ToBF16(f16ToF32(binary.LittleEndian.Uint16(src[2*i:]))))
 			}
 		default: // F16 and F32: widening is exact
 			for i := range dst {
-				dst[i] = dtype.F16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
+				dst[i] = f16ToF32(binary.LittleEndian.Uint16(src[2*i:]))
 			}
 		}
 	}
+}
+
+// f16ToF32 is dtype.F16ToF32 (NaNs quieted, payload kept) without its
+// normalisation loop: the F16 bits moved into float32 position are the
+// value times 2^-112, exactly (a subnormal float32 for an F16 subnormal),
+// and the multiply by 2^112 is exact.
+func f16ToF32(h uint16) float32 {
+	if h&0x7c00 == 0x7c00 { // Inf or NaN
+		u := uint32(h&0x8000)<<16 | 0x7f800000 | uint32(h&0x3ff)<<13
+		if h&0x3ff != 0 {
+			u |= 0x00400000
+		}
+		return math.Float32frombits(u)
+	}
+	return math.Float32frombits(uint32(int32(uint32(h)<<16)>>3)&0x8fffe000) * 0x1p112
+}
+
+// f32ToF16 is dtype.F32ToF16 on the bit pattern u: round to nearest even,
+// overflow to ±Inf, and a NaN to a quiet NaN with the top mantissa bits.
+func f32ToF16(u uint32) uint16 {
+	sign := uint16(u>>16) & 0x8000
+	a := u & 0x7fffffff
+	switch {
+	case a > 0x7f800000: // NaN
+		return sign | 0x7e00 | uint16(a&0x7fffff>>13)
+	case a >= 0x477ff000: // rounds to 65536 or more, or Inf
+		return sign | 0x7c00
+	case a >= 0x38800000: // normal: rebias, then round (a carry is right)
+		return sign | uint16((a-0x38000000+0xfff+(a>>13)&1)>>13)
+	case a < 0x33000000: // below 2^-25: zero
+		return sign
+	}
+	// Subnormal: the significand with its implicit bit, shifted right by
+	// 14..24 with round to nearest even.
+	shift := 126 - a>>23
+	m := a&0x7fffff | 0x800000
+	h := m >> shift
+	rest := m & (1<<shift - 1)
+	if half := uint32(1) << (shift - 1); rest > half || rest == half && h&1 == 1 {
+		h++
+	}
+	return sign | uint16(h)
 }
 
 // firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
@@ -216,14 +258,13 @@ type rawKernel struct {
 // run dispatches on the dtype pair; src holds n elements.
 func (k *rawKernel) run(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
 	switch {
-	case srcType == dtype.BF16 && modelType == dtype.BF16:
-		return k.half(dst, absmax, src, false)
-	case srcType == dtype.F16 && modelType == dtype.F16:
-		return k.half(dst, absmax, src, true)
-	case srcType == dtype.F32 && (modelType == dtype.BF16 || modelType == dtype.F16):
-		return k.roundedF32(dst, absmax, src, n, modelType)
+	case srcType == dtype.F32 && modelType == dtype.F32:
+		return k.generic(dst, absmax, src, n, srcType, modelType)
+	case srcType == modelType || modelType == dtype.F32:
+		// BF16 or F16 values, widened exactly.
+		return k.half(dst, absmax, src, srcType == dtype.F16)
 	}
-	return k.generic(dst, absmax, src, n, srcType, modelType)
+	return k.converted(dst, absmax, src, n, srcType, modelType)
 }
 
 // generic decodes rawChunk elements at a time to float32 and runs the
@@ -256,23 +297,37 @@ func (k *rawKernel) float32s(dst []byte, absmax []float32, vals []float32, off i
 	quantizeBlocks(dst[off/2:], absmax[off/k.bs:], vals, k.bs, k.tab, k.rcp)
 }
 
-// roundedF32 rounds F32 source elements to 16-bit patterns of the model
-// dtype rawChunk at a time and runs the 16-bit kernel on them.
-func (k *rawKernel) roundedF32(dst []byte, absmax []float32, src []byte, n int, modelType dtype.DType) int {
+// converted rounds the source elements to 16-bit patterns of the model
+// dtype (BF16 or F16, which the source is not) rawChunk at a time and runs
+// the 16-bit kernel on them.
+func (k *rawKernel) converted(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
 	nonFinite := -1
+	size := srcType.Size()
+	f16 := modelType == dtype.F16
 	var buf [2 * rawChunk]byte
 	for off := 0; off < n; off += rawChunk {
 		m := min(rawChunk, n-off)
-		h := buf[:2*m]
+		h, in := buf[:2*m], src[off*size:(off+m)*size]
+		switch {
+		case srcType == dtype.F32 && f16:
+			roundF32ToF16(h, in)
+		case srcType == dtype.F32:
+			if !k.simd || !roundBF16SIMD(h, in) {
+				roundF32ToBF16(h, in)
+			}
+		case f16: // from BF16
+			for i := range m {
+				binary.LittleEndian.PutUint16(h[2*i:], f32ToF16(uint32(binary.LittleEndian.Uint16(in[2*i:]))<<16))
+			}
+		default: // F16 to BF16
+			for i := range m {
+				f := f16ToF32(binary.LittleEndian.Uint16(in[2*i:]))
+				binary.LittleEndian.PutUint16(h[2*i:], uint16(bf16RNE(math.Float32bits(f))))
+			}
+		}
 		var d []byte
 		if dst != nil {
 			d = dst[off/2:]
-		}
-		f16 := modelType == dtype.F16
-		if f16 {
-			roundF32ToF16(h, src[4*off:4*(off+m)])
-		} else if !k.simd || !roundBF16SIMD(h, src[4*off:4*(off+m)]) {
-			roundF32ToBF16(h, src[4*off:4*(off+m)])
 		}
 		if i := k.half(d, absmax[off/k.bs:], h, f16); i >= 0 && nonFinite < 0 {
 			nonFinite = off + i
@@ -310,7 +365,7 @@ func roundF32ToF16(dst, src []byte) {
 	dst = dst[:2*n]
 	for i := range n {
 		u := binary.LittleEndian.Uint32(src[4*i:])
-		binary.LittleEndian.PutUint16(dst[2*i:], dtype.F32ToF16(math.Float32frombits(u)))
+		binary.LittleEndian.PutUint16(dst[2*i:], f32ToF16(u))
 	}
 }
 

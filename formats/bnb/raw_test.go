@@ -582,3 +582,36 @@ func TestRoundBF16(t *testing.T) {
 		check(buf)
 	}
 }
+
+// TestF16Conversions checks the package's F16 conversions against
+// formats/dtype bit for bit: f16ToF32 on all 2^16 patterns, f32ToF16 on
+// the edges of every case and random patterns (all 2^32 with
+// -bnb.exhaustive).
+func TestF16Conversions(t *testing.T) {
+	for h := range 1 << 16 {
+		got, want := math.Float32bits(f16ToF32(uint16(h))), math.Float32bits(dtype.F16ToF32(uint16(h)))
+		if got != want {
+			t.Fatalf("f16ToF32(%#04x) = %#08x, want %#08x", h, got, want)
+		}
+	}
+	check := func(u uint32) {
+		if got, want := f32ToF16(u), dtype.F32ToF16(math.Float32frombits(u)); got != want {
+			t.Fatalf("f32ToF16(%#08x) = %#04x, want %#04x", u, got, want)
+		}
+	}
+	for _, b := range []uint32{0, 0x33000000, 0x33800000, 0x38000000, 0x38800000, 0x477fe000, 0x477ff000, 0x47800000, 0x7f800000, 0x7fc00000} {
+		for d := range uint32(0x3000) {
+			check(b + d - 0x1800)
+			check(b + d - 0x1800 | 0x80000000)
+		}
+	}
+	rng := rand.New(rand.NewPCG(6, 6))
+	for range 1 << 20 {
+		check(rng.Uint32())
+	}
+	if *exhaustive {
+		for u := uint64(0); u < 1<<32; u++ {
+			check(uint32(u))
+		}
+	}
+}
