@@ -141,7 +141,7 @@ func f32ToF16(u uint32) uint16 {
 	case a >= 0x477ff000: // rounds to 65536 or more, or Inf
 		return sign | 0x7c00
 	case a >= 0x38800000: // normal: rebias, then round (a carry is right)
-		return sign | uint16((a-0x38000000+0xfff+(a>>13)&1)>>13)
+		return f16Normal(u)
 	case a < 0x33000000: // below 2^-25: zero
 		return sign
 	}
@@ -155,6 +155,13 @@ func f32ToF16(u uint32) uint16 {
 		h++
 	}
 	return sign | uint16(h)
+}
+
+// f16Normal is f32ToF16 for u whose magnitude lies in [2^-14, 65520), the
+// F16 normal range after rounding.
+func f16Normal(u uint32) uint16 {
+	a := u & 0x7fffffff
+	return uint16(u>>16)&0x8000 | uint16((a-0x38000000+0xfff+(a>>13)&1)>>13)
 }
 
 // firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
@@ -365,7 +372,11 @@ func roundF32ToF16(dst, src []byte) {
 	dst = dst[:2*n]
 	for i := range n {
 		u := binary.LittleEndian.Uint32(src[4*i:])
-		binary.LittleEndian.PutUint16(dst[2*i:], f32ToF16(u))
+		h := f16Normal(u)
+		if a := u & 0x7fffffff; a-0x38800000 >= 0x477ff000-0x38800000 {
+			h = f32ToF16(u) // zero, subnormal, overflow, Inf or NaN
+		}
+		binary.LittleEndian.PutUint16(dst[2*i:], h)
 	}
 }
 
