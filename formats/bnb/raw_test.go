@@ -594,9 +594,13 @@ func TestF16Conversions(t *testing.T) {
 			t.Fatalf("f16ToF32(%#04x) = %#08x, want %#08x", h, got, want)
 		}
 	}
+	var edges []byte // also run through roundF32ToF16
 	check := func(u uint32) {
 		if got, want := f32ToF16(u), dtype.F32ToF16(math.Float32frombits(u)); got != want {
 			t.Fatalf("f32ToF16(%#08x) = %#04x, want %#04x", u, got, want)
+		}
+		if len(edges) < 4<<20 {
+			edges = binary.LittleEndian.AppendUint32(edges, u)
 		}
 	}
 	for _, b := range []uint32{0, 0x33000000, 0x33800000, 0x38000000, 0x38800000, 0x477fe000, 0x477ff000, 0x47800000, 0x7f800000, 0x7fc00000} {
@@ -608,6 +612,14 @@ func TestF16Conversions(t *testing.T) {
 	rng := rand.New(rand.NewPCG(6, 6))
 	for range 1 << 20 {
 		check(rng.Uint32())
+	}
+	h := make([]byte, len(edges)/2)
+	roundF32ToF16(h, edges)
+	for i := range len(h) / 2 {
+		u := binary.LittleEndian.Uint32(edges[4*i:])
+		if got, want := binary.LittleEndian.Uint16(h[2*i:]), dtype.F32ToF16(math.Float32frombits(u)); got != want {
+			t.Fatalf("roundF32ToF16(%#08x) = %#04x, want %#04x", u, got, want)
+		}
 	}
 	if *exhaustive {
 		for u := uint64(0); u < 1<<32; u++ {
