@@ -14,10 +14,12 @@ import (
 // (little-endian F32, BF16 or F16), rounding them to the model dtype on the
 // way, without widening the whole input to a float32 slice first. Every
 // entry point gives exactly the bytes of QuantizeBlocks (or BlockAbsmax) on
-// the values DecodeRaw produces; the fast loops for BF16 and F16 model
-// dtypes work on the 16-bit patterns and hand any block that needs care
-// (a NaN, an infinity, a bf16 subnormal, a partial block) to that reference
-// path.
+// the values DecodeRaw produces. Every dtype pair but F32→F32 has values
+// that are BF16 or F16 numbers, so it goes through the 16-bit fast loop
+// (half), after a rounding pass where the source is not already in that
+// format; the fast loop hands any block that needs care (a NaN, an
+// infinity, a BF16 subnormal, a partial block) to that reference path.
+// F32→F32 decodes to float32 in chunks and runs QuantizeBlocks.
 
 // ErrUnsupportedDType is returned (wrapped) by the raw entry points for a
 // source or model dtype other than F32, BF16 and F16.
