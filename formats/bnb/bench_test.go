@@ -111,9 +111,6 @@ func BenchmarkQuantizeRaw(b *testing.B) {
 				for _, simd := range []bool{true, false} {
 					name := fmt.Sprintf("%v_%v/%v/bs%d", p[0], p[1], q, bs)
 					if !simd {
-						if p[0] == dtype.F32 && p[1] == dtype.F32 {
-							continue // no vector kernels on this path
-						}
 						name += "/portable"
 					}
 					b.Run(name, func(b *testing.B) {

@@ -23,7 +23,16 @@ func encodeF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 func encodeF16FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 
 //go:noescape
+func encodeF32NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF32FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
 func stats16AVX2(out *uint32, src *byte, nblocks, bs int)
+
+//go:noescape
+func stats32AVX2(out *uint32, src *byte, nblocks, bs int)
 
 //go:noescape
 func roundBF16AVX2(dst, src *byte, n int)
@@ -102,5 +111,38 @@ func roundBF16SIMD(dst, src []byte) bool {
 	if v := n &^ 15; v < n {
 		roundF32ToBF16(dst[2*v:2*n], src[4*v:4*n])
 	}
+	return true
+}
+
+// encodeBlocks32SIMD is encodeBlocksSIMD for little-endian float32
+// elements, which it multiplies by rs[b] as they are (no flushing: blocks
+// with subnormal elements are not for it).
+func encodeBlocks32SIMD(out, src []byte, rs []float32, bs int, q QuantType) bool {
+	if !haveAVX2 || len(rs) == 0 {
+		return false
+	}
+	if len(src) < 4*bs*len(rs) || len(out) < bs/2*len(rs) || bs%32 != 0 {
+		panic("bnb: encodeBlocks32SIMD: short buffers")
+	}
+	if q == NF4 {
+		encodeF32NF4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	} else {
+		encodeF32FP4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
+	}
+	return true
+}
+
+// blockStats32SIMD writes, for each of the len(st) whole blocks of bs
+// little-endian float32 elements of src, the largest magnitude
+// bits&0x7fffffff of its elements, plus 1<<31 if one of them is subnormal.
+// It reports false, doing nothing, where the CPU has no vector kernel.
+func blockStats32SIMD(st []uint32, src []byte, bs int) bool {
+	if !haveAVX2 || len(st) == 0 {
+		return false
+	}
+	if len(src) < 4*bs*len(st) || bs%32 != 0 {
+		panic("bnb: blockStats32SIMD: short buffers")
+	}
+	stats32AVX2(&st[0], &src[0], len(st), bs)
 	return true
 }

@@ -42,11 +42,11 @@ func repeat(v uint32, n int) []uint32 {
 
 // encoder writes one kernel. Per group of 32 elements: widen four vectors
 // of 8 to float32 (BF16: shift; F16: sign-extending shift and mask, a value
-// 2^112 too small that r·2^112 rescales), multiply by r, count the
+// 2^112 too small that r·2^112 rescales; F32: as is), multiply by r, count the
 // thresholds each product exceeds (FP4: of its magnitude, with the sign
 // kept in bit 31 of the count), pack the 32 codes to bytes in order, pair
 // them into nibbles and store 16 bytes.
-func encoder(name string, f16, isFP4 bool) {
+func encoder(name, format string, isFP4 bool) {
 	w("// func %s(out, src *byte, rs *float32, nblocks, bs int)", name)
 	w("TEXT ·%s(SB), NOSPLIT, $0-40", name)
 	w("\tMOVQ out+0(FP), DI")
@@ -65,17 +65,21 @@ func encoder(name string, f16, isFP4 bool) {
 	w("\tMOVQ R8, R11")
 	w("group:")
 	for g := range 4 {
-		if f16 {
+		switch format {
+		case "F16":
 			w("\tVPMOVSXWD %d(SI), Y%d", 16*g, g)
-		} else {
+		case "BF16":
 			w("\tVPMOVZXWD %d(SI), Y%d", 16*g, g)
+		default:
+			w("\tVMOVDQU %d(SI), Y%d", 32*g, g)
 		}
 	}
 	for g := range 4 {
-		if f16 {
+		switch format {
+		case "F16":
 			w("\tVPSLLD $13, Y%d, Y%d", g, g)
 			w("\tVPAND f16mask<>(SB), Y%d, Y%d", g, g)
-		} else {
+		case "BF16":
 			w("\tVPSLLD $16, Y%d, Y%d", g, g)
 		}
 	}
@@ -124,7 +128,11 @@ func encoder(name string, f16, isFP4 bool) {
 	w("\tVPACKUSWB Y10, Y10, Y10")
 	w("\tVPERMQ $0x08, Y10, Y10")
 	w("\tVMOVDQU X10, (DI)")
-	w("\tADDQ $64, SI")
+	if format == "F32" {
+		w("\tADDQ $128, SI")
+	} else {
+		w("\tADDQ $64, SI")
+	}
 	w("\tADDQ $16, DI")
 	w("\tDECQ R11")
 	w("\tJNZ group")
@@ -191,6 +199,72 @@ func stats() {
 	w("\tMOVL AX, DX")
 	w("\tORL $0x10000, DX")
 	w("\tCMPL BX, $0x7f")
+	w("\tCMOVLCS DX, AX")
+	w("\tMOVL AX, (DI)")
+	w("\tADDQ $4, DI")
+	w("\tDECQ CX")
+	w("\tJNZ block")
+	w("done:")
+	w("\tVZEROUPPER")
+	w("\tRET")
+	w("")
+}
+
+// stats32 writes stats32AVX2: per block of float32 elements, the largest
+// magnitude bits&0x7fffffff, plus 1<<31 if one of them is subnormal
+// (0 < m < 0x00800000): lane-wise maximum of m and minimum of m-1
+// (wrapping), folded by shuffles.
+func stats32() {
+	w("// func stats32AVX2(out *uint32, src *byte, nblocks, bs int)")
+	w("TEXT ·stats32AVX2(SB), NOSPLIT, $0-32")
+	w("\tMOVQ out+0(FP), DI")
+	w("\tMOVQ src+8(FP), SI")
+	w("\tMOVQ nblocks+16(FP), CX")
+	w("\tMOVQ bs+24(FP), R8")
+	w("\tSHRQ $4, R8")
+	w("\tTESTQ CX, CX")
+	w("\tJZ done")
+	w("\tTESTQ R8, R8")
+	w("\tJZ done")
+	w("\tVMOVDQU absmask<>(SB), Y14")
+	w("\tVPCMPEQD Y13, Y13, Y13")
+	w("block:")
+	w("\tVPXOR Y0, Y0, Y0")
+	w("\tVPXOR Y4, Y4, Y4")
+	w("\tVPCMPEQD Y1, Y1, Y1")
+	w("\tVPCMPEQD Y5, Y5, Y5")
+	w("\tMOVQ R8, R11")
+	w("loop:")
+	w("\tVPAND (SI), Y14, Y2")
+	w("\tVPAND 32(SI), Y14, Y6")
+	w("\tVPMAXUD Y2, Y0, Y0")
+	w("\tVPMAXUD Y6, Y4, Y4")
+	w("\tVPADDD Y13, Y2, Y2")
+	w("\tVPADDD Y13, Y6, Y6")
+	w("\tVPMINUD Y2, Y1, Y1")
+	w("\tVPMINUD Y6, Y5, Y5")
+	w("\tADDQ $64, SI")
+	w("\tDECQ R11")
+	w("\tJNZ loop")
+	w("\tVPMAXUD Y4, Y0, Y0")
+	w("\tVPMINUD Y5, Y1, Y1")
+	w("\tVEXTRACTI128 $1, Y0, X2")
+	w("\tVPMAXUD X2, X0, X0")
+	w("\tVEXTRACTI128 $1, Y1, X3")
+	w("\tVPMINUD X3, X1, X1")
+	w("\tVPSHUFD $0x4e, X0, X2")
+	w("\tVPMAXUD X2, X0, X0")
+	w("\tVPSHUFD $0x4e, X1, X3")
+	w("\tVPMINUD X3, X1, X1")
+	w("\tVPSHUFD $0xb1, X0, X2")
+	w("\tVPMAXUD X2, X0, X0")
+	w("\tVPSHUFD $0xb1, X1, X3")
+	w("\tVPMINUD X3, X1, X1")
+	w("\tVMOVD X0, AX")
+	w("\tVMOVD X1, BX")
+	w("\tMOVL AX, DX")
+	w("\tORL $0x80000000, DX")
+	w("\tCMPL BX, $0x007fffff")
 	w("\tCMOVLCS DX, AX")
 	w("\tMOVL AX, (DI)")
 	w("\tADDQ $4, DI")
@@ -271,21 +345,12 @@ func main() {
 	data("half7fff", repeat(0x7fff, 8))
 	data("infbits", repeat(0x7f800000, 8))
 	data("bf16nan", repeat(0x7fc0, 8))
-	for _, f16 := range []bool{false, true} {
-		for _, isFP4 := range []bool{false, true} {
-			name := "encodeBF16"
-			if f16 {
-				name = "encodeF16"
-			}
-			if isFP4 {
-				name += "FP4AVX2"
-			} else {
-				name += "NF4AVX2"
-			}
-			encoder(name, f16, isFP4)
-		}
+	for _, format := range []string{"BF16", "F16", "F32"} {
+		encoder("encode"+format+"NF4AVX2", format, false)
+		encoder("encode"+format+"FP4AVX2", format, true)
 	}
 	stats()
+	stats32()
 	round()
 	w("// func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)")
 	w("TEXT ·cpuid(SB), NOSPLIT, $0-24")

@@ -19,3 +19,13 @@ func blockStatsSIMD(st []uint32, src []byte, bs int) bool {
 func roundBF16SIMD(dst, src []byte) bool {
 	return false
 }
+
+// encodeBlocks32SIMD reports false: this build has no vector kernels.
+func encodeBlocks32SIMD(out, src []byte, rs []float32, bs int, q QuantType) bool {
+	return false
+}
+
+// blockStats32SIMD reports false: this build has no vector kernels.
+func blockStats32SIMD(st []uint32, src []byte, bs int) bool {
+	return false
+}

@@ -19,7 +19,8 @@ import (
 // (half), after a rounding pass where the source is not already in that
 // format; the fast loop hands any block that needs care (a NaN, an
 // infinity, a BF16 subnormal, a partial block) to that reference path.
-// F32→F32 decodes to float32 in chunks and runs QuantizeBlocks.
+// F32→F32 runs the float32 vector kernels (f32) where the CPU has them, and
+// otherwise decodes to float32 in chunks and runs QuantizeBlocks.
 
 // ErrUnsupportedDType is returned (wrapped) by the raw entry points for a
 // source or model dtype other than F32, BF16 and F16.
@@ -193,14 +194,13 @@ const rawChunk = 8 << 10
 // separate scan (the codes are written either way, as the GPU would). Note
 // that rounding can make a finite F32 element infinite in BF16 or F16.
 //
-// The common cases have specialised loops that work on 16-bit patterns:
-// BF16 and F32 sources with model dtype BF16, F16 and F32 sources with model
-// dtype F16 (F32 input is first rounded to 16 bits, a chunk at a time). On
-// amd64 CPUs with AVX2 they run vector kernels (statistics, code selection,
-// F32 to BF16 rounding); elsewhere, or built with the purego tag, portable
-// Go loops that give the same bytes. The other pairs decode to float32 in
-// chunks and run QuantizeBlocks. QuantizeRaw does not allocate and is safe
-// for concurrent use. It returns an error wrapping ErrUnsupportedDType for
+// Every pair but F32→F32 has values that are BF16 or F16 numbers, and runs
+// a loop on 16-bit patterns (a source in another format is first rounded
+// to them, a chunk at a time). On amd64 CPUs with AVX2 the block
+// statistics, the code selection and F32 to BF16 rounding run vector
+// kernels, for F32→F32 too; elsewhere, or built with the purego tag,
+// portable Go loops that give the same bytes (F32→F32: QuantizeBlocks on
+// chunks). QuantizeRaw does not allocate and is safe for concurrent use. It returns an error wrapping ErrUnsupportedDType for
 // other dtypes, and an error if len(src) is not a multiple of the element
 // size.
 func QuantizeRaw(dst []byte, absmax []float32, src []byte, srcType, modelType dtype.DType, blocksize int, q QuantType) (nonFinite int, err error) {
@@ -268,6 +268,9 @@ type rawKernel struct {
 func (k *rawKernel) run(dst []byte, absmax []float32, src []byte, n int, srcType, modelType dtype.DType) int {
 	switch {
 	case srcType == dtype.F32 && modelType == dtype.F32:
+		if k.simd && haveAVX2 {
+			return k.f32(dst, absmax, src)
+		}
 		return k.generic(dst, absmax, src, n, srcType, modelType)
 	case srcType == modelType || modelType == dtype.F32:
 		// BF16 or F16 values, widened exactly.
@@ -464,6 +467,10 @@ func rcpBF16(t *[128]int8, mx uint32) float32 {
 // kernel where there is one), then the blocks that need care.
 func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int {
 	const halfChunk = 128
+	t := dtype.BF16
+	if f16 {
+		t = dtype.F16
+	}
 	var rs [halfChunk]float32
 	var slow [halfChunk]bool
 	var st [halfChunk]uint32
@@ -524,7 +531,7 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 			for j := range nb {
 				if slow[j] {
 					e0 := (b0 + j) * k.bs
-					if i := k.slowBlock(dst, absmax, src[2*e0:2*e0+bpb], e0, f16); i >= 0 && nonFinite < 0 {
+					if i := k.slowBlock(dst, absmax, src[2*e0:2*e0+bpb], e0, t); i >= 0 && nonFinite < 0 {
 						nonFinite = i
 					}
 				}
@@ -532,31 +539,86 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 		}
 	}
 	if e0 := full * k.bs; 2*e0 < len(src) {
-		if i := k.slowBlock(dst, absmax, src[2*e0:], e0, f16); i >= 0 && nonFinite < 0 {
+		if i := k.slowBlock(dst, absmax, src[2*e0:], e0, t); i >= 0 && nonFinite < 0 {
 			nonFinite = i
 		}
 	}
 	return nonFinite
 }
 
-// slowBlock quantizes the block of 16-bit elements blk, which starts at
-// element e0, through float32s. It returns the index of its first
-// non-finite element, or -1. (Its buffer is on the stack, sized for small
-// blocks where it can be: Go clears it on every call.)
-func (k *rawKernel) slowBlock(dst []byte, absmax []float32, blk []byte, e0 int, f16 bool) int {
-	if len(blk) <= 2*256 {
-		var buf [256]float32
-		return k.slowBlockIn(buf[:len(blk)/2], dst, absmax, blk, e0, f16)
+// f32 quantizes (or takes the absmax of) the F32 elements of src with the
+// vector kernels, as half does for 16-bit elements. Blocks with an
+// infinity, a NaN or a subnormal go through float32s. The reciprocals of
+// a chunk are looked up together, as in quantizeBlocks, so that the misses
+// in the 2 MiB table overlap.
+func (k *rawKernel) f32(dst []byte, absmax []float32, src []byte) int {
+	const chunk = 128
+	var rs [chunk]float32
+	var st [chunk]uint32
+	nonFinite := -1
+	bpb := 4 * k.bs // bytes per block
+	full := len(src) / bpb
+	for b0 := 0; b0 < full; b0 += chunk {
+		nb := min(chunk, full-b0)
+		in := src[b0*bpb : (b0+nb)*bpb]
+		blockStats32SIMD(st[:nb], in, k.bs)
+		am := absmax[b0 : b0+nb]
+		anySlow := false
+		for j, s := range st[:nb] {
+			switch {
+			case s >= 0x7f800000: // a subnormal (bit 31), an infinity or a NaN
+				am[j] = 0
+				anySlow = true
+			case s == 0:
+				am[j] = 0
+			default:
+				am[j] = math.Float32frombits(s)
+			}
+		}
+		for j, a := range am {
+			if st[j] == 0 {
+				rs[j] = float32(math.Inf(1))
+			} else {
+				rs[j] = rcpApproxT(k.rcp, a)
+			}
+		}
+		if k.tab != nil {
+			encodeBlocks32SIMD(dst[b0*k.bs/2:(b0+nb)*k.bs/2], in, rs[:nb], k.bs, k.q)
+		}
+		if anySlow {
+			for j, s := range st[:nb] {
+				if s >= 0x7f800000 {
+					e0 := (b0 + j) * k.bs
+					if i := k.slowBlock(dst, absmax, src[4*e0:4*e0+bpb], e0, dtype.F32); i >= 0 && nonFinite < 0 {
+						nonFinite = i
+					}
+				}
+			}
+		}
 	}
-	var buf [4096]float32
-	return k.slowBlockIn(buf[:len(blk)/2], dst, absmax, blk, e0, f16)
+	if e0 := full * k.bs; 4*e0 < len(src) {
+		if i := k.slowBlock(dst, absmax, src[4*e0:], e0, dtype.F32); i >= 0 && nonFinite < 0 {
+			nonFinite = i
+		}
+	}
+	return nonFinite
 }
 
-func (k *rawKernel) slowBlockIn(vals []float32, dst []byte, absmax []float32, blk []byte, e0 int, f16 bool) int {
-	t := dtype.BF16
-	if f16 {
-		t = dtype.F16
+// slowBlock quantizes the block blk of BF16, F16 or F32 elements (dtype
+// t), which starts at element e0, through float32s. It returns the index
+// of its first non-finite element, or -1. (Its buffer is on the stack,
+// sized for small blocks where it can be: Go clears it on every call.)
+func (k *rawKernel) slowBlock(dst []byte, absmax []float32, blk []byte, e0 int, t dtype.DType) int {
+	n := len(blk) / t.Size()
+	if n <= 256 {
+		var buf [256]float32
+		return k.slowBlockIn(buf[:n], dst, absmax, blk, e0, t)
 	}
+	var buf [4096]float32
+	return k.slowBlockIn(buf[:n], dst, absmax, blk, e0, t)
+}
+
+func (k *rawKernel) slowBlockIn(vals []float32, dst []byte, absmax []float32, blk []byte, e0 int, t dtype.DType) int {
 	decodeRaw(vals, blk, t, t)
 	k.float32s(dst, absmax, vals, e0)
 	if i := firstNonFinite(vals); i >= 0 {

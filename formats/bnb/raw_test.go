@@ -627,3 +627,87 @@ func TestF16Conversions(t *testing.T) {
 		}
 	}
 }
+
+// f32sOf views little-endian bytes as float32 values (a copy).
+func f32sOf(b []byte) []float32 {
+	v := make([]float32, len(b)/4)
+	for i := range v {
+		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return v
+}
+
+// TestEncode32SIMD compares the float32 vector encoders with encodeBlock
+// on random bit patterns (specials included) and on products placed on
+// and around every threshold, and the float32 statistics kernel with a
+// plain loop.
+func TestEncode32SIMD(t *testing.T) {
+	if !haveAVX2 {
+		t.Skip("no vector kernels on this CPU or build")
+	}
+	const bs = 32
+	rng := rand.New(rand.NewPCG(12, 12))
+	var src []byte
+	var rs []float32
+	var targets []uint32
+	for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
+		for d := uint32(0); d < 3; d++ {
+			targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+		}
+	}
+	for _, target := range targets {
+		for range 20 {
+			x := math.Float32frombits(0x3c000000 + rng.Uint32()%0x02000000)
+			r := math.Float32bits(math.Float32frombits(target&^0x80000000)/x) + uint32(rng.IntN(3)) - 1
+			rs = append(rs, math.Float32frombits(r))
+			for i := range bs {
+				u := math.Float32bits(x) | target&0x80000000
+				if i%4 == 3 {
+					u ^= 0x80000000
+				}
+				src = binary.LittleEndian.AppendUint32(src, u)
+			}
+		}
+	}
+	for range 2000 {
+		rs = append(rs, float32(math.Ldexp(1+rng.Float64(), rng.IntN(250)-125)))
+		for range bs {
+			u := rng.Uint32()
+			if rng.IntN(3) == 0 {
+				u &= 0x80ffffff // small and subnormal magnitudes
+			}
+			src = binary.LittleEndian.AppendUint32(src, u)
+		}
+	}
+	for _, q := range []QuantType{NF4, FP4} {
+		want := make([]byte, len(src)/8)
+		got := make([]byte, len(src)/8)
+		for b := range rs {
+			encodeBlock(want[b*bs/2:(b+1)*bs/2], f32sOf(src[4*b*bs:4*(b+1)*bs]), rs[b], tableFor(q))
+		}
+		encodeBlocks32SIMD(got, src, rs, bs, q)
+		if i := firstDiff(got, want); i >= 0 {
+			t.Fatalf("%v: byte %d (block %d, r %g): vector %#02x, Go %#02x", q, i, i/(bs/2), rs[i/(bs/2)], got[i], want[i])
+		}
+	}
+	for _, sbs := range validBlocksizes {
+		nb := len(src) / (4 * sbs)
+		st := make([]uint32, nb)
+		blockStats32SIMD(st, src, sbs)
+		for b := range nb {
+			var mx uint32
+			sub := false
+			for i := range sbs {
+				m := binary.LittleEndian.Uint32(src[4*(b*sbs+i):]) & 0x7fffffff
+				mx = max(mx, m)
+				sub = sub || m != 0 && m < 0x00800000
+			}
+			if sub {
+				mx |= 1 << 31
+			}
+			if st[b] != mx {
+				t.Fatalf("bs %d block %d: vector stats %#08x, want %#08x", sbs, b, st[b], mx)
+			}
+		}
+	}
+}
