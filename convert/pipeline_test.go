@@ -3,7 +3,6 @@ package convert
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -174,8 +173,11 @@ func outputTensors(t testing.TB, dir string) map[string]struct {
 func TestJobsMatchWholeTensor(t *testing.T) {
 	tensors := boundaryTensors()
 	src := writeSynth(t, tensors, 1<<40, "")
-	for _, bs := range []int{64, 4096} {
-		dir, sum := convertTo(t, src, Options{DType: dtype.BF16, Blocksize: bs, jobElements: testJobElems, Workers: 3})
+	// Small jobs (several per tensor), and default jobs, which read and
+	// quantize several sub-chunks each (the last one odd-sized).
+	for _, c := range []struct{ bs, jobElems int }{{64, testJobElems}, {4096, testJobElems}, {64, 0}, {4096, 0}} {
+		bs := c.bs
+		dir, sum := convertTo(t, src, Options{DType: dtype.BF16, Blocksize: bs, jobElements: c.jobElems, Workers: 3})
 		out := outputTensors(t, dir)
 		srcCk, err := checkpoint.Open(src)
 		if err != nil {
@@ -395,27 +397,40 @@ func TestFailures(t *testing.T) {
 
 func TestNonFinite(t *testing.T) {
 	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1)), 1e30} {
-		tensors := boundaryTensors()
-		tensors[len(tensors)-1].Patch = func(start int64, v []float32) {
-			if i := int64(40000) - start; i >= 0 && i < int64(len(v)) {
-				v[i] = bad
+		// 40000: in the second small job; 300000: in the third sub-chunk
+		// of a default-sized job.
+		for _, at := range []int64{40000, 300000} {
+			tensors := boundaryTensors()
+			tensors[len(tensors)-1].Patch = func(start int64, v []float32) {
+				if i := at - start; i >= 0 && i < int64(len(v)) {
+					v[i] = bad
+				}
 			}
-		}
-		tensors[len(tensors)-1].DType = dtype.F32
-		src := writeSynth(t, tensors, 1<<40, "")
-		dt := dtype.F32
-		if bad == 1e30 { // finite in f32, Inf in f16
-			dt = dtype.F16
-		}
-		for _, w := range []int{1, 2} {
-			dst := filepath.Join(t.TempDir(), "out")
-			_, err := Convert(context.Background(), src, dst, Options{Workers: w, DType: dt, jobElements: testJobElems})
-			if err == nil || !strings.Contains(err.Error(), `"model.layers.1.z.weight"`) || !strings.Contains(err.Error(), "element 40000") {
-				t.Errorf("%v: error %v, want one naming the tensor and element 40000", bad, err)
+			tensors[len(tensors)-1].DType = dtype.F32
+			src := writeSynth(t, tensors, 1<<40, "")
+			dt := dtype.F32
+			want := fmt.Sprintf("element %d is %v after rounding to F32", at, bad)
+			if bad == 1e30 { // finite in f32, Inf in f16
+				dt = dtype.F16
+				want = fmt.Sprintf("element %d is +Inf after rounding to F16", at)
 			}
-			noOutput(t, dst)
-			if _, err := Convert(context.Background(), src, dst, Options{Workers: w, DType: dt, AllowNonFinite: true, jobElements: testJobElems}); err != nil {
-				t.Errorf("--allow-nonfinite: %v", err)
+			// Without double quantization only the quantization pass
+			// sees the values.
+			for _, o0 := range []Options{{Workers: 1}, {Workers: 2}, {Workers: 2, NoDoubleQuant: true}} {
+				for _, je := range []int{testJobElems, 0} {
+					o := o0
+					o.DType, o.jobElements = dt, je
+					dst := filepath.Join(t.TempDir(), "out")
+					_, err := Convert(context.Background(), src, dst, o)
+					if err == nil || !strings.Contains(err.Error(), `"model.layers.1.z.weight"`) || !strings.Contains(err.Error(), want) {
+						t.Errorf("%v at %d, %+v: error %v, want one naming the tensor and saying %q", bad, at, o, err, want)
+					}
+					noOutput(t, dst)
+					o.AllowNonFinite = true
+					if _, err := Convert(context.Background(), src, dst, o); err != nil {
+						t.Errorf("--allow-nonfinite: %v", err)
+					}
+				}
 			}
 		}
 	}
@@ -536,43 +551,3 @@ func TestCopiesAuxFiles(t *testing.T) {
 		t.Errorf("not copied %v, log %q", sum.NotCopied, log.String())
 	}
 }
-
-func TestBlockAbsmaxMatchesBnb(t *testing.T) {
-	specials := []float32{0, float32(math.Copysign(0, -1)), 1e-40, -1e-40, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 65504, -3, 1e-38}
-	for seed := range 200 {
-		n := 1 + seed*7%1000
-		v := make([]float32, n)
-		x := uint32(seed*2654435761 + 1)
-		for i := range v {
-			x ^= x << 13
-			x ^= x >> 17
-			x ^= x << 5
-			if x%5 == 0 {
-				v[i] = specials[x/5%uint32(len(specials))]
-			} else {
-				v[i] = math.Float32frombits(x)
-				if x%3 == 0 {
-					v[i] = float32(int32(x)) * 1e-9
-				}
-			}
-		}
-		if seed%10 == 0 { // an all-NaN block
-			for i := 0; i < min(n, 32); i++ {
-				v[i] = float32(math.NaN())
-			}
-		}
-		for _, bs := range []int{32, 64} {
-			want := make([]float32, bnb.NumBlocks(int64(n), bs))
-			bnb.QuantizeBlocks(make([]byte, bnb.PackedBytes(int64(n))), want, v, bs, bnb.NF4)
-			got := make([]float32, len(want))
-			blockAbsmax(got, v, bs)
-			for i := range want {
-				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
-					t.Fatalf("seed %d bs %d block %d: %v, bnb %v", seed, bs, i, got[i], want[i])
-				}
-			}
-		}
-	}
-}
-
-var _ = binary.LittleEndian

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/internal/cast"
@@ -19,10 +20,13 @@ import (
 	"github.com/qconv/qconv/formats/safetensors"
 )
 
-// subChunk is the number of elements decoded to float32 at a time inside
-// a job (a multiple of every blocksize), so that the float32 scratch of a
-// worker stays at 256 KiB whatever the job size.
-const subChunk = 1 << 16
+// subChunk is the number of elements a job reads and processes at a time
+// (a multiple of every blocksize): 256 KiB of BF16 input, small enough to
+// stay in a core's L2 cache between the read that copies it out of the
+// page cache and the kernel that consumes it. A job (DefaultJobElements)
+// is the unit of scheduling and of output writes, a sub-chunk that of
+// reads.
+const subChunk = 1 << 17
 
 // hooks lets tests inject failures into reads and writes.
 type hooks struct {
@@ -51,6 +55,14 @@ type runner struct {
 
 	done, total atomic.Int64
 
+	// absmaxFree holds the whole-tensor absmax vectors of finished items
+	// for reuse by later ones.
+	absmaxMu   sync.Mutex
+	absmaxFree [][]float32
+	// quantMap and nestedMap are the bytes of the quant_map and
+	// nested_quant_map tensors, the same for every weight.
+	quantMap, nestedMap []byte
+
 	// fileItems counts, per output file, the items of the quantization
 	// pass that still have to write to it; at zero the file is complete
 	// and fileDone is called (from the worker that finished it).
@@ -64,7 +76,8 @@ type itemState struct {
 	absmax    []float32 // double quant: the whole tensor's absmax
 }
 
-// A job is a range of elements of one item.
+// A job is a range of elements of one item. Jobs are passed by value (no
+// allocation per job).
 type job struct {
 	it       *item
 	st       *itemState
@@ -72,17 +85,47 @@ type job struct {
 	stats    bool // statistics pass: absmax only
 }
 
-// worker holds one goroutine's buffers, reused from job to job.
+// worker holds one goroutine's buffers, reused from job to job: the raw
+// bytes of a sub-chunk, the packed codes and absmax values of a job, and
+// for kept tensors that change dtype the decoded values and their output
+// bytes.
 type worker struct {
 	raw    []byte
-	vals   []float32
 	packed []byte
 	absmax []float32
+	vals   []float32
 	out    []byte
 }
 
-func (r *runner) newWorker() *worker {
-	return &worker{vals: make([]float32, subChunk)}
+func (r *runner) newWorker() *worker { return new(worker) }
+
+// getAbsmax returns a vector of n absmax values, reusing a freed one if
+// one is large enough. Its contents are stale: every job overwrites its
+// part.
+func (r *runner) getAbsmax(n int64) []float32 {
+	r.absmaxMu.Lock()
+	defer r.absmaxMu.Unlock()
+	for i, a := range r.absmaxFree {
+		if int64(cap(a)) >= n {
+			r.absmaxFree = slices.Delete(r.absmaxFree, i, i+1)
+			return a[:n]
+		}
+	}
+	return make([]float32, n)
+}
+
+// putAbsmax makes a vector of getAbsmax available again. At most maxFree
+// are kept (the largest ones), so that the pool stays within the bound of
+// live vectors that the job window sets.
+func (r *runner) putAbsmax(a []float32) {
+	const maxFree = 4
+	r.absmaxMu.Lock()
+	defer r.absmaxMu.Unlock()
+	r.absmaxFree = append(r.absmaxFree, a)
+	if len(r.absmaxFree) > maxFree {
+		slices.SortFunc(r.absmaxFree, func(x, y []float32) int { return cap(y) - cap(x) })
+		r.absmaxFree = r.absmaxFree[:maxFree]
+	}
 }
 
 // window is the number of jobs the dispatcher may run ahead of the oldest
@@ -104,8 +147,8 @@ func (r *runner) itemInPart(it *item) bool {
 
 // passJobs yields the jobs of items, in order, allocating each item's
 // shared state when its first job is handed out.
-func (r *runner) passJobs(items []*item, stats bool) iter.Seq[*job] {
-	return func(yield func(*job) bool) {
+func (r *runner) passJobs(items []*item, stats bool) iter.Seq[job] {
+	return func(yield func(job) bool) {
 		for _, it := range items {
 			n := it.numElements()
 			if n == 0 {
@@ -118,10 +161,10 @@ func (r *runner) passJobs(items []*item, stats bool) iter.Seq[*job] {
 			st := &itemState{}
 			st.remaining.Store((n + chunk - 1) / chunk)
 			if it.quantize && r.s.doubleQuant && (stats || r.needsDQ(it)) {
-				st.absmax = make([]float32, it.numBlocks(r.s.blocksize))
+				st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
 			}
 			for start := int64(0); start < n; start += chunk {
-				if !yield(&job{it: it, st: st, start: start, n: min(chunk, n-start), stats: stats}) {
+				if !yield(job{it: it, st: st, start: start, n: min(chunk, n-start), stats: stats}) {
 					return
 				}
 			}
@@ -153,6 +196,10 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 	r.off = make([][]int64, len(p.items))
 	r.qstate = make([][]byte, len(p.items))
 	r.offset = make([]float32, len(p.items))
+	cb := bnb.CodeBook(s.quant)
+	r.quantMap = cast.F32Bytes(cb[:])
+	dm := bnb.DynamicMap()
+	r.nestedMap = cast.F32Bytes(dm[:])
 
 	// Which items each pass touches.
 	var statItems, writeItems []*item
@@ -361,25 +408,39 @@ func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 	return w.raw, nil
 }
 
-func (r *runner) nonFinite(it *item, index int64, v float32) error {
+// checkFinite returns the error for a non-finite element, unless
+// --allow-nonfinite: i is what a raw kernel returned for raw, the bytes of
+// the elements from index start of it (-1: all finite).
+func (r *runner) checkFinite(it *item, raw []byte, start int64, i int) error {
+	if i < 0 || r.s.allowNonFin {
+		return nil
+	}
+	var v [1]float32
+	size := it.src.DType.Size()
+	if err := bnb.DecodeRaw(v[:], raw[i*size:], it.src.DType, it.dtype); err != nil {
+		return r.kernelError(it, err)
+	}
 	return fmt.Errorf("convert: %s: tensor %q: element %d is %v after rounding to %v (NaN and Inf cannot be quantized faithfully; --allow-nonfinite quantizes anyway)",
-		r.srcName(it), it.src.Name, index, v, it.dtype)
+		r.srcName(it), it.src.Name, start+int64(i), v[0], it.dtype)
+}
+
+// kernelError reports an error of a formats/bnb kernel, which the plan
+// rules out (it quantizes F32, BF16 and F16 tensors only).
+func (r *runner) kernelError(it *item, err error) error {
+	return fmt.Errorf("convert: internal error: %s: tensor %q: %w", r.srcName(it), it.src.Name, err)
 }
 
 // doJob runs one job.
-func (r *runner) doJob(ctx context.Context, w *worker, j *job) error {
+func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	it := j.it
-	raw, err := r.read(w, it, j.start, j.n)
-	if err != nil {
-		return err
-	}
+	var err error
 	switch {
 	case j.stats:
-		err = r.statsJob(w, j, raw)
+		err = r.statsJob(w, j)
 	case it.quantize:
-		err = r.quantJob(w, j, raw)
+		err = r.quantJob(w, j)
 	default:
-		err = r.keepJob(w, j, raw)
+		err = r.keepJob(w, j)
 	}
 	if err != nil {
 		return err
@@ -399,84 +460,90 @@ func (r *runner) doJob(ctx context.Context, w *worker, j *job) error {
 	return nil
 }
 
-// decode decodes sub-chunk [off, off+m) of a job's raw bytes to the
-// float32 values that are quantized, and checks them.
-func (r *runner) decode(w *worker, j *job, raw []byte, off, m int) ([]float32, error) {
+// statsJob computes the absmax values of a job's blocks straight from the
+// raw bytes, a sub-chunk at a time, into the item's absmax vector.
+func (r *runner) statsJob(w *worker, j job) error {
 	it := j.it
-	size := it.src.DType.Size()
-	vals := w.vals[:m]
-	cast.Decode(vals, raw[off*size:], it.src.DType, it.dtype)
-	if !r.s.allowNonFin {
-		if i := firstNonFinite(vals); i >= 0 {
-			return nil, r.nonFinite(it, j.start+int64(off+i), vals[i])
-		}
-	}
-	return vals, nil
-}
-
-func (r *runner) statsJob(w *worker, j *job, raw []byte) error {
-	bs := r.s.blocksize
-	b0 := int(j.start / int64(bs))
-	for off := 0; off < int(j.n); off += subChunk {
-		m := min(subChunk, int(j.n)-off)
-		vals, err := r.decode(w, j, raw, off, m)
+	bs := int64(r.s.blocksize)
+	for off := int64(0); off < j.n; off += subChunk {
+		m := min(subChunk, j.n-off)
+		raw, err := r.read(w, it, j.start+off, m)
 		if err != nil {
 			return err
 		}
-		blockAbsmax(j.st.absmax[b0+off/bs:], vals, bs)
+		i, err := bnb.BlockAbsmaxRaw(j.st.absmax[(j.start+off)/bs:], raw, it.src.DType, it.dtype, int(bs))
+		if err != nil {
+			return r.kernelError(it, err)
+		}
+		if err := r.checkFinite(it, raw, j.start+off, i); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-func (r *runner) finishStats(j *job) error {
+// finishStats computes the nested offset of a double-quantized weight,
+// the float32 mean of its absmax values, and so its quant-state JSON.
+func (r *runner) finishStats(j job) error {
 	it := j.it
-	_, _, offset := bnb.DoubleQuant(j.st.absmax)
+	offset := bnb.CUDAMean(j.st.absmax)
+	r.putAbsmax(j.st.absmax)
 	j.st.absmax = nil
 	r.offset[it.index] = offset
 	r.qstate[it.index] = r.p.quantState(it, offset).MarshalPython()
 	return nil
 }
 
-func (r *runner) quantJob(w *worker, j *job, raw []byte) error {
+// quantJob quantizes a job's elements straight from the raw bytes, a
+// sub-chunk at a time, and writes the packed codes (and without double
+// quantization the absmax values; with it they go to the item's vector).
+func (r *runner) quantJob(w *worker, j job) error {
 	it := j.it
 	bs := r.s.blocksize
 	nb := int(bnb.NumBlocks(j.n, bs))
 	w.packed = jobs.Grow(w.packed, int(bnb.PackedBytes(j.n)))
-	w.absmax = jobs.Grow(w.absmax, nb)
-	for off := 0; off < int(j.n); off += subChunk {
-		m := min(subChunk, int(j.n)-off)
-		vals, err := r.decode(w, j, raw, off, m)
+	b0 := j.start / int64(bs)
+	absmax := jobs.Grow(w.absmax, nb)
+	w.absmax = absmax
+	if r.s.doubleQuant && j.st.absmax != nil {
+		absmax = j.st.absmax[b0 : b0+int64(nb)]
+	}
+	for off := int64(0); off < j.n; off += subChunk {
+		m := min(subChunk, j.n-off)
+		raw, err := r.read(w, it, j.start+off, m)
 		if err != nil {
 			return err
 		}
-		bnb.QuantizeBlocks(w.packed[off/2:], w.absmax[off/bs:], vals, bs, r.s.quant)
+		i, err := bnb.QuantizeRaw(w.packed[off/2:], absmax[off/int64(bs):], raw, it.src.DType, it.dtype, bs, r.s.quant)
+		if err != nil {
+			return r.kernelError(it, err)
+		}
+		if err := r.checkFinite(it, raw, j.start+off, i); err != nil {
+			return err
+		}
 	}
 	if err := r.writeEntry(it, entryData, j.start/2, w.packed); err != nil {
 		return err
 	}
-	b0 := j.start / int64(bs)
 	if r.s.doubleQuant {
-		if j.st.absmax != nil {
-			copy(j.st.absmax[b0:], w.absmax)
-		}
 		return nil
 	}
 	w.out = jobs.Grow(w.out, 4*nb)
-	cast.Encode(w.out, w.absmax, dtype.F32)
+	cast.Encode(w.out, absmax, dtype.F32)
 	return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
 }
 
 // finishQuant writes the per-tensor parts of a quantized weight once all
 // its blocks are done: the code book, and with double quantization the
 // 8-bit absmax codes, nested absmax and nested code book.
-func (r *runner) finishQuant(j *job) error {
+func (r *runner) finishQuant(j job) error {
 	it := j.it
-	cb := bnb.CodeBook(r.s.quant)
-	if err := r.writeEntry(it, entryQuantMap, 0, cast.F32Bytes(cb[:])); err != nil {
+	if err := r.writeEntry(it, entryQuantMap, 0, r.quantMap); err != nil {
 		return err
 	}
 	if r.s.doubleQuant && j.st.absmax != nil {
 		codes, nested, offset := bnb.DoubleQuant(j.st.absmax)
+		r.putAbsmax(j.st.absmax)
 		j.st.absmax = nil
 		if qs := r.qstate[it.index]; qs != nil && math.Float32bits(offset) != math.Float32bits(r.offset[it.index]) {
 			return fmt.Errorf("convert: internal error: tensor %q: statistics pass found nested offset %v, quantization %v", it.src.Name, r.offset[it.index], offset)
@@ -487,8 +554,7 @@ func (r *runner) finishQuant(j *job) error {
 		if err := r.writeEntry(it, entryNestedAbsmax, 0, cast.F32Bytes(nested)); err != nil {
 			return err
 		}
-		dm := bnb.DynamicMap()
-		if err := r.writeEntry(it, entryNestedQuantMap, 0, cast.F32Bytes(dm[:])); err != nil {
+		if err := r.writeEntry(it, entryNestedQuantMap, 0, r.nestedMap); err != nil {
 			return err
 		}
 	}
@@ -498,20 +564,27 @@ func (r *runner) finishQuant(j *job) error {
 	return nil
 }
 
-func (r *runner) keepJob(w *worker, j *job, raw []byte) error {
+// keepJob copies a kept tensor's elements, cast to its output dtype if
+// that differs, a sub-chunk at a time.
+func (r *runner) keepJob(w *worker, j job) error {
 	it := j.it
 	from, to := it.src.DType, it.dtype
-	if from == to {
-		return r.writeEntry(it, entryData, j.start*int64(to.Size()), raw)
-	}
-	fs, ts := from.Size(), to.Size()
-	w.out = jobs.Grow(w.out, subChunk*ts)
-	for off := 0; off < int(j.n); off += subChunk {
-		m := min(subChunk, int(j.n)-off)
-		vals := w.vals[:m]
-		cast.Decode(vals, raw[off*fs:], from, from)
-		cast.Encode(w.out, vals, to)
-		if err := r.writeEntry(it, entryData, (j.start+int64(off))*int64(ts), w.out[:m*ts]); err != nil {
+	ts := int64(to.Size())
+	for off := int64(0); off < j.n; off += subChunk {
+		m := min(subChunk, j.n-off)
+		raw, err := r.read(w, it, j.start+off, m)
+		if err != nil {
+			return err
+		}
+		out := raw
+		if from != to {
+			w.vals = jobs.Grow(w.vals, int(m))
+			w.out = jobs.Grow(w.out, int(m*ts))
+			cast.Decode(w.vals, raw, from, from)
+			cast.Encode(w.out, w.vals, to)
+			out = w.out
+		}
+		if err := r.writeEntry(it, entryData, (j.start+off)*ts, out); err != nil {
 			return err
 		}
 	}
