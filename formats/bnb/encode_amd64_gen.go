@@ -1,7 +1,7 @@
 //go:build ignore
 
-// This program writes encode_amd64.s, the AVX2 encoders of the raw 16-bit
-// fast path. Run it with go generate (see encode_amd64.go). It takes the
+// This program writes encode_amd64.s, the AVX2 kernels of the raw fast
+// paths. Run it with go generate (see encode_amd64.go). It takes the
 // thresholds from nothing but the constants below, which must be
 // nf4ThresholdBits and fp4ThresholdBits (TestEncodeSIMDThresholds would
 // fail otherwise).
@@ -42,10 +42,11 @@ func repeat(v uint32, n int) []uint32 {
 
 // encoder writes one kernel. Per group of 32 elements: widen four vectors
 // of 8 to float32 (BF16: shift; F16: sign-extending shift and mask, a value
-// 2^112 too small that r·2^112 rescales; F32: as is), multiply by r, count the
-// thresholds each product exceeds (FP4: of its magnitude, with the sign
-// kept in bit 31 of the count), pack the 32 codes to bytes in order, pair
-// them into nibbles and store 16 bytes.
+// 2^112 too small that r·2^112 rescales; F32: as is), multiply by r, find
+// the number of thresholds each product exceeds (NF4: by the decision
+// tree; FP4: by counting, on the magnitude, with the sign kept in bit 31 of
+// the count), pack the 32 codes to bytes in order, pair them into nibbles
+// and store 16 bytes.
 func encoder(name, format string, isFP4 bool) {
 	w("// func %s(out, src *byte, rs *float32, nblocks, bs int)", name)
 	w("TEXT ·%s(SB), NOSPLIT, $0-40", name)
@@ -86,8 +87,8 @@ func encoder(name, format string, isFP4 bool) {
 	for g := range 4 {
 		w("\tVMULPS Y15, Y%d, Y%d", g, g)
 	}
-	thr := nf4
-	thrName := "nf4thr"
+	var thr []uint32
+	thrName := ""
 	if isFP4 {
 		thr, thrName = fp4, "fp4thr"
 		for g := range 4 {
@@ -98,9 +99,28 @@ func encoder(name, format string, isFP4 bool) {
 			w("\tVANDPS absmask<>(SB), Y%d, Y%d", g, g)
 		}
 	} else {
+		// NF4: the kernel's decision tree, four levels of one compare each
+		// (a strict >, false for NaN): the threshold of each lane's node
+		// comes from a VPERMPS of the level's table by the path so far,
+		// and the path is the code.
 		for g := range 4 {
-			w("\tVPXOR Y%d, Y%d, Y%d", 4+g, 4+g, 4+g)
+			w("\tVCMPPS $0x1e, nf4t7<>(SB), Y%d, Y%d", g, 8+g)
+			w("\tVPSRLD $31, Y%d, Y%d", 8+g, 4+g)
 		}
+		for _, level := range []string{"nf4l2", "nf4l3", "nf4l4"} {
+			for g := range 4 {
+				w("\tVPERMPS %s<>(SB), Y%d, Y%d", level, 4+g, 8+g)
+			}
+			for g := range 4 {
+				w("\tVCMPPS $0x1e, Y%d, Y%d, Y%d", 8+g, g, 8+g)
+			}
+			for g := range 4 {
+				w("\tVPSRLD $31, Y%d, Y%d", 8+g, 8+g)
+				w("\tVPADDD Y%d, Y%d, Y%d", 4+g, 4+g, 4+g)
+				w("\tVPADDD Y%d, Y%d, Y%d", 8+g, 4+g, 4+g)
+			}
+		}
+		thr = nil
 	}
 	for k := range thr {
 		// GT_OQ: false for NaN; a subnormal compares like the zero the
@@ -324,9 +344,14 @@ func main() {
 	w("")
 	w("#include \"textflag.h\"")
 	w("")
-	w("// NF4 and FP4 code thresholds (nf4ThresholdBits, fp4ThresholdBits).")
-	data("nf4thr", nf4)
+	w("// FP4 code thresholds (fp4ThresholdBits).")
 	data("fp4thr", fp4)
+	w("// The NF4 decision tree by level: the root t7, then the thresholds of")
+	w("// the nodes at depth 1, 2 and 3 in path order (padded to 8 with t14).")
+	data("nf4t7", repeat(nf4[7], 8))
+	data("nf4l2", []uint32{nf4[3], nf4[11], nf4[14], nf4[14], nf4[14], nf4[14], nf4[14], nf4[14]})
+	data("nf4l3", []uint32{nf4[1], nf4[5], nf4[9], nf4[13], nf4[14], nf4[14], nf4[14], nf4[14]})
+	data("nf4l4", []uint32{nf4[0], nf4[2], nf4[4], nf4[6], nf4[8], nf4[10], nf4[12], nf4[14]})
 	w("// VPERMD indices that undo the lane interleaving of VPACKUSDW+VPACKUSWB.")
 	data("packperm", []uint32{0, 4, 1, 5, 2, 6, 3, 7})
 	w("// Byte weights 16, 1 for VPMADDUBSW: code[2j]<<4 + code[2j+1].")
