@@ -188,7 +188,12 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 			fmt.Fprintf(s.log, "qconv: %s is already complete in %s; kept\n", f.Name, w.dir)
 		}
 	}
-	r.fileDone = func(fi int) error { return w.markDone(p.Files[fi].Name) }
+	r.fileDone = func(fi int, size int64, crc uint32, crcOK bool) error {
+		if crcOK {
+			return w.markDoneCRC(p.Files[fi].Name, size, crc)
+		}
+		return w.markDone(p.Files[fi].Name)
+	}
 	if err := r.run(ctx, w.dir); err != nil {
 		return err
 	}

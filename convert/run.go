@@ -65,9 +65,11 @@ type runner struct {
 
 	// fileItems counts, per output file, the items of the quantization
 	// pass that still have to write to it; at zero the file is complete
-	// and fileDone is called (from the worker that finished it).
+	// and fileDone is called (from the worker that finished it) with the
+	// file's size and CRC-32C (crcOK false if the CRC is unknown).
 	fileItems []atomic.Int64
-	fileDone  func(fi int) error
+	fileDone  func(fi int, size int64, crc uint32, crcOK bool) error
+	crcs      []crcRecorder // per output file: the CRCs of what was written
 }
 
 // itemState is the state of one item during a pass, shared by its jobs.
@@ -231,6 +233,7 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 	r.files = make([]*os.File, len(p.Files))
 	r.outs = make([]io.WriterAt, len(p.Files))
 	r.layouts = make([]*safetensors.Plan, len(p.Files))
+	r.crcs = make([]crcRecorder, len(p.Files))
 	defer func() {
 		for _, f := range r.files {
 			if f != nil {
@@ -307,7 +310,9 @@ func (r *runner) finishFile(fi int) error {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
 	if r.fileDone != nil {
-		return r.fileDone(fi)
+		size := r.layouts[fi].FileSize()
+		crc, ok := r.crcs[fi].sum(size)
+		return r.fileDone(fi, size, crc, ok)
 	}
 	return nil
 }
@@ -367,6 +372,7 @@ func (r *runner) create(fi int, dir string) error {
 	if _, err := w.WriteAt(plan.Header, 0); err != nil {
 		return fmt.Errorf("convert: %s: writing header: %w", name, err)
 	}
+	r.crcs[fi].add(0, plan.Header)
 	if err := f.Truncate(plan.FileSize()); err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
@@ -384,9 +390,11 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 		if !r.inPart[e.file] {
 			return nil
 		}
-		if _, err := r.outs[e.file].WriteAt(b, r.off[it.index][j]+at); err != nil {
+		off := r.off[it.index][j] + at
+		if _, err := r.outs[e.file].WriteAt(b, off); err != nil {
 			return fmt.Errorf("convert: %s: writing tensor %q: %w", r.p.Files[e.file].Name, e.name, err)
 		}
+		r.crcs[e.file].add(off, b)
 		return nil
 	}
 	return fmt.Errorf("convert: internal error: %q has no entry of kind %d", it.src.Name, k)

@@ -223,18 +223,24 @@ func fileCRC(path string) (int64, uint32, error) {
 		return 0, 0, err
 	}
 	defer f.Close()
-	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	h := crc32.New(castagnoli)
 	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
 	return n, h.Sum32(), err
 }
 
-// markDone records that output file name is complete. The file must be
-// synced.
+// markDone records that output file name is complete, reading it back
+// for its checksum. The file must be synced.
 func (w *workDir) markDone(name string) error {
 	size, crc, err := fileCRC(filepath.Join(w.dir, name))
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
+	return w.markDoneCRC(name, size, crc)
+}
+
+// markDoneCRC records that output file name, of the given size and
+// CRC-32C, is complete. The file must be synced.
+func (w *workDir) markDoneCRC(name string, size int64, crc uint32) error {
 	b, err := json.Marshal(doneState{Plan: w.fingerprint, Size: size, CRC32C: crc})
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
