@@ -400,6 +400,16 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 	return fmt.Errorf("convert: internal error: %q has no entry of kind %d", it.src.Name, k)
 }
 
+// writeback starts writing back the n bytes of entry k of it from byte
+// offset at on, which this job has written in full (see startWriteback).
+func (r *runner) writeback(it *item, k entryKind, at, n int64) {
+	for j := range it.entries {
+		if e := &it.entries[j]; e.kind == k && r.inPart[e.file] {
+			startWriteback(r.files[e.file], r.off[it.index][j]+at, n)
+		}
+	}
+}
+
 // read reads the bytes of elements [start, start+n) of it into w.raw.
 func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 	size := int64(it.src.DType.Size())
@@ -533,6 +543,7 @@ func (r *runner) quantJob(w *worker, j job) error {
 	if err := r.writeEntry(it, entryData, j.start/2, w.packed); err != nil {
 		return err
 	}
+	r.writeback(it, entryData, j.start/2, int64(len(w.packed)))
 	if r.s.doubleQuant {
 		return nil
 	}
@@ -596,5 +607,6 @@ func (r *runner) keepJob(w *worker, j job) error {
 			return err
 		}
 	}
+	r.writeback(it, entryData, j.start*ts, j.n*ts)
 	return nil
 }

@@ -1,0 +1,33 @@
+//go:build linux && (amd64 || arm64)
+
+package convert
+
+import (
+	"os"
+	"syscall"
+)
+
+// syncFileRangeWrite is SYNC_FILE_RANGE_WRITE of sync_file_range(2).
+const syncFileRangeWrite = 2
+
+// startWriteback asks the kernel to start writing the dirty pages of f
+// that lie entirely in [off, off+n) to disk, without waiting for them, so
+// that the fsync that ends the file has less left to wait for. Pages
+// shared with a neighbouring range that may still be written are left
+// alone (writing them now would write them twice). It is advisory: errors
+// are ignored, and the final fsync reports any failure to write.
+func startWriteback(f *os.File, off, n int64) {
+	const page = 4096
+	lo := (off + page - 1) &^ (page - 1)
+	hi := (off + n) &^ (page - 1)
+	if hi <= lo {
+		return
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		syscall.Syscall6(syscall.SYS_SYNC_FILE_RANGE, fd, uintptr(lo), uintptr(hi-lo), syncFileRangeWrite, 0, 0)
+	})
+}

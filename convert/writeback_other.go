@@ -1,0 +1,9 @@
+//go:build !linux || !(amd64 || arm64)
+
+package convert
+
+import "os"
+
+// startWriteback does nothing here: early writeback (sync_file_range) is
+// a Linux optimisation, and the final fsync writes everything anyway.
+func startWriteback(f *os.File, off, n int64) {}
