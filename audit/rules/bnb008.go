@@ -39,7 +39,7 @@ canonical code book for the quant type.`,
 				}
 				vals, err := readF32s(c, q, 16)
 				if err != nil {
-					p.Reportf(q.File.Path, q.Name, "cannot read quant_map: %v", err)
+					p.Reportf(q.File.Path, q.Name, "cannot read quant_map: %v; check that the file is readable and finished downloading", err)
 					continue
 				}
 				book := bnb.CodeBook(qt)

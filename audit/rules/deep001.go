@@ -41,7 +41,7 @@ bfloat16 instead of float16 when values exceed float16's range.`,
 					return true
 				})
 				if err != nil {
-					p.Reportf(t.File.Path, t.Name, "cannot check the values: %v", err)
+					p.Reportf(t.File.Path, t.Name, "cannot check the values: %v; check that the file is readable and finished downloading", err)
 					continue
 				}
 				if nan+inf > 0 {

@@ -35,7 +35,7 @@ Fix: regenerate the index (save_pretrained writes it; it is
 				p.Reportf(x.Path, prob.Tensor, "%s; regenerate the index (save_pretrained writes it)", prob.Msg)
 				return
 			}
-			p.Reportf(x.Path, "", "cannot read the index: %v", x.Err)
+			p.Reportf(x.Path, "", "cannot read the index: %v; check that it is readable, or regenerate it (save_pretrained writes it)", x.Err)
 		},
 	}
 }
