@@ -62,10 +62,9 @@ type Weight struct {
 	nblocks      int64
 	absmax       checkpoint.Tensor // F32 [nblocks], or U8 [nblocks] with double quant
 	nestedAbsmax checkpoint.Tensor // F32 [ceil(nblocks/256)], double quant only
-	// nestedMap is the stored nested_quant_map (double quant only);
-	// stdMap reports whether it is bitsandbytes' dynamic map.
+	// nestedMap is the stored nested_quant_map (double quant only), with
+	// which bitsandbytes dequantizes the absmax codes.
 	nestedMap [256]float32
-	stdMap    bool
 }
 
 // NumElements is the number of elements of the original weight, the
@@ -139,6 +138,11 @@ func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, 
 	if w.DType, ok = dtype.FromTorchName(st.DType); !ok {
 		return nil, errf("quant state has unknown dtype %q", st.DType)
 	}
+	if w.DType != dtype.F32 && w.DType != dtype.BF16 && w.DType != dtype.F16 {
+		// bitsandbytes quantizes float32, bfloat16 and float16 weights only
+		// (and the output could not be written in another dtype).
+		return nil, errf("quant state has unsupported dtype %q (want float32, bfloat16 or float16)", st.DType)
+	}
 	w.n = 1
 	for _, d := range st.Shape {
 		if d != 0 && w.n > math.MaxInt64/4/d {
@@ -182,7 +186,6 @@ func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, 
 		return nil, fmt.Errorf("dequant: %s: %w", c.Path, err)
 	}
 	cast.Decode(w.nestedMap[:], raw, dtype.F32, dtype.F32)
-	w.stdMap = w.nestedMap == bnb.DynamicMap()
 	return w, nil
 }
 
@@ -255,11 +258,7 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 	}
 	b.Nested = jobs.Grow(b.Nested, int(nn))
 	cast.Decode(b.Nested, b.raw, dtype.F32, dtype.F32)
-	if w.stdMap {
-		bnb.UndoDoubleQuant(b.Absmax, b.Codes, b.Nested, w.State.NestedOffset)
-	} else {
-		undoDoubleQuant(b.Absmax, b.Codes, &w.nestedMap, b.Nested, w.State.NestedOffset)
-	}
+	bnb.UndoDoubleQuantMap(b.Absmax, b.Codes, b.Nested, &w.nestedMap, w.State.NestedOffset)
 	return nil
 }
 
@@ -268,19 +267,6 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 // before it rounds them to the weight's dtype.
 func (w *Weight) Dequantize(dst []float32, b *Blocks) {
 	bnb.DequantizeBlocks(dst[:b.Elements], b.Packed, b.Absmax, w.State.Blocksize, w.State.QuantType)
-}
-
-// undoDoubleQuant is bnb.UndoDoubleQuant with a code book other than the
-// standard dynamic map (bitsandbytes uses the stored nested_quant_map; CPU
-// builds before 0.50 could store code[0] = -1).
-func undoDoubleQuant(dst []float32, codes []byte, code *[256]float32, nested []float32, offset float32) {
-	for i, c := range codes {
-		p := code[c] * nested[i/bnb.NestedBlocksize]
-		if math.Abs(float64(p)) < 0x1p-126 {
-			p = float32(math.Copysign(0, float64(p))) // the GPU flushes subnormal products
-		}
-		dst[i] = p + offset
-	}
 }
 
 func readAt(t checkpoint.Tensor, p []byte, off int64) error {
