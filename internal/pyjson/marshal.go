@@ -133,33 +133,8 @@ func AppendString(b []byte, s string) []byte {
 			i++
 			continue
 		}
-		switch c {
-		case '"':
-			b = append(b, '\\', '"')
-			i++
-			continue
-		case '\\':
-			b = append(b, '\\', '\\')
-			i++
-			continue
-		case '\n':
-			b = append(b, '\\', 'n')
-			i++
-			continue
-		case '\r':
-			b = append(b, '\\', 'r')
-			i++
-			continue
-		case '\t':
-			b = append(b, '\\', 't')
-			i++
-			continue
-		case '\b':
-			b = append(b, '\\', 'b')
-			i++
-			continue
-		case '\f':
-			b = append(b, '\\', 'f')
+		if esc := shortEscape(c); esc != 0 {
+			b = append(b, '\\', esc)
 			i++
 			continue
 		}
@@ -174,6 +149,26 @@ func AppendString(b []byte, s string) []byte {
 		}
 	}
 	return append(b, '"')
+}
+
+// shortEscape returns the letter of the two-character escape Python
+// writes for c (\" \\ \n \r \t \b \f), or 0 if there is none.
+func shortEscape(c byte) byte {
+	switch c {
+	case '"', '\\':
+		return c
+	case '\n':
+		return 'n'
+	case '\r':
+		return 'r'
+	case '\t':
+		return 't'
+	case '\b':
+		return 'b'
+	case '\f':
+		return 'f'
+	}
+	return 0
 }
 
 func appendU(b []byte, r rune) []byte {
