@@ -7,7 +7,8 @@ import (
 	"io"
 	"math"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/qconv/qconv/internal/pyjson"
 )
 
 // QuantState is the non-tensor part of a bitsandbytes 4-bit quant state:
@@ -40,11 +41,11 @@ type QuantState struct {
 func (s QuantState) MarshalPython() []byte {
 	b := make([]byte, 0, 192)
 	b = append(b, `{"quant_type": `...)
-	b = appendPyString(b, s.QuantType.String())
+	b = pyjson.AppendString(b, s.QuantType.String())
 	b = append(b, `, "blocksize": `...)
 	b = strconv.AppendInt(b, int64(s.Blocksize), 10)
 	b = append(b, `, "dtype": `...)
-	b = appendPyString(b, s.DType)
+	b = pyjson.AppendString(b, s.DType)
 	b = append(b, `, "shape": [`...)
 	for i, d := range s.Shape {
 		if i > 0 {
@@ -57,7 +58,7 @@ func (s QuantState) MarshalPython() []byte {
 		b = append(b, `, "nested_blocksize": `...)
 		b = strconv.AppendInt(b, int64(s.NestedBlocksize), 10)
 		b = append(b, `, "nested_dtype": `...)
-		b = appendPyString(b, s.NestedDType)
+		b = pyjson.AppendString(b, s.NestedDType)
 		b = append(b, `, "nested_offset": `...)
 		b = appendPyFloat(b, float64(s.NestedOffset))
 	}
@@ -86,46 +87,6 @@ func appendPyFloat(b []byte, v float64) []byte {
 		b = append(b, ".0"...)
 	}
 	return b
-}
-
-// appendPyString appends s as json.dumps writes it with ensure_ascii=True.
-func appendPyString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for _, r := range s {
-		switch {
-		case r == '"' || r == '\\':
-			b = append(b, '\\', byte(r))
-		case r == '\n':
-			b = append(b, `\n`...)
-		case r == '\r':
-			b = append(b, `\r`...)
-		case r == '\t':
-			b = append(b, `\t`...)
-		case r == '\b':
-			b = append(b, `\b`...)
-		case r == '\f':
-			b = append(b, `\f`...)
-		case r >= 0x20 && r < 0x7f:
-			b = append(b, byte(r))
-		default:
-			if r == utf8.RuneError {
-				r = 0xfffd
-			}
-			var units [2]rune
-			n := 1
-			units[0] = r
-			if r > 0xffff {
-				r -= 0x10000
-				units[0], units[1] = 0xd800+(r>>10), 0xdc00+(r&0x3ff)
-				n = 2
-			}
-			for _, u := range units[:n] {
-				b = append(b, '\\', 'u', hex[u>>12&15], hex[u>>8&15], hex[u>>4&15], hex[u&15])
-			}
-		}
-	}
-	return append(b, '"')
 }
 
 // ErrQuantState is matched (with errors.Is) by every error of
