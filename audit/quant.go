@@ -157,10 +157,10 @@ func (c *Checkpoint) InQuantGroup(name string) bool {
 }
 
 // IsQuantized reports whether the checkpoint holds any packed 4-bit
-// weight (any quant-state tensor).
+// weight (any quant-state tensor, even where a weight has several).
 func (c *Checkpoint) IsQuantized() bool {
 	for _, g := range c.QuantGroups() {
-		if len(g.States) == 1 { // with several, none is authoritative (BNB003)
+		if len(g.States) > 0 {
 			return true
 		}
 	}

@@ -3,6 +3,7 @@ package rules
 import (
 	"maps"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/qconv/qconv/formats/bnb"
@@ -93,6 +94,8 @@ var configCases = []ruleCase{
 	{rule: "CFG002", name: "quantized-with-config", lookalike: true, build: modelDir(qconfig(nil), bf16Dense, std)},
 	{rule: "CFG002", name: "quantized-file-alone", lookalike: true, build: quantFile(nil, std)},
 	{rule: "CFG003", name: "config-copied-to-dense", want: []string{"CFG003"}, build: modelDir(qconfig(nil), bf16Dense)},
+	{rule: "CFG003", name: "weight-with-two-states", lookalike: true, want: []string{"BNB003 " + qw},
+		build: modelDir(qconfig(nil), append(slices.Clone(bf16Dense), stateBlob(stateFP4, string(bnb.QuantState{QuantType: bnb.FP4, Blocksize: 64, DType: "bfloat16", Shape: []int64{64, 96}}.MarshalPython()))), std)},
 	{rule: "CFG003", name: "gptq-config", lookalike: true, build: modelDir(map[string]any{"dtype": "bfloat16", "quantization_config": map[string]any{"quant_method": "gptq", "bits": 4}}, bf16Dense)},
 	{rule: "CFG004", name: "nf4-config-fp4-tensors", want: []string{"CFG004 " + qw}, build: modelDir(qconfig(nil), bf16Dense, fp4)},
 	{rule: "CFG004", name: "default-fp4", lookalike: true,
