@@ -13,7 +13,7 @@ import (
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
-// quantGroups returns the checkpoint's groups whose packed weight and a
+// packedGroups returns the checkpoint's groups whose packed weight and a
 // quant state exist; most BNB rules look only at those.
 func packedGroups(c *audit.Checkpoint) []*audit.QuantGroup {
 	var out []*audit.QuantGroup

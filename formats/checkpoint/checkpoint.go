@@ -13,9 +13,10 @@
 // Open is strict: every inconsistency between the index, the shards and the
 // tensors they hold is an error naming the file and the tensor at fault.
 // OpenLenient opens as much as it can and returns each inconsistency as a
-// Problem, for the auditor, which must report problems rather than stop at
-// the first one. Problem codes are stable so the auditor can map them to
-// rule IDs.
+// Problem, for callers that must report problems rather than stop at the
+// first one. Problem codes are stable, so callers can map them to rule IDs
+// (the auditor, which has its own lenient loader, maps the codes of
+// ParseIndex).
 //
 // The package also reads and writes the index file (ParseIndex, NewIndex,
 // Index.Marshal) and counts logical parameters of 4-bit checkpoints
@@ -449,8 +450,8 @@ func (c *Checkpoint) Close() error {
 }
 
 // ListSafetensorsFiles returns the names of the regular files in dir whose
-// names end in ".safetensors", sorted. The auditor uses it to find shard
-// files that no index names.
+// names end in ".safetensors", sorted. OpenLenient uses it to name the
+// files of a directory that has neither layout.
 func ListSafetensorsFiles(dir string) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
