@@ -8,7 +8,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/qconv/qconv/convert/internal/synth"
+	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 )

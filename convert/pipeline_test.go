@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/qconv/qconv/convert/internal/cast"
-	"github.com/qconv/qconv/convert/internal/synth"
+	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"

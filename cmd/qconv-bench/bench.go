@@ -74,8 +74,8 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var root string // needed only to build what was not given
-	if c.qconv == "" || c.synthgen == "" {
+	var root string // needed only to build qconv if it was not given
+	if c.qconv == "" {
 		if root, err = moduleRoot(); err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	src, err := input(c, root, bin, layers)
+	src, err := input(c, layers)
 	if err != nil {
 		return err
 	}

@@ -3,15 +3,16 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/internal/synth"
 )
 
-// The synthetic input is convert/internal/synth's Llama7B layout: hidden
-// 4096, MLP 11008, vocab 32000, no grouped-query attention, untied
-// lm_head. It is made by running convert/internal/synthgen, since an
-// internal package of convert/ cannot be imported from cmd/.
+// The synthetic input is internal/synth's Llama7B layout: hidden 4096, MLP
+// 11008, vocab 32000, no grouped-query attention, untied lm_head, with
+// seed 1 (the same bytes as convert/internal/synthgen -seed 1 writes).
 const (
 	llamaHidden = 4096
 	llamaInter  = 11008
@@ -27,7 +28,7 @@ const fixedElements = 2*llamaVocab*llamaHidden + llamaHidden
 // norms.
 const layerElements = 4*llamaHidden*llamaHidden + 3*llamaHidden*llamaInter + 2*llamaHidden
 
-// dtypeSize returns the element size of a synthgen -dtype value.
+// dtypeSize returns the element size of a -dtype value.
 func dtypeSize(dt string) (int64, error) {
 	switch strings.ToLower(dt) {
 	case "bf16", "f16":
@@ -58,9 +59,9 @@ func checkpointBytes(layers int, elem int64) int64 {
 func tensorCount(layers int) int { return 3 + 9*layers }
 
 // input returns the directory of the synthetic input for c, generating it
-// with synthgen (built into bin) unless a complete one is there. A marker
-// file beside the directory, written last, says it is complete.
-func input(c *config, root, bin string, layers int) (string, error) {
+// unless a complete one is there. A marker file beside the directory,
+// written last, says it is complete.
+func input(c *config, layers int) (string, error) {
 	name := fmt.Sprintf("in-%s-%dL", strings.ToLower(c.dtype), layers)
 	dir := filepath.Join(c.dir, name)
 	marker := dir + ".complete"
@@ -74,20 +75,22 @@ func input(c *config, root, bin string, layers int) (string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return "", err
 	}
-	gen := c.synthgen
-	if gen == "" {
-		gen = filepath.Join(bin, "synthgen")
-		if err := goBuild(root, "./convert/internal/synthgen", gen); err != nil {
-			return "", err
-		}
+	d, err := convert.ParseDType(c.dtype)
+	if err != nil {
+		return "", err
+	}
+	shard, err := convert.ParseSize(c.shard)
+	if err != nil {
+		return "", err
 	}
 	fmt.Fprintf(os.Stderr, "qconv-bench: generating %s (%d layers, %s, shards of at most %s)...\n", dir, layers, c.dtype, c.shard)
-	cmd := exec.Command(gen, "-o", dir, "-layers", fmt.Sprint(layers), "-dtype", c.dtype, "-shard", c.shard, "-seed", "1")
-	cmd.Stdout = os.Stderr
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
+	if err := synth.WriteSharded(dir, synth.Llama7B(layers, d), shard, 1); err != nil {
 		os.RemoveAll(dir)
-		return "", fmt.Errorf("synthgen: %w", err)
+		return "", err
+	}
+	if err := synth.WriteConfig(dir, d.TorchName()); err != nil {
+		os.RemoveAll(dir)
+		return "", err
 	}
 	if err := os.WriteFile(marker, nil, 0o666); err != nil {
 		return "", err

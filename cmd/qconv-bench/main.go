@@ -24,9 +24,10 @@
 //	go run ./cmd/qconv-bench -size 8GB -dtype f32
 //	go run ./cmd/qconv-bench -cpuprofile /tmp/convert.pprof
 //
-// With -qconv and -synthgen naming prebuilt binaries it needs no Go
-// toolchain, so it can run on another machine (pin it to two CPUs with
-// taskset -c 0,1 to compare with a 2-core laptop).
+// It generates the input itself (internal/synth). With -qconv naming a
+// prebuilt binary it needs no Go toolchain, so it can run on another
+// machine (pin it to two CPUs with taskset -c 0,1 to compare with a
+// 2-core laptop).
 //
 // The input is kept in -dir and reused by later runs of the same size and
 // dtype; -clean removes it at the end.
@@ -70,7 +71,6 @@ type config struct {
 	runs       int
 	shard      string
 	qconv      string
-	synthgen   string
 	convert    string // auto, cli, lib
 	cpSync     bool
 	clean      bool
@@ -92,7 +92,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&c.runs, "runs", 3, "timed runs of each command (at least 1; the issue asks for 3)")
 	fs.StringVar(&c.shard, "shard", "1GB", "largest input shard file (so that the input is sharded with an index)")
 	fs.StringVar(&c.qconv, "qconv", "", "prebuilt qconv binary (default: go build -o DIR/bin/qconv ./cmd/qconv)")
-	fs.StringVar(&c.synthgen, "synthgen", "", "prebuilt synthgen binary (default: go build -o DIR/bin/synthgen ./convert/internal/synthgen)")
 	fs.StringVar(&c.convert, "convert", "auto", "how to convert: cli (qconv convert), lib (the convert package in a child process), auto (cli if the binary has it)")
 	fs.BoolVar(&c.cpSync, "cp-sync", true, "also time cp -r followed by sync")
 	fs.BoolVar(&c.clean, "clean", false, "remove the input at the end")

@@ -8,7 +8,7 @@ import (
 
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/convert/dequant"
-	"github.com/qconv/qconv/convert/internal/synth"
+	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/convert/verify"
 	"github.com/qconv/qconv/formats/dtype"
 )

@@ -1,5 +1,5 @@
 // Command synthgen writes a synthetic Llama-like safetensors checkpoint
-// (see convert/internal/synth) for benchmarking qconv convert:
+// (see internal/synth) for benchmarking qconv convert:
 //
 //	go run ./convert/internal/synthgen -o /tmp/llama7b -layers 32 -dtype bf16 -shard 5GB
 //
@@ -12,7 +12,7 @@ import (
 	"os"
 
 	"github.com/qconv/qconv/convert"
-	"github.com/qconv/qconv/convert/internal/synth"
+	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/dtype"
 )
 

@@ -1,7 +1,7 @@
-// Package synth writes synthetic safetensors checkpoints for convert's
-// tests and benchmarks: Llama-like tensor layouts filled with
-// deterministic pseudo-random weights, streamed to disk in bounded memory
-// so that multi-GB checkpoints can be made quickly.
+// Package synth writes synthetic safetensors checkpoints for the tests and
+// benchmarks of convert and for qconv-bench: Llama-like tensor layouts
+// filled with deterministic pseudo-random weights, streamed to disk in
+// bounded memory so that multi-GB checkpoints can be made quickly.
 //
 // It is test tooling, not a model generator: the values have a plausible
 // scale (roughly normal, σ≈0.02) but no structure.
