@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -445,6 +446,12 @@ func TestLogicalParametersErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "w.weight.quant_state.bitsandbytes__nf4") {
 			t.Errorf("quant state %s: err = %v", blob, err)
 		}
+	}
+	// A dense tensor after a packed weight of MaxInt64 elements overflows
+	// the total.
+	dense := append(slices.Clone(infos), safetensors.TensorInfo{Name: "z.weight", DType: dtype.F32, Shape: []int64{2}, Begin: 13, End: 21})
+	if p, err := LogicalParameters(dense, func(string) ([]byte, error) { return []byte(`{"shape": [9223372036854775807]}`), nil }); err == nil || !strings.Contains(err.Error(), "z.weight") {
+		t.Errorf("overflowing total: %+v, %v", p, err)
 	}
 	p, err := LogicalParameters(infos, func(string) ([]byte, error) { return []byte(`{"shape": [5]}`), nil })
 	if err != nil || p.Total != 5 || p.Quantized != 5 || p.PackedBytes != 13 {

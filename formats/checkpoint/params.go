@@ -136,9 +136,14 @@ func LogicalParameters(tensors []safetensors.TensorInfo, readQuantState func(nam
 		}
 	}
 	for _, t := range tensors {
-		if !skip[t.Name] {
-			p.Total += t.NumElements()
+		if skip[t.Name] {
+			continue
 		}
+		n := t.NumElements()
+		if p.Total > math.MaxInt64-n {
+			return Params{}, fmt.Errorf("checkpoint: tensor %q: parameter count overflows int64", t.Name)
+		}
+		p.Total += n
 	}
 	return p, nil
 }
