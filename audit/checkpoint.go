@@ -97,6 +97,8 @@ type Config struct {
 	Path  string        // as shown in findings
 	Value *pyjson.Value // nil if Err != nil
 	Err   error         // why the file could not be read or parsed
+
+	data []byte // the file's bytes, for Fix to tell whether it was in transformers' layout
 }
 
 // Index is model.safetensors.index.json.
@@ -264,7 +266,7 @@ func readConfig(path string) *Config {
 		c.Err = fmt.Errorf("the top level is a JSON %s, not an object", v.Kind())
 		return c
 	}
-	c.Value = v
+	c.Value, c.data = v, b
 	return c
 }
 

@@ -92,15 +92,8 @@ func Fix(dst, src string) (*FixResult, error) {
 			return nil, fmt.Errorf("audit: fix: %s: %w", c.Config.Path, c.Config.Err)
 		}
 		if b := c.Config.Bnb(); b.Is4bit() && b.Storage != "uint8" {
-			orig, err := os.ReadFile(c.Config.Path)
-			if err != nil {
-				return nil, fmt.Errorf("audit: fix: %w", err)
-			}
-			v, err := pyjson.Parse(orig)
-			if err != nil {
-				return nil, fmt.Errorf("audit: fix: %s: %w", c.Config.Path, err)
-			}
-			res.ConfigReformatted = !bytes.Equal(append(v.MarshalIndentSorted(), '\n'), orig)
+			v := c.Config.Value // c is Fix's own; editing it in place is fine
+			res.ConfigReformatted = !bytes.Equal(append(v.MarshalIndentSorted(), '\n'), c.Config.data)
 			v.Get("quantization_config").Set("bnb_4bit_quant_storage", pyjson.String("uint8"))
 			config = append(v.MarshalIndentSorted(), '\n')
 			res.ConfigStorage = b.Storage

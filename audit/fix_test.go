@@ -64,6 +64,49 @@ func TestFixGolden(t *testing.T) {
 	}
 }
 
+// TestFixReformatsConfig gives Fix a config.json that is not in
+// transformers' layout: it must say so, and write the layout transformers
+// writes (the uint8-storage checkpoint's config.json).
+func TestFixReformatsConfig(t *testing.T) {
+	src := t.TempDir()
+	from := filepath.Join(models, "tiny-llama-bf16-nf4-dq-f32storage")
+	for _, name := range []string{"model.safetensors", "config.json"} {
+		b, err := os.ReadFile(filepath.Join(from, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "config.json" {
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, b); err != nil {
+				t.Fatal(err)
+			}
+			b = compact.Bytes()
+		}
+		if err := os.WriteFile(filepath.Join(src, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := filepath.Join(t.TempDir(), "fixed")
+	res, err := audit.Fix(dst, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.ConfigReformatted || res.ConfigStorage != "float32" {
+		t.Errorf("result %+v: want a reformatted config whose storage was float32", res)
+	}
+	got, err := os.ReadFile(filepath.Join(dst, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8", "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("config.json:\n%s\nwant\n%s", got, want)
+	}
+}
+
 func TestFixRefuses(t *testing.T) {
 	src := filepath.Join(models, "tiny-llama-bf16-nf4-dq-f32storage")
 	existing := t.TempDir()
