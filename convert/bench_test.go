@@ -8,9 +8,9 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 // BenchmarkConvert converts a synthetic Llama-like checkpoint end to end

@@ -8,9 +8,9 @@ import (
 
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/convert/dequant"
-	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/convert/verify"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 // benchModel converts a synthetic bf16 Llama (2 layers, hidden 2048,

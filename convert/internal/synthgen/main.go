@@ -12,8 +12,8 @@ import (
 	"os"
 
 	"github.com/qconv/qconv/convert"
-	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 func main() {
