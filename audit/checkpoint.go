@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/qconv/qconv/formats/checkpoint"
@@ -85,6 +86,16 @@ type File struct {
 type Tensor struct {
 	safetensors.TensorInfo
 	File *File
+}
+
+// DTypeShape returns the tensor's dtype and shape as findings show them:
+// "F32 [16384, 1]".
+func (t *Tensor) DTypeShape() string {
+	parts := make([]string, len(t.Shape))
+	for i, d := range t.Shape {
+		parts[i] = strconv.FormatInt(d, 10)
+	}
+	return fmt.Sprintf("%s [%s]", t.DType, strings.Join(parts, ", "))
 }
 
 // Section returns a reader of the tensor's bytes.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -83,7 +82,7 @@ func Fix(dst, src string) (*FixResult, error) {
 			retype[p.File] = map[string]bool{}
 		}
 		retype[p.File][p.Name] = true
-		res.Retyped = append(res.Retyped, fmt.Sprintf("%s: %s (%s -> U8 [%d, 1])", p.File.Name, p.Name, shapeString(p), p.Size()))
+		res.Retyped = append(res.Retyped, fmt.Sprintf("%s: %s (%s -> U8 [%d, 1])", p.File.Name, p.Name, p.DTypeShape(), p.Size()))
 	}
 
 	var config []byte
@@ -245,13 +244,4 @@ func syncDir(dir string) error {
 		return err
 	}
 	return nil
-}
-
-// shapeString writes "F32 [16384, 1]".
-func shapeString(t *Tensor) string {
-	parts := make([]string, len(t.Shape))
-	for i, d := range t.Shape {
-		parts[i] = fmt.Sprint(d)
-	}
-	return fmt.Sprintf("%s [%s]", t.DType, strings.Join(parts, ", "))
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/qconv/qconv/audit"
 	"github.com/qconv/qconv/formats/bnb"
@@ -82,15 +81,6 @@ func isShape(t *audit.Tensor, d dtype.DType, want ...int64) bool {
 		}
 	}
 	return true
-}
-
-// describe writes a tensor's dtype and shape as "F32 [16384, 1]".
-func describe(t *audit.Tensor) string {
-	parts := make([]string, len(t.Shape))
-	for i, d := range t.Shape {
-		parts[i] = fmt.Sprint(d)
-	}
-	return fmt.Sprintf("%s [%s]", t.DType, strings.Join(parts, ", "))
 }
 
 // blocksizeFields returns the state JSON's "blocksize" and

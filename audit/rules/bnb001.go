@@ -34,7 +34,7 @@ Never convert the values numerically.`,
 				}
 				p.Reportf(g.Packed.File.Path, g.Base,
 					"packed 4-bit weight stored as %s (%d bytes of packed codes viewed as %s): uint8 loaders misread it, and a config saying uint8 silently loads garbage; store the same bytes as U8 [%d, 1] with bnb_4bit_quant_storage \"uint8\" (%s)",
-					describe(g.Packed), g.Packed.Size(), g.Packed.DType.TorchName(), g.Packed.Size(), fixCommand)
+					g.Packed.DTypeShape(), g.Packed.Size(), g.Packed.DType.TorchName(), g.Packed.Size(), fixCommand)
 			}
 		},
 	}

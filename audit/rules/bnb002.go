@@ -32,7 +32,7 @@ the 16-bit storage only for FSDP training checkpoints.`,
 				}
 				p.Reportf(g.Packed.File.Path, g.Base,
 					"packed 4-bit weight stored as %s (FSDP-QLoRA storage): a uint8 loader rejects it or casts each %s to a byte and gets garbage; for inference store the same bytes as U8 [%d, 1] with bnb_4bit_quant_storage \"uint8\" (%s)",
-					describe(g.Packed), g.Packed.DType.TorchName(), g.Packed.Size(), fixCommand)
+					g.Packed.DTypeShape(), g.Packed.DType.TorchName(), g.Packed.Size(), fixCommand)
 			}
 		},
 	}

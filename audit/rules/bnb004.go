@@ -27,7 +27,7 @@ blob as json.dumps of QuantState.as_dict(packed=True)'s non-tensor items.`,
 				}
 				s := g.States[0]
 				if s.DType != dtype.U8 || len(s.Shape) != 1 {
-					p.Reportf(s.File.Path, s.Name, "the quant-state tensor is %s; it must be a 1-D U8 tensor of JSON bytes: re-save it as torch.uint8", describe(s))
+					p.Reportf(s.File.Path, s.Name, "the quant-state tensor is %s; it must be a 1-D U8 tensor of JSON bytes: re-save it as torch.uint8", s.DTypeShape())
 				}
 				if g.StateErr == nil || blocksizeError(g) {
 					continue

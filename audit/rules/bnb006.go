@@ -31,7 +31,7 @@ reconciled by editing metadata.`,
 				}
 				if want := bnb.PackedBytes(n); g.Packed.Size() != want {
 					p.Reportf(g.Packed.File.Path, g.Base, "the packed weight (%s) has %d bytes but its quant state's shape %v needs ceil(%d/2) = %d; re-quantize the weight",
-						describe(g.Packed), g.Packed.Size(), g.State.Shape, n, want)
+						g.Packed.DTypeShape(), g.Packed.Size(), g.State.Shape, n, want)
 				}
 			}
 		},

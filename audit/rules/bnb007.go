@@ -38,7 +38,7 @@ Fix: re-quantize the weight.`,
 					if g.State.DoubleQuant {
 						how = "with double quantization (nested_* keys in the quant state) absmax holds U8 codes"
 					}
-					p.Reportf(a.File.Path, a.Name, "absmax is %s but %s; re-quantize the weight", describe(a), how)
+					p.Reportf(a.File.Path, a.Name, "absmax is %s but %s; re-quantize the weight", a.DTypeShape(), how)
 				}
 				n, ok := numel(g.State.Shape)
 				if !ok {

@@ -34,7 +34,7 @@ canonical code book for the quant type.`,
 					continue
 				}
 				if !isShape(q, dtype.F32, 16) {
-					p.Reportf(q.File.Path, q.Name, "quant_map is %s, not F32 [16]; write the canonical %s code book, or re-quantize", describe(q), qt)
+					p.Reportf(q.File.Path, q.Name, "quant_map is %s, not F32 [16]; write the canonical %s code book, or re-quantize", q.DTypeShape(), qt)
 					continue
 				}
 				vals, err := readF32s(c, q, 16)

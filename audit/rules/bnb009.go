@@ -41,14 +41,14 @@ Fix: re-quantize the weight.`,
 					}
 				}
 				if q := g.NestedQuantMap; q != nil && !isShape(q, dtype.F32, 256) {
-					p.Reportf(q.File.Path, q.Name, "nested_quant_map is %s, not F32 [256]; re-quantize the weight", describe(q))
+					p.Reportf(q.File.Path, q.Name, "nested_quant_map is %s, not F32 [256]; re-quantize the weight", q.DTypeShape())
 				}
 				n, ok := numel(g.State.Shape)
 				if a := g.NestedAbsmax; a != nil && ok {
 					want := bnb.NumBlocks(bnb.NumBlocks(n, g.State.Blocksize), bnb.NestedBlocksize)
 					if a.DType != dtype.F32 || len(a.Shape) != 1 || a.NumElements() != want {
 						p.Reportf(a.File.Path, a.Name, "nested_absmax is %s but %d blocks of absmax need F32 [%d] (one per %d); re-quantize the weight",
-							describe(a), bnb.NumBlocks(n, g.State.Blocksize), want, bnb.NestedBlocksize)
+							a.DTypeShape(), bnb.NumBlocks(n, g.State.Blocksize), want, bnb.NestedBlocksize)
 					}
 				}
 			}
