@@ -25,10 +25,6 @@ const (
 	adapterModelName  = "adapter_model.safetensors"
 )
 
-// maxJSONFile is the largest config.json or index the auditor reads. Real
-// ones are kilobytes (a 1T-parameter index is a few MB).
-const maxJSONFile = 64 << 20
-
 // Checkpoint is the lenient view of one PATH argument that rules inspect:
 // whatever could be read is there, and what could not be read carries its
 // error, so that rules can report it instead of the audit stopping.
@@ -245,25 +241,28 @@ func (c *Checkpoint) Close() error {
 	return first
 }
 
-func readSmallFile(path string) ([]byte, error) {
+// readSmallFile reads a whole JSON file of at most limit bytes. The limits
+// are those of checkpoint.Open: parsing takes up to about 60 times the
+// file size (see pyjson.Parse).
+func readSmallFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxJSONFile+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxJSONFile {
-		return nil, fmt.Errorf("file is larger than %d bytes", maxJSONFile)
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("file is larger than %d bytes", limit)
 	}
 	return b, nil
 }
 
 func readConfig(path string) *Config {
 	c := &Config{Path: path}
-	b, err := readSmallFile(path)
+	b, err := readSmallFile(path, checkpoint.MaxConfigSize)
 	if err != nil {
 		c.Err = err
 		return c
@@ -283,7 +282,7 @@ func readConfig(path string) *Config {
 
 func readIndex(path string) *Index {
 	x := &Index{Path: path}
-	b, err := readSmallFile(path)
+	b, err := readSmallFile(path, checkpoint.MaxIndexSize)
 	if err != nil {
 		x.Err = err
 		return x

@@ -41,6 +41,9 @@ func (e *DuplicateKeyError) Error() string {
 // and -Infinity as numbers, and \u escapes of lone surrogates (kept in the
 // string as their 3-byte WTF-8 form so that they are written back as the
 // same escape). Other errors are *SyntaxError.
+//
+// The tree takes up to about 60 times len(data) bytes (for an array of
+// one-digit numbers, each item a Value); callers bound len(data).
 func Parse(data []byte) (*Value, error) {
 	p := &parser{data: data}
 	p.skipSpace()
