@@ -15,11 +15,11 @@ import (
 	"testing"
 
 	"github.com/qconv/qconv/convert/internal/cast"
-	"github.com/qconv/qconv/internal/synth"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 // testJobElems is a small job size so that tests cross job boundaries.

@@ -35,6 +35,8 @@ type hooks struct {
 	// crash skips all cleanup after an error, as if the process had
 	// been killed.
 	crash bool
+	// job is called when a job starts.
+	job func(tensor string, stats bool)
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -63,6 +65,12 @@ type runner struct {
 	// nested_quant_map tensors, the same for every weight.
 	quantMap, nestedMap []byte
 
+	dir string // where the output files are created
+	// ready is closed, per output file, once the file is laid out and
+	// created; pendingStats counts the items whose statistics it waits
+	// for (those whose quant-state JSON it holds).
+	ready        []chan struct{}
+	pendingStats []atomic.Int64
 	// fileItems counts, per output file, the items of the quantization
 	// pass that still have to write to it; at zero the file is complete
 	// and fileDone is called (from the worker that finished it) with the
@@ -147,28 +155,67 @@ func (r *runner) itemInPart(it *item) bool {
 	return false
 }
 
-// passJobs yields the jobs of items, in order, allocating each item's
-// shared state when its first job is handed out.
-func (r *runner) passJobs(items []*item, stats bool) iter.Seq[job] {
+// itemJobs yields the jobs of one pass over it (none for an empty item),
+// allocating the item's shared state first. It reports false if yield
+// did.
+func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
+	n := it.numElements()
+	if n == 0 {
+		return true
+	}
+	chunk := int64(r.s.jobElems)
+	if it.quantize {
+		chunk = r.s.quantJobElems()
+	}
+	st := &itemState{}
+	st.remaining.Store((n + chunk - 1) / chunk)
+	if it.quantize && r.s.doubleQuant && (stats || r.needsDQ(it)) {
+		st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
+	}
+	for start := int64(0); start < n; start += chunk {
+		if !yield(job{it: it, st: st, start: start, n: min(chunk, n-start), stats: stats}) {
+			return false
+		}
+	}
+	return true
+}
+
+// jobs yields the jobs of both passes: the quantization jobs of the
+// items in writeItems, in order, each once every output file it writes
+// to is laid out, and before them the statistics jobs of the items in
+// statItems (those whose quant-state JSON decides a layout), one output
+// file ahead of the quantization jobs, so that workers compute the
+// statistics of file k+1 while they quantize the tensors of file k, and
+// the page cache likely still holds what the statistics pass read when it
+// is read again. It stops early when ctx is cancelled.
+func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.Seq[job] {
 	return func(yield func(job) bool) {
-		for _, it := range items {
-			n := it.numElements()
-			if n == 0 {
+		next := 0 // statItems[next:] have not been handed out
+		for _, it := range writeItems {
+			files := r.itemFiles(it)
+			if len(files) == 0 {
 				continue
 			}
-			chunk := int64(r.s.jobElems)
-			if it.quantize {
-				chunk = r.s.quantJobElems()
-			}
-			st := &itemState{}
-			st.remaining.Store((n + chunk - 1) / chunk)
-			if it.quantize && r.s.doubleQuant && (stats || r.needsDQ(it)) {
-				st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
-			}
-			for start := int64(0); start < n; start += chunk {
-				if !yield(job{it: it, st: st, start: start, n: min(chunk, n-start), stats: stats}) {
+			last := slices.Max(files)
+			for ; next < len(statItems) && statItems[next].entry(entryQuantState).file <= last+1; next++ {
+				if !r.itemJobs(statItems[next], true, yield) {
 					return
 				}
+			}
+			for _, fi := range files {
+				select {
+				case <-r.ready[fi]:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if !r.itemJobs(it, false, yield) {
+				return
+			}
+		}
+		for _, it := range statItems[next:] {
+			if !r.itemJobs(it, true, yield) {
+				return
 			}
 		}
 	}
@@ -223,17 +270,24 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 		}
 	}
 
-	// Pass 1: the mean of each double-quantized weight's absmax values,
-	// which decides the length of its quant-state JSON.
-	if err := jobs.Run(ctx, s.workers, r.window(), r.passJobs(statItems, true), r.newWorker, r.doJob); err != nil {
-		return err
-	}
-
-	// Layout and creation of the output files.
+	// Output files are laid out once the statistics of the weights whose
+	// quant-state JSON they hold are known (at once without double
+	// quantization), by the worker that finishes the last of them. A file
+	// is finished when the last item writing to it is.
 	r.files = make([]*os.File, len(p.Files))
 	r.outs = make([]io.WriterAt, len(p.Files))
 	r.layouts = make([]*safetensors.Plan, len(p.Files))
 	r.crcs = make([]crcRecorder, len(p.Files))
+	r.ready = make([]chan struct{}, len(p.Files))
+	r.pendingStats = make([]atomic.Int64, len(p.Files))
+	r.fileItems = make([]atomic.Int64, len(p.Files))
+	r.dir = dir
+	for i, it := range p.items {
+		r.off[i] = make([]int64, len(it.entries))
+	}
+	for fi := range p.Files {
+		r.ready[fi] = make(chan struct{})
+	}
 	defer func() {
 		for _, f := range r.files {
 			if f != nil {
@@ -241,21 +295,9 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 			}
 		}
 	}()
-	for fi := range p.Files {
-		if !r.inPart[fi] {
-			continue
-		}
-		if err := r.layout(fi); err != nil {
-			return err
-		}
-		if err := r.create(fi, dir); err != nil {
-			return err
-		}
+	for _, it := range statItems {
+		r.pendingStats[it.entry(entryQuantState).file].Add(1)
 	}
-
-	// Pass 2: quantize and write. A file is finished when the last item
-	// writing to it is.
-	r.fileItems = make([]atomic.Int64, len(p.Files))
 	for _, it := range writeItems {
 		if it.numElements() == 0 {
 			continue
@@ -265,13 +307,40 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 		}
 	}
 	for fi := range p.Files {
-		if r.inPart[fi] && r.fileItems[fi].Load() == 0 {
-			if err := r.finishFile(fi); err != nil {
+		if r.inPart[fi] && r.pendingStats[fi].Load() == 0 {
+			if err := r.fileReady(fi); err != nil {
 				return err
 			}
 		}
 	}
-	return jobs.Run(ctx, s.workers, r.window(), r.passJobs(writeItems, false), r.newWorker, r.doJob)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	do := func(ctx context.Context, w *worker, j job) error {
+		err := r.doJob(ctx, w, j)
+		if err != nil {
+			cancel(err)
+		}
+		return err
+	}
+	return jobs.Run(ctx, s.workers, r.window(), r.jobs(ctx, statItems, writeItems), r.newWorker, do)
+}
+
+// fileReady lays out and creates output file fi, whose quant-state JSONs
+// are all known, and lets the quantization jobs that write to it go. A
+// file that no job writes to is finished at once.
+func (r *runner) fileReady(fi int) error {
+	if err := r.layout(fi); err != nil {
+		return err
+	}
+	if err := r.create(fi, r.dir); err != nil {
+		return err
+	}
+	close(r.ready[fi])
+	if r.fileItems[fi].Load() == 0 {
+		return r.finishFile(fi)
+	}
+	return nil
 }
 
 // itemFiles returns the output files of this run that it writes to.
@@ -344,12 +413,7 @@ func (r *runner) layout(fi int) error {
 	}
 	for _, t := range plan.Tensors {
 		ref := byName[t.Name]
-		offs := r.off[ref.item]
-		if offs == nil {
-			offs = make([]int64, len(r.p.items[ref.item].entries))
-			r.off[ref.item] = offs
-		}
-		offs[ref.entry] = plan.DataOffset() + t.Begin
+		r.off[ref.item][ref.entry] = plan.DataOffset() + t.Begin
 	}
 	r.layouts[fi] = plan
 	return nil
@@ -451,6 +515,9 @@ func (r *runner) kernelError(it *item, err error) error {
 // doJob runs one job.
 func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	it := j.it
+	if r.s.hooks != nil && r.s.hooks.job != nil {
+		r.s.hooks.job(it.src.Name, j.stats)
+	}
 	var err error
 	switch {
 	case j.stats:
@@ -509,6 +576,9 @@ func (r *runner) finishStats(j job) error {
 	j.st.absmax = nil
 	r.offset[it.index] = offset
 	r.qstate[it.index] = r.p.quantState(it, offset).MarshalPython()
+	if fi := it.entry(entryQuantState).file; r.pendingStats[fi].Add(-1) == 0 {
+		return r.fileReady(fi)
+	}
 	return nil
 }
 

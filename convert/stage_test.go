@@ -1,0 +1,127 @@
+package convert
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestStagedJobOrder checks the order in which the reference path (one
+// worker) runs the jobs of a sharded conversion: a weight is quantized
+// only after the statistics of every weight whose quant state shares an
+// output file with it, and the statistics of output file k+2 wait until
+// the tensors of file k are being quantized (the two passes overlap, one
+// file apart).
+func TestStagedJobOrder(t *testing.T) {
+	src := writeSynth(t, boundaryTensors(), 1<<40, "")
+	type rec struct {
+		name  string
+		stats bool
+	}
+	var mu sync.Mutex
+	var order []rec
+	o := Options{Workers: 1, MaxShardSize: 60_000, jobElements: testJobElems, hooks: &hooks{job: func(name string, stats bool) {
+		mu.Lock()
+		order = append(order, rec{name, stats})
+		mu.Unlock()
+	}}}
+	_, sum := convertTo(t, src, o)
+	p := sum.Plan
+	if len(p.Files) < 4 {
+		t.Fatalf("%d output files, want at least 4", len(p.Files))
+	}
+	byName := map[string]*item{}
+	for _, it := range p.items {
+		byName[it.src.Name] = it
+	}
+	files := func(it *item) (lo, hi int) {
+		lo, hi = len(p.Files), -1
+		for _, e := range it.entries {
+			lo, hi = min(lo, e.file), max(hi, e.file)
+		}
+		return lo, hi
+	}
+	qsFile := func(it *item) int { return it.entry(entryQuantState).file }
+	statsDone := map[int]int{} // output file -> stats jobs run of weights whose quant state it holds
+	statsAll := map[int]int{}
+	for _, r := range order {
+		if r.stats {
+			statsAll[qsFile(byName[r.name])]++
+		}
+	}
+	firstQuant, lastStats := len(order), -1
+	for i, r := range order {
+		if r.stats {
+			lastStats = i
+		} else {
+			firstQuant = min(firstQuant, i)
+		}
+	}
+	for i, r := range order {
+		it := byName[r.name]
+		if r.stats {
+			// The statistics of file f run only for the quantization
+			// of a weight that writes to file f-1 or later.
+			f := qsFile(it)
+			next := -1
+			for _, r2 := range order[i+1:] {
+				if !r2.stats {
+					_, next = files(byName[r2.name])
+					break
+				}
+			}
+			if next < f-1 {
+				t.Errorf("job %d: statistics of %s (file %d) run before the quantization of a weight that ends in file %d", i, r.name, f, next)
+			}
+			statsDone[f]++
+			continue
+		}
+		lo, hi := files(it)
+		for f := lo; f <= hi; f++ {
+			if statsDone[f] != statsAll[f] {
+				t.Errorf("job %d: %s quantized before the statistics of file %d are complete (%d of %d)", i, r.name, f, statsDone[f], statsAll[f])
+			}
+		}
+	}
+	if firstQuant > lastStats {
+		t.Error("all statistics jobs ran before the first quantization job")
+	}
+}
+
+// TestStagedFailure: a statistics job that fails while quantization jobs
+// wait for its file's layout ends the conversion with its error.
+func TestStagedFailure(t *testing.T) {
+	src := writeSynth(t, boundaryTensors(), 1<<40, "")
+	for _, w := range []int{1, 3} {
+		for _, victim := range []string{"model.layers.0.a.weight", "model.layers.1.g.weight", "model.layers.1.z.weight"} {
+			t.Run(fmt.Sprintf("j%d/%s", w, victim), func(t *testing.T) {
+				var n atomic.Int64
+				o := Options{Workers: w, MaxShardSize: 60_000, jobElements: testJobElems, hooks: &hooks{reader: func(name string, r io.ReaderAt) io.ReaderAt {
+					if name != victim {
+						return r
+					}
+					return failAfter{r: r, limit: 1000, n: &n}
+				}}}
+				done := make(chan error, 1)
+				go func() {
+					_, err := Convert(context.Background(), src, filepath.Join(t.TempDir(), "out"), o)
+					done <- err
+				}()
+				select {
+				case err := <-done:
+					if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), victim) {
+						t.Errorf("error %v, want the injected failure reading %s", err, victim)
+					}
+				case <-time.After(time.Minute):
+					t.Fatal("the conversion hangs")
+				}
+			})
+		}
+	}
+}
