@@ -419,7 +419,8 @@ func (r *runner) layout(fi int) error {
 	return nil
 }
 
-// create creates output file fi in dir with its header, at its final size.
+// create creates output file fi in dir at its final size (its blocks
+// allocated where the file system can), with its header.
 func (r *runner) create(fi int, dir string) error {
 	name := r.p.Files[fi].Name
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
@@ -433,13 +434,13 @@ func (r *runner) create(fi int, dir string) error {
 	}
 	r.outs[fi] = w
 	plan := r.layouts[fi]
+	if err := allocate(f, plan.FileSize()); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
+	}
 	if _, err := w.WriteAt(plan.Header, 0); err != nil {
 		return fmt.Errorf("convert: %s: writing header: %w", name, err)
 	}
 	r.crcs[fi].add(0, plan.Header)
-	if err := f.Truncate(plan.FileSize()); err != nil {
-		return fmt.Errorf("convert: %s: %w", name, err)
-	}
 	return nil
 }
 
