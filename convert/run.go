@@ -336,8 +336,12 @@ func (r *runner) fileReady(fi int) error {
 	if err := r.create(fi, r.dir); err != nil {
 		return err
 	}
+	// Decide before the jobs are let go: once ready is closed, the last
+	// item to finish may bring the count to zero and finish the file
+	// itself, and the file must be finished exactly once.
+	empty := r.fileItems[fi].Load() == 0
 	close(r.ready[fi])
-	if r.fileItems[fi].Load() == 0 {
+	if empty {
 		return r.finishFile(fi)
 	}
 	return nil
