@@ -108,6 +108,21 @@ func TestResume(t *testing.T) {
 				if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
 					t.Fatalf("%s exists after an interrupted run", dst)
 				}
+				if !crash {
+					// A failure keeps the finished files and removes the
+					// rest.
+					work, _ := workDirFor(dst)
+					ents, _ := os.ReadDir(work)
+					for _, e := range ents {
+						name := e.Name()
+						if !strings.HasSuffix(name, ".safetensors") {
+							continue
+						}
+						if _, err := os.Stat(filepath.Join(work, "."+name+doneSuffix)); err != nil {
+							t.Errorf("unfinished %s left in %s after a failure", name, work)
+						}
+					}
+				}
 				var log bytes.Buffer
 				o = shardedOpts
 				o.Log = &log

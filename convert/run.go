@@ -288,10 +288,17 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 	for fi := range p.Files {
 		r.ready[fi] = make(chan struct{})
 	}
+	// Files still open here were not finished: on an error they are
+	// removed (unless the test hook simulates a crash), so that the work
+	// directory keeps only finished files.
 	defer func() {
 		for _, f := range r.files {
-			if f != nil {
-				f.Close()
+			if f == nil {
+				continue
+			}
+			f.Close()
+			if err != nil && (s.hooks == nil || !s.hooks.crash) {
+				os.Remove(f.Name())
 			}
 		}
 	}()
@@ -370,22 +377,24 @@ func (r *runner) itemDone(it *item) error {
 	return nil
 }
 
-// finishFile syncs and closes a complete output file and reports it.
+// finishFile syncs and closes a complete output file and reports it. A
+// file that fails to be finished is left to run's cleanup.
 func (r *runner) finishFile(fi int) error {
 	f := r.files[fi]
-	r.files[fi] = nil
 	name := r.p.Files[fi].Name
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("convert: %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
 	if r.fileDone != nil {
 		size := r.layouts[fi].FileSize()
 		crc, ok := r.crcs[fi].sum(size)
-		return r.fileDone(fi, size, crc, ok)
+		if err := r.fileDone(fi, size, crc, ok); err != nil {
+			return err
+		}
+	}
+	r.files[fi] = nil
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
 	}
 	return nil
 }
