@@ -48,7 +48,7 @@ type runner struct {
 	src    []io.ReaderAt // per item: the tensor's bytes
 	inPart []bool        // per output file: written by this run
 
-	files   []*os.File    // per output file (nil if not in part)
+	files   []*os.File    // per output file: open while being written, else nil
 	outs    []io.WriterAt // per output file: where writes go
 	layouts []*safetensors.Plan
 	off     [][]int64 // [item][entry]: absolute offset in the entry's file
