@@ -144,20 +144,13 @@ func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		// A new work directory (or one left by a run that failed before
-		// writing this): start from scratch.
-		f, err := atomicfile.Create(path)
-		if err != nil {
+		// writing this): start from scratch. Another process of a
+		// partitioned run may be doing the same right now, so the file is
+		// published only if it does not exist yet, and whichever process
+		// lost the race must agree with what the winner wrote.
+		if err := createOnce(path, b); err != nil {
 			return nil, fmt.Errorf("convert: %w", err)
 		}
-		defer f.Abort()
-		if _, err := f.Write(b); err != nil {
-			return nil, fmt.Errorf("convert: %w", err)
-		}
-		if err := f.Commit(); err != nil {
-			return nil, fmt.Errorf("convert: %w", err)
-		}
-		// Another process of a partitioned run may have written it at the
-		// same time: both must agree.
 		if again, err := os.ReadFile(path); err != nil || !bytes.Equal(again, b) {
 			return nil, fmt.Errorf("convert: %s was written at the same time by a run with other arguments", path)
 		}
@@ -167,6 +160,34 @@ func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
 		return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", dir, diffStates(old, st))
 	}
 	return w, nil
+}
+
+// createOnce writes b to path unless path exists already, in which case it
+// leaves it alone and returns nil. The file appears whole or not at all: it
+// is written and synced under a temporary name, then hard-linked into place,
+// which fails if path exists (unlike a rename, which would replace it).
+func createOnce(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 // diffStates says how the plan state in old differs from st.
