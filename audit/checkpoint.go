@@ -241,28 +241,9 @@ func (c *Checkpoint) Close() error {
 	return first
 }
 
-// readSmallFile reads a whole JSON file of at most limit bytes. The limits
-// are those of checkpoint.Open: parsing takes up to about 60 times the
-// file size (see pyjson.Parse).
-func readSmallFile(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("file is larger than %d bytes", limit)
-	}
-	return b, nil
-}
-
 func readConfig(path string) *Config {
 	c := &Config{Path: path}
-	b, err := readSmallFile(path, checkpoint.MaxConfigSize)
+	b, err := checkpoint.ReadFileLimited(path, checkpoint.MaxConfigSize)
 	if err != nil {
 		c.Err = err
 		return c
@@ -282,7 +263,7 @@ func readConfig(path string) *Config {
 
 func readIndex(path string) *Index {
 	x := &Index{Path: path}
-	b, err := readSmallFile(path, checkpoint.MaxIndexSize)
+	b, err := checkpoint.ReadFileLimited(path, checkpoint.MaxIndexSize)
 	if err != nil {
 		x.Err = err
 		return x

@@ -238,7 +238,7 @@ func (o *opener) openShard(name, path string) *Shard {
 
 func (o *opener) openSharded(indexPath string) {
 	c := o.c
-	b, err := readFileLimited(indexPath, MaxIndexSize)
+	b, err := ReadFileLimited(indexPath, MaxIndexSize)
 	if err != nil {
 		o.add(&Problem{Code: CodeIndexInvalid, File: indexPath, Msg: ioMsg(err), Err: err})
 		return
@@ -322,7 +322,7 @@ func (o *opener) loadConfig() {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return
 	}
-	b, err := readFileLimited(path, MaxConfigSize)
+	b, err := ReadFileLimited(path, MaxConfigSize)
 	if err != nil {
 		o.add(&Problem{Code: CodeConfigInvalid, File: path, Msg: ioMsg(err), Err: err})
 		return
@@ -485,8 +485,11 @@ func exists(path string) bool {
 	return err == nil || !errors.Is(err, fs.ErrNotExist)
 }
 
-// readFileLimited reads a whole file of at most limit bytes.
-func readFileLimited(path string, limit int64) ([]byte, error) {
+// ReadFileLimited reads a whole file of at most limit bytes, and fails
+// without reading further when it is larger. Use it with MaxConfigSize and
+// MaxIndexSize for config.json and index files: parsing them takes up to
+// about 60 times the file size (see pyjson.Parse).
+func ReadFileLimited(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
