@@ -12,6 +12,7 @@ import (
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/atomicfile"
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
@@ -153,7 +154,7 @@ func Fix(dst, src string) (*FixResult, error) {
 			return nil, fmt.Errorf("audit: fix: writing %s: %w", it.name, err)
 		}
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
 	if _, err := os.Lstat(dst); err == nil {
@@ -163,7 +164,7 @@ func Fix(dst, src string) (*FixResult, error) {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
 	ok = true
-	if err := syncDir(filepath.Dir(filepath.Clean(dst))); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(filepath.Clean(dst))); err != nil {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
 	sort.Strings(res.Rewritten)
@@ -232,16 +233,4 @@ func writeSynced(out string, r io.Reader) error {
 		return err
 	}
 	return o.Close()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
 }

@@ -74,7 +74,7 @@ func (f *File) Commit() error {
 		os.Remove(tmp)
 		return fmt.Errorf("atomicfile: %s: %w", f.path, err)
 	}
-	if err := syncDir(filepath.Dir(f.path)); err != nil {
+	if err := SyncDir(filepath.Dir(f.path)); err != nil {
 		return fmt.Errorf("atomicfile: %s: syncing directory: %w", f.path, err)
 	}
 	return nil
@@ -99,12 +99,18 @@ func (f *File) Abort() error {
 // discards it.
 func (f *File) Close() error { return f.Abort() }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs directory dir, so that creations and renames in it are
+// durable. File systems that cannot sync a directory (os.ErrInvalid) are
+// not an error.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	err = d.Sync()
+	if errors.Is(err, os.ErrInvalid) {
+		err = nil
+	}
 	if cerr := d.Close(); err == nil {
 		err = cerr
 	}

@@ -166,16 +166,3 @@ func WriteFile(path string, b []byte) error {
 	}
 	return f.Close()
 }
-
-// syncDir syncs directory dir, so that renames in it are durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
-}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/internal/atomicfile"
 )
 
 // Check refuses a destination that is empty, inside the source checkpoint
@@ -139,7 +140,7 @@ func Install(work, dst string, force bool, outputs []string) error {
 		if err := os.Rename(work, dst); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(dst))
+		return atomicfile.SyncDir(filepath.Dir(dst))
 	}
 	if err != nil {
 		return err
@@ -158,7 +159,7 @@ func Install(work, dst string, force bool, outputs []string) error {
 		if err := os.Rename(work, dst); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(dst))
+		return atomicfile.SyncDir(filepath.Dir(dst))
 	}
 	if !force {
 		return notEmpty(dst)
@@ -180,7 +181,7 @@ func Install(work, dst string, force bool, outputs []string) error {
 	if err := os.RemoveAll(work); err != nil {
 		return err
 	}
-	return syncDir(dst)
+	return atomicfile.SyncDir(dst)
 }
 
 // moveTree renames every file of the tree src into the same place under
