@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -117,10 +115,11 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 			return nil, err
 		}
 		if s.part.Whole() && !s.finalize && !w.anyDone() {
-			os.RemoveAll(w.dir)
+			w.dir.RemoveAll()
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w (finished output files are kept in %s: rerun the same command to continue, or pass --restart)", err, w.dir)
+		w.dir.Close()
+		return nil, fmt.Errorf("%w (finished output files are kept in %s: rerun the same command to continue, or pass --restart)", err, w.path())
 	}
 
 	if !s.finalize {
@@ -128,6 +127,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 			return fail(err)
 		}
 		if !s.part.Whole() {
+			w.dir.Close()
 			sum.Seconds = time.Since(start).Seconds()
 			sum.PeakRSSBytes = peakRSS()
 			return sum, nil
@@ -139,7 +139,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 			return fail(err)
 		}
 		if !ok {
-			return fail(fmt.Errorf("convert: output file %s is missing or incomplete in %s (has every part of the conversion finished, with the same options?)", f.Name, w.dir))
+			return fail(fmt.Errorf("convert: output file %s is missing or incomplete in %s (has every part of the conversion finished, with the same options?)", f.Name, w.path()))
 		}
 	}
 	if err := finish(ctx, p, in, w.dir, sum); err != nil {
@@ -148,7 +148,9 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	if err := w.removeState(sum.Files); err != nil {
 		return fail(err)
 	}
-	if err := outdir.Install(w.dir, dst, s.force, append(slices.Clip(sum.Files), sum.Index)); err != nil {
+	err = outdir.Install(w.dir, dst, s.force, append(slices.Clip(sum.Files), sum.Index))
+	w.dir.Close()
+	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
 	sum.Seconds = time.Since(start).Seconds()
@@ -185,7 +187,7 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 		}
 		r.inPart[i] = !done
 		if done {
-			fmt.Fprintf(s.log, "qconv: %s is already complete in %s; kept\n", f.Name, w.dir)
+			fmt.Fprintf(s.log, "qconv: %s is already complete in %s; kept\n", f.Name, w.path())
 		}
 	}
 	r.fileDone = func(fi int, size int64, crc uint32, crcOK bool) error {
@@ -215,7 +217,7 @@ func interrupted(ctx context.Context, err error) error {
 
 // finish writes the index, config.json and the copied files into work,
 // and fills sum. The output weight files must be complete in work.
-func finish(ctx context.Context, p *Plan, in *source, work string, sum *Summary) error {
+func finish(ctx context.Context, p *Plan, in *source, work *outdir.Dir, sum *Summary) error {
 	sum.Files = nil
 	for _, f := range p.Files {
 		sum.Files = append(sum.Files, f.Name)
@@ -225,7 +227,7 @@ func finish(ctx context.Context, p *Plan, in *source, work string, sum *Summary)
 		return fmt.Errorf("convert: %w", err)
 	}
 	if in.ck.Config != nil {
-		if err := outdir.WriteFile(filepath.Join(work, checkpoint.ConfigFileName), p.ConfigJSON(in.ck.Config)); err != nil {
+		if err := work.WriteFile(checkpoint.ConfigFileName, p.ConfigJSON(in.ck.Config)); err != nil {
 			return fmt.Errorf("convert: %w", err)
 		}
 	} else {

@@ -8,13 +8,13 @@ import (
 	"iter"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/jobs"
+	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -65,7 +65,7 @@ type runner struct {
 	// nested_quant_map tensors, the same for every weight.
 	quantMap, nestedMap []byte
 
-	dir string // where the output files are created
+	dir *outdir.Dir // where the output files are created
 	// ready is closed, per output file, once the file is laid out and
 	// created; pendingStats counts the items whose statistics it waits
 	// for (those whose quant-state JSON it holds).
@@ -240,7 +240,7 @@ func (r *runner) addProgress(n int64) {
 }
 
 // run converts the files of this part into dir.
-func (r *runner) run(ctx context.Context, dir string) (err error) {
+func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	p, s := r.p, r.s
 	r.off = make([][]int64, len(p.items))
 	r.qstate = make([][]byte, len(p.items))
@@ -292,13 +292,13 @@ func (r *runner) run(ctx context.Context, dir string) (err error) {
 	// removed (unless the test hook simulates a crash), so that the work
 	// directory keeps only finished files.
 	defer func() {
-		for _, f := range r.files {
+		for i, f := range r.files {
 			if f == nil {
 				continue
 			}
 			f.Close()
 			if err != nil && (s.hooks == nil || !s.hooks.crash) {
-				os.Remove(f.Name())
+				r.dir.Remove(r.p.Files[i].Name)
 			}
 		}
 	}()
@@ -434,9 +434,9 @@ func (r *runner) layout(fi int) error {
 
 // create creates output file fi in dir at its final size (its blocks
 // allocated where the file system can), with its header.
-func (r *runner) create(fi int, dir string) error {
+func (r *runner) create(fi int, dir *outdir.Dir) error {
 	name := r.p.Files[fi].Name
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+	f, err := dir.Create(name)
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +17,6 @@ import (
 	"sync"
 
 	"github.com/qconv/qconv/convert/internal/outdir"
-	"github.com/qconv/qconv/internal/atomicfile"
 )
 
 // Partial output and resume.
@@ -24,7 +24,12 @@ import (
 // The output is built in the work directory ".<dst>.qconv-partial" beside
 // dst, whose name depends only on dst, so that a rerun of an interrupted
 // conversion and the processes of a partitioned one (Options.Part) find
-// it. It holds:
+// it. Because anyone who can write beside dst could plant something at
+// that name, it is made and reopened as an outdir.Dir: created by qconv
+// with a marker holding a random identity, owned by the user, not
+// writable by others, never a symbolic link, and every file in it reached
+// through the directory's descriptor without following links; anything
+// else at the name is refused, never reused or written through. It holds:
 //
 //   - .qconv-plan.json: what the output depends on (the options that
 //     change bytes, each source file's name, size and modification time,
@@ -33,8 +38,8 @@ import (
 //     from a changed source (Options.Restart discards it instead).
 //   - the output weight files, written in place under their final names;
 //   - .<file>.done next to each finished file: the plan's fingerprint, the
-//     file's size and its CRC-32C, written (atomically) after the file is
-//     synced. A file without a valid marker is incomplete and is
+//     work directory's identity, the file's size and its CRC-32C, written
+//     (atomically) after the file is synced. A file without a valid marker is incomplete and is
 //     rewritten; a file with one is checked against size and checksum
 //     before it is kept.
 //
@@ -67,19 +72,23 @@ type sourceState struct {
 // doneState is the content of a .<file>.done marker.
 type doneState struct {
 	Plan   string `json:"plan"` // fingerprint: hex SHA-256 of .qconv-plan.json
+	Dir    string `json:"dir"`  // the work directory's identity (outdir.Dir.ID)
 	Size   int64  `json:"size"`
 	CRC32C uint32 `json:"crc32c"`
 }
 
 // workDir is an open work directory.
 type workDir struct {
-	dir         string
+	dir         *outdir.Dir
 	fingerprint string
 	state       []byte
 
 	mu    sync.Mutex
 	fresh map[string]bool // files marked done by this process
 }
+
+// path returns the work directory's path, for messages.
+func (w *workDir) path() string { return w.dir.Path() }
 
 // workDirFor returns the work directory of dst.
 func workDirFor(dst string) (string, error) {
@@ -89,6 +98,12 @@ func workDirFor(dst string) (string, error) {
 	}
 	return dir, nil
 }
+
+// workKind is the kind recorded in convert's work directory markers.
+const workKind = "convert"
+
+// maxStateSize bounds the state files read from a work directory.
+const maxStateSize = 1 << 20
 
 // newPlanState describes what the plan's output depends on.
 func newPlanState(p *Plan, in *source) (*planState, error) {
@@ -118,9 +133,10 @@ func newPlanState(p *Plan, in *source) (*planState, error) {
 
 // openWorkDir creates or reopens the work directory of dst for the plan.
 // An existing one made for another plan is an error, or is discarded if
-// restart is set.
+// restart is set. One that qconv did not make (see outdir.OpenDir) is
+// always an error.
 func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
-	dir, err := workDirFor(dst)
+	path, err := workDirFor(dst)
 	if err != nil {
 		return nil, err
 	}
@@ -130,64 +146,52 @@ func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
 	}
 	b = append(b, '\n')
 	sum := sha256.Sum256(b)
-	w := &workDir{dir: dir, fingerprint: hex.EncodeToString(sum[:]), state: b}
-	if restart {
-		if err := os.RemoveAll(dir); err != nil {
+	w := &workDir{fingerprint: hex.EncodeToString(sum[:]), state: b}
+	d, err := outdir.OpenDir(path, workKind)
+	if err == nil && restart {
+		if err := d.RemoveAll(); err != nil {
 			return nil, fmt.Errorf("convert: %w", err)
 		}
+		d, err = nil, fs.ErrNotExist
 	}
-	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return nil, fmt.Errorf("convert: %w", err)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(path), 0o777); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		d, err = outdir.CreateDir(path, workKind)
+		if errors.Is(err, fs.ErrExist) {
+			// Another part of a partitioned run made it just now.
+			d, err = outdir.OpenDir(path, workKind)
+		}
 	}
-	path := filepath.Join(dir, planStateName)
-	old, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("convert: work directory: %w", err)
+	}
+	w.dir = d
+	old, err := d.ReadFile(planStateName, maxStateSize)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist):
 		// A new work directory (or one left by a run that failed before
 		// writing this): start from scratch. Another process of a
 		// partitioned run may be doing the same right now, so the file is
 		// published only if it does not exist yet, and whichever process
 		// lost the race must agree with what the winner wrote.
-		if err := createOnce(path, b); err != nil {
+		if err := d.CreateOnce(planStateName, b); err != nil {
+			d.Close()
 			return nil, fmt.Errorf("convert: %w", err)
 		}
-		if again, err := os.ReadFile(path); err != nil || !bytes.Equal(again, b) {
-			return nil, fmt.Errorf("convert: %s was written at the same time by a run with other arguments", path)
+		if again, err := d.ReadFile(planStateName, maxStateSize); err != nil || !bytes.Equal(again, b) {
+			d.Close()
+			return nil, fmt.Errorf("convert: %s was written at the same time by a run with other arguments", d.Join(planStateName))
 		}
 	case err != nil:
+		d.Close()
 		return nil, fmt.Errorf("convert: %w", err)
 	case !bytes.Equal(old, b):
-		return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", dir, diffStates(old, st))
+		d.Close()
+		return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", path, diffStates(old, st))
 	}
 	return w, nil
-}
-
-// createOnce writes b to path unless path exists already, in which case it
-// leaves it alone and returns nil. The file appears whole or not at all: it
-// is written and synced under a temporary name, then hard-linked into place,
-// which fails if path exists (unlike a rename, which would replace it).
-func createOnce(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	return nil
 }
 
 // diffStates says how the plan state in old differs from st.
@@ -233,13 +237,11 @@ func diffStates(old []byte, st *planState) string {
 	return strings.Join(diffs, ", ")
 }
 
-func (w *workDir) donePath(name string) string {
-	return filepath.Join(w.dir, "."+name+doneSuffix)
-}
+func donePath(name string) string { return "." + name + doneSuffix }
 
-// fileCRC returns the size and CRC-32C of the file at path.
-func fileCRC(path string) (int64, uint32, error) {
-	f, err := os.Open(path)
+// fileCRC returns the size and CRC-32C of file name in the work directory.
+func (w *workDir) fileCRC(name string) (int64, uint32, error) {
+	f, err := w.dir.Open(name)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -252,7 +254,7 @@ func fileCRC(path string) (int64, uint32, error) {
 // markDone records that output file name is complete, reading it back
 // for its checksum. The file must be synced.
 func (w *workDir) markDone(name string) error {
-	size, crc, err := fileCRC(filepath.Join(w.dir, name))
+	size, crc, err := w.fileCRC(name)
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
@@ -262,19 +264,11 @@ func (w *workDir) markDone(name string) error {
 // markDoneCRC records that output file name, of the given size and
 // CRC-32C, is complete. The file must be synced.
 func (w *workDir) markDoneCRC(name string, size int64, crc uint32) error {
-	b, err := json.Marshal(doneState{Plan: w.fingerprint, Size: size, CRC32C: crc})
+	b, err := json.Marshal(doneState{Plan: w.fingerprint, Dir: w.dir.ID(), Size: size, CRC32C: crc})
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
-	f, err := atomicfile.Create(w.donePath(name))
-	if err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	defer f.Abort()
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("convert: %w", err)
-	}
-	if err := f.Commit(); err != nil {
+	if err := w.dir.WriteFileAtomic(donePath(name), append(b, '\n')); err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
 	w.mu.Lock()
@@ -287,8 +281,9 @@ func (w *workDir) markDoneCRC(name string, size int64, crc uint32) error {
 }
 
 // isDone reports whether output file name is complete: it has a marker of
-// this plan and its size and checksum match the marker. A file that fails
-// the check loses its marker (and will be rewritten).
+// this plan and this work directory, and its size and checksum match the
+// marker. A file that fails the check loses its marker (and will be
+// rewritten).
 func (w *workDir) isDone(name string) (bool, error) {
 	w.mu.Lock()
 	fresh := w.fresh[name]
@@ -296,21 +291,20 @@ func (w *workDir) isDone(name string) (bool, error) {
 	if fresh {
 		return true, nil
 	}
-	b, err := os.ReadFile(w.donePath(name))
-	if errors.Is(err, os.ErrNotExist) {
+	b, err := w.dir.ReadFile(donePath(name), maxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("convert: %w", err)
-	}
-	var d doneState
-	if json.Unmarshal(b, &d) == nil && d.Plan == w.fingerprint {
-		size, crc, err := fileCRC(filepath.Join(w.dir, name))
-		if err == nil && size == d.Size && crc == d.CRC32C {
-			return true, nil
+	if err == nil {
+		var d doneState
+		if json.Unmarshal(b, &d) == nil && d.Plan == w.fingerprint && d.Dir == w.dir.ID() {
+			size, crc, err := w.fileCRC(name)
+			if err == nil && size == d.Size && crc == d.CRC32C {
+				return true, nil
+			}
 		}
 	}
-	if err := os.Remove(w.donePath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := w.dir.Remove(donePath(name)); err != nil {
 		return false, fmt.Errorf("convert: %w", err)
 	}
 	return false, nil
@@ -318,9 +312,9 @@ func (w *workDir) isDone(name string) (bool, error) {
 
 // anyDone reports whether any output file has a done marker.
 func (w *workDir) anyDone() bool {
-	ents, _ := os.ReadDir(w.dir)
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), doneSuffix) {
+	names, _ := w.dir.Names()
+	for _, n := range names {
+		if strings.HasSuffix(n, doneSuffix) {
 			return true
 		}
 	}
@@ -331,11 +325,11 @@ func (w *workDir) anyDone() bool {
 // output files.
 func (w *workDir) removeState(files []string) error {
 	for _, f := range files {
-		if err := os.Remove(w.donePath(f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := w.dir.Remove(donePath(f)); err != nil {
 			return fmt.Errorf("convert: %w", err)
 		}
 	}
-	if err := os.Remove(filepath.Join(w.dir, planStateName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := w.dir.Remove(planStateName); err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
 	return nil

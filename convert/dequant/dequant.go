@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -115,14 +114,16 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	if err != nil {
 		return nil, err
 	}
-	work, err := outdir.MkTemp(dst)
+	work, err := outdir.MkTemp(dst, "dequant")
 	if err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
 	ok := false
 	defer func() {
 		if !ok {
-			os.RemoveAll(work)
+			work.RemoveAll()
+		} else {
+			work.Close()
 		}
 	}()
 	sum := &Summary{Src: src, Dst: dst, DType: p.dtype, Weights: p.weights, Kept: len(p.items) - p.weights}
@@ -279,7 +280,7 @@ type scratch struct {
 func newScratch() *scratch { return new(scratch) }
 
 // write creates the output weight files in work and fills them.
-func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
+func (p *plan) write(ctx context.Context, work *outdir.Dir, sum *Summary) error {
 	files := make([]*os.File, len(p.files))
 	defer func() {
 		for _, f := range files {
@@ -303,7 +304,7 @@ func (p *plan) write(ctx context.Context, work string, sum *Summary) error {
 		for _, t := range layout.Tensors {
 			byName[t.Name].offset = layout.DataOffset() + t.Begin
 		}
-		f, err := os.OpenFile(filepath.Join(work, p.names[i]), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+		f, err := work.Create(p.names[i])
 		if err != nil {
 			return fmt.Errorf("dequant: %w", err)
 		}
@@ -405,7 +406,7 @@ func (p *plan) fill(s *scratch, j job) ([]byte, error) {
 
 // finish checks the weight files, writes the index and config.json, and
 // copies the other files of the source directory.
-func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work string, sum *Summary) error {
+func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work *outdir.Dir, sum *Summary) error {
 	var params int64
 	for _, it := range p.items {
 		params += it.n
@@ -416,7 +417,7 @@ func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work strin
 		return err
 	}
 	if ck.Config != nil {
-		if err := outdir.WriteFile(filepath.Join(work, checkpoint.ConfigFileName), ConfigJSON(ck.Config, p.dtype)); err != nil {
+		if err := work.WriteFile(checkpoint.ConfigFileName, ConfigJSON(ck.Config, p.dtype)); err != nil {
 			return err
 		}
 	}

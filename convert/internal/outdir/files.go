@@ -17,11 +17,11 @@ import (
 // and returns their total size. For more than one file it also writes
 // model.safetensors.index.json, with total_parameters params and
 // total_size the sum of the tensors' bytes, and returns its name.
-func WriteIndex(dir string, files []string, params int64) (fileBytes int64, index string, err error) {
+func WriteIndex(dir *Dir, files []string, params int64) (fileBytes int64, index string, err error) {
 	var entries []checkpoint.IndexEntry
 	var totalSize int64
 	for _, name := range files {
-		sf, err := safetensors.Open(filepath.Join(dir, name))
+		sf, size, err := openOutput(dir, name)
 		if err != nil {
 			return 0, "", fmt.Errorf("checking output: %w", err)
 		}
@@ -29,8 +29,7 @@ func WriteIndex(dir string, files []string, params int64) (fileBytes int64, inde
 			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: name})
 			totalSize += t.Size()
 		}
-		fileBytes += sf.Size()
-		sf.Close()
+		fileBytes += size
 	}
 	if len(files) <= 1 {
 		return fileBytes, "", nil
@@ -39,10 +38,28 @@ func WriteIndex(dir string, files []string, params int64) (fileBytes int64, inde
 	if err != nil {
 		return 0, "", err
 	}
-	if err := WriteFile(filepath.Join(dir, checkpoint.IndexFileName), b); err != nil {
+	if err := dir.WriteFile(checkpoint.IndexFileName, b); err != nil {
 		return 0, "", err
 	}
 	return fileBytes, checkpoint.IndexFileName, nil
+}
+
+// openOutput reads the header of output file name in dir.
+func openOutput(dir *Dir, name string) (*safetensors.Reader, int64, error) {
+	f, err := dir.Open(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	r, err := safetensors.NewReader(f, fi.Size())
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", dir.Join(name), err)
+	}
+	return r, fi.Size(), nil
 }
 
 // otherWeightExts are extensions of weight files in formats other than
@@ -60,7 +77,7 @@ var otherWeightExts = []string{".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"
 // not copied), and hidden files and directories (.git, .cache).
 // Subdirectories are copied with the same rules. A single-file checkpoint
 // has no other files.
-func CopyAux(ctx context.Context, ck *checkpoint.Checkpoint, dir string) (copied, skipped []string, err error) {
+func CopyAux(ctx context.Context, ck *checkpoint.Checkpoint, dir *Dir) (copied, skipped []string, err error) {
 	if ck.Layout == checkpoint.LayoutFile {
 		return nil, nil, nil
 	}
@@ -117,25 +134,25 @@ func CopyAux(ctx context.Context, ck *checkpoint.Checkpoint, dir string) (copied
 		if err := ctx.Err(); err != nil {
 			return nil, nil, context.Cause(ctx)
 		}
-		if err := CopyFile(filepath.Join(dir, filepath.FromSlash(rel)), filepath.Join(ck.Dir, filepath.FromSlash(rel))); err != nil {
+		if err := copyFile(dir, rel, filepath.Join(ck.Dir, filepath.FromSlash(rel))); err != nil {
 			return nil, nil, err
 		}
 	}
 	return copied, skipped, nil
 }
 
-// CopyFile copies src to dst (created with its directory, mode 0666 before
-// umask) and syncs it.
-func CopyFile(dst, src string) (err error) {
+// copyFile copies the regular file src to the file name of dir and syncs
+// it.
+func copyFile(dir *Dir, name, src string) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o777); err != nil {
-		return err
+	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("copying %s: not a regular file", src)
 	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	out, err := dir.Create(name)
 	if err != nil {
 		return err
 	}
@@ -148,21 +165,4 @@ func CopyFile(dst, src string) (err error) {
 		return fmt.Errorf("copying %s: %w", src, err)
 	}
 	return out.Sync()
-}
-
-// WriteFile writes b to path (mode 0666 before umask) and syncs it.
-func WriteFile(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

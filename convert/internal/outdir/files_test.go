@@ -45,8 +45,13 @@ func TestCopyAux(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ck.Close()
-	dst := t.TempDir()
-	copied, skipped, err := CopyAux(context.Background(), ck, dst)
+	dst := filepath.Join(t.TempDir(), "work")
+	d, err := CreateDir(dst, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	copied, skipped, err := CopyAux(context.Background(), ck, d)
 	if err != nil {
 		t.Fatal(err)
 	}

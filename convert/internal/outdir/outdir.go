@@ -36,12 +36,14 @@ func Check(ck *checkpoint.Checkpoint, dst string, force bool) error {
 	if within(srcDir, d) {
 		return fmt.Errorf("destination %s overlaps the source %s: the source is inside the destination", dst, ck.Path)
 	}
-	fi, err := os.Stat(dst)
+	fi, err := os.Lstat(dst)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
 		return err
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return symlinkDst(dst)
 	case !fi.IsDir():
 		return fmt.Errorf("destination %s exists and is not a directory", dst)
 	}
@@ -53,6 +55,12 @@ func Check(ck *checkpoint.Checkpoint, dst string, force bool) error {
 		return notEmpty(dst)
 	}
 	return nil
+}
+
+// symlinkDst is the error for a destination that is a symbolic link:
+// qconv never writes through one, nor replaces it.
+func symlinkDst(dst string) error {
+	return fmt.Errorf("destination %q is a symbolic link; qconv does not write through links or replace them (give the directory it points to)", dst)
 }
 
 func notEmpty(dst string) error {
@@ -98,29 +106,29 @@ func Beside(dst, suffix string) (string, error) {
 	return filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+suffix), nil
 }
 
-// MkTemp creates a new directory beside dst (see Beside), with a random
-// name ending ".qconv-tmp-XXXXXXXX", and the parent directory if needed.
-func MkTemp(dst string) (string, error) {
-	base, err := Beside(dst, ".qconv-tmp-")
+// MkTemp creates a new work directory (CreateDir) of the given kind
+// beside dst (see Beside), with a random name ending
+// ".qconv-tmp-XXXXXXXX", and the parent directory if needed.
+func MkTemp(dst, kind string) (*Dir, error) {
+	base, err := Beside(dst, TempInfix)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(base), 0o777); err != nil {
-		return "", err
+		return nil, err
 	}
 	for range 100 {
-		dir := base + strconv.FormatUint(rand.Uint64()&(1<<40-1), 36)
-		err := os.Mkdir(dir, 0o777)
+		d, err := CreateDir(base+strconv.FormatUint(rand.Uint64()&(1<<40-1), 36), kind)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
-		if err != nil {
-			return "", err
-		}
-		return dir, nil
+		return d, err
 	}
-	return "", fmt.Errorf("cannot create a temporary directory beside %s", dst)
+	return nil, fmt.Errorf("cannot create a temporary directory beside %s", dst)
 }
+
+// TempInfix ends the name of a MkTemp directory, before its random part.
+const TempInfix = ".qconv-tmp-"
 
 // staleWeights matches weight files that a new output replaces, as
 // transformers' save_pretrained cleans them.
@@ -134,8 +142,15 @@ var staleWeights = regexp.MustCompile(`^model(-\d{5}-of-\d{5})?\.safetensors$|^m
 // an earlier output, or its index) have been removed, so that dst never
 // holds a mix of old and new shards with a matching index; work is then
 // removed. Without force a non-empty dst is an error.
-func Install(work, dst string, force bool, outputs []string) error {
-	fi, err := os.Stat(dst)
+func Install(wd *Dir, dst string, force bool, outputs []string) error {
+	work := wd.Path()
+	if err := wd.Remove(MarkerName); err != nil {
+		return err
+	}
+	if err := os.Chmod(work, 0o777&^umask); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dst)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.Rename(work, dst); err != nil {
 			return err
@@ -144,6 +159,9 @@ func Install(work, dst string, force bool, outputs []string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return symlinkDst(dst)
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("destination %s exists and is not a directory", dst)
