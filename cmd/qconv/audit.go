@@ -14,6 +14,7 @@ import (
 
 const auditUsage = `
 usage: qconv audit [flags] PATH...
+       qconv audit --changed-files [flags] FILE...
        qconv audit --fix DST PATH
        qconv audit --list-rules | --explain ID
 
@@ -24,6 +25,12 @@ config.json beside them). Each finding names a rule ID, a severity (error,
 warning, info), the file, the tensor, and says what is wrong and how to
 fix it. Malformed files are findings, not failures. A file PATH is
 audited alone; config.json and the index are read for a directory PATH.
+
+--changed-files takes the files a commit touches, as a pre-commit hook
+passes them: each .safetensors file, *.safetensors.index.json, config.json
+or adapter_config.json stands for its directory, and each directory that
+holds a checkpoint is audited once, as a directory PATH. Other files, and
+config.json files of directories without one, are ignored.
 
 By default only headers, config.json, the index and the small quant-state
 tensors are read, so a 100 GB checkpoint audits in milliseconds; --deep
@@ -63,6 +70,7 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	listRules := fs.Bool("list-rules", false, "list the rules and exit")
 	explain := fs.String("explain", "", "print the documentation of rule `ID` and exit")
 	fixDst := fs.String("fix", "", "write a repaired copy of PATH to the new directory `DST`, then audit it")
+	changed := fs.Bool("changed-files", false, "audit the checkpoint directory of each FILE once (for pre-commit)")
 	pos, code, ok := parseFlags(fs, auditUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -99,7 +107,12 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 			return usageError(stderr, "audit", "--disable: unknown rule %q (see qconv audit --list-rules)", id)
 		}
 	}
-	if len(pos) == 0 {
+	if *changed {
+		if *fixDst != "" {
+			return usageError(stderr, "audit", "--fix and --changed-files do not go together")
+		}
+		pos, _ = audit.CheckpointDirs(pos) // none left: nothing to audit, exit 0
+	} else if len(pos) == 0 {
 		return usageError(stderr, "audit", "expected at least one PATH")
 	}
 
