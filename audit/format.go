@@ -23,10 +23,10 @@ type Formatter interface {
 }
 
 // FormatNames lists the names NewFormatter accepts.
-func FormatNames() []string { return []string{"text", "json", "sarif", "github"} }
+func FormatNames() []string { return []string{"text", "json", "sarif", "github", "gitlab"} }
 
-// NewFormatter returns the formatter called name: "text", "json", "sarif"
-// or "github".
+// NewFormatter returns the formatter called name: "text", "json", "sarif",
+// "github" or "gitlab".
 func NewFormatter(name string, tool Tool) (Formatter, error) {
 	switch name {
 	case "text":
@@ -37,6 +37,8 @@ func NewFormatter(name string, tool Tool) (Formatter, error) {
 		return SARIFFormatter{Tool: tool}, nil
 	case "github":
 		return GitHubFormatter{}, nil
+	case "gitlab":
+		return GitLabFormatter{}, nil
 	}
 	return nil, fmt.Errorf("audit: unknown format %q (want one of %s)", name, strings.Join(FormatNames(), ", "))
 }

@@ -55,7 +55,7 @@ func auditCommand() *command {
 
 func runAudit(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("audit")
-	format := fs.String("format", "text", "output `format`: text, json, sarif or github")
+	format := fs.String("format", "text", "output `format`: text, json, sarif, github or gitlab (Code Quality)")
 	failOn := fs.String("fail-on", "error", "exit 1 if a finding of this `severity` or worse exists: error, warning, info or never")
 	deep := fs.Bool("deep", false, "also read tensor data (DEEP rules)")
 	var disable []string
@@ -100,7 +100,7 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	}
 	formatter, err := audit.NewFormatter(*format, tool)
 	if err != nil {
-		return usageError(stderr, "audit", "--format %q: want text, json, sarif or github", *format)
+		return usageError(stderr, "audit", "--format %q: want text, json, sarif, github or gitlab", *format)
 	}
 	for _, id := range disable {
 		if audit.FindRule(all, id) == nil {
