@@ -141,6 +141,10 @@ SRC=testdata/golden/models/tiny-llama-bf16 DST=$w/parts N=3 FLAGS="--max-shard-s
 qconv convert "$SRC" "$w/one" $FLAGS --progress never >/dev/null
 
 # The commands of the example's header (and the README), as they are there.
+for c in 'jid=$(sbatch --parsable --array=0-$((N-1)) examples/slurm-array.sh "$SRC" "$DST" $FLAGS)' \
+  'sbatch --parsable --dependency=afterok:$jid --wrap "qconv convert $SRC $DST $FLAGS --finalize"'; do
+  grep -qxF "#   $c" examples/slurm-array.sh || fail "examples/slurm-array.sh's header no longer shows: $c"
+done
 jid=$(sbatch --parsable --array=0-$((N-1)) examples/slurm-array.sh "$SRC" "$DST" $FLAGS)
 fid=$(sbatch --parsable --dependency=afterok:$jid --wrap "qconv convert $SRC $DST $FLAGS --finalize")
 jobs="$jid $fid"
