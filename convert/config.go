@@ -56,6 +56,15 @@ func (p *Plan) ConfigJSON(cfg *pyjson.Value) []byte {
 			out.Set("torch_dtype", pyjson.String(name))
 		}
 	}
+	if name := p.ModelDType.TorchName(); name != "" && p.Arch != nil {
+		// transformers writes the dtype into the sub-configs of composite
+		// models (vision-language models) too.
+		for _, k := range p.Arch.SubconfigDType {
+			if sub := out.Get(k); sub.Kind() == pyjson.KindObject {
+				sub.Set("dtype", pyjson.String(name))
+			}
+		}
+	}
 	out.Set("quantization_config", p.QuantizationConfig())
 	return append(out.MarshalIndentSorted(), '\n')
 }

@@ -100,6 +100,9 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(s.log, "qconv: warning: %s\n", w)
+	}
 	st, err := newPlanState(p, in)
 	if err != nil {
 		return nil, err
@@ -172,6 +175,9 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 	readers := make([]io.ReaderAt, len(p.items))
 	for i, it := range p.items {
 		readers[i] = byName[it.src.Name]
+		if it.transposed {
+			readers[i] = &transposedReader{src: readers[i], rows: it.src.Shape[0], cols: it.src.Shape[1], size: int64(it.src.DType.Size())}
+		}
 		if s.hooks != nil && s.hooks.reader != nil {
 			readers[i] = s.hooks.reader(it.src.Name, readers[i])
 		}

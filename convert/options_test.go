@@ -2,6 +2,7 @@ package convert
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,7 +146,7 @@ func TestSelection(t *testing.T) {
 
 func TestConfigJSON(t *testing.T) {
 	src := writeSynth(t, boundaryTensors()[:4], 1<<40, "")
-	cfg := `{"torch_dtype": "float32", "model_type": "llama", "zeta": 1e-06, "alpha": [1, 2.50]}`
+	cfg := `{"torch_dtype": "float32", "model_type": "qconv_test", "zeta": 1e-06, "alpha": [1, 2.50]}`
 	if err := os.WriteFile(filepath.Join(src, "config.json"), []byte(cfg), 0o666); err != nil {
 		t.Fatal(err)
 	}
@@ -187,13 +188,65 @@ func TestConfigJSON(t *testing.T) {
 	}
 }
 
-func TestRefusesConv1D(t *testing.T) {
+// A known architecture with a tensor its table does not know is refused
+// (naming the tensor and the class) unless --skip or --include decides it;
+// an --include of what the architecture keeps dense is refused.
+func TestKnownArchUnknownTensor(t *testing.T) {
 	src := writeSynth(t, boundaryTensors()[:3], 1<<40, "")
-	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"model_type": "gpt2"}`), 0o666)
-	if _, err := (func() (*Summary, error) {
-		return Convert(t.Context(), src, filepath.Join(t.TempDir(), "o"), Options{})
-	})(); err == nil || !strings.Contains(err.Error(), "Conv1D") {
-		t.Errorf("gpt2: error %v", err)
+	os.WriteFile(filepath.Join(src, "config.json"), []byte(`{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}`), 0o666)
+	conv := func(o Options) error {
+		_, err := Convert(t.Context(), src, filepath.Join(t.TempDir(), "o"), o)
+		return err
+	}
+	err := conv(Options{})
+	if err == nil || !strings.Contains(err.Error(), "GPT2LMHeadModel") || !strings.Contains(err.Error(), "--skip or --include") {
+		t.Fatalf("unknown tensor: error %v", err)
+	}
+	if err := conv(Options{Skip: []string{"*"}}); err != nil {
+		t.Errorf("--skip '*': %v", err)
+	}
+	if err := conv(Options{Include: []string{"*"}}); err != nil {
+		t.Errorf("--include '*': %v", err)
+	}
+	mix := filepath.Join(archRefs, "mixtral--MixtralForCausalLM", "src")
+	for _, g := range []string{"*.experts.*", "*.gate", "model.norm", "model.embed_tokens"} {
+		_, err := Convert(t.Context(), mix, filepath.Join(t.TempDir(), "o"), Options{Include: []string{g}})
+		if err == nil || !strings.Contains(err.Error(), "keeps dense") {
+			t.Errorf("--include %q on Mixtral: error %v", g, err)
+		}
+	}
+	if _, err := Convert(t.Context(), mix, filepath.Join(t.TempDir(), "o"), Options{Include: []string{"lm_head"}}); err != nil {
+		t.Errorf("--include lm_head on Mixtral: %v", err)
+	}
+}
+
+func TestTransposedReader(t *testing.T) {
+	const rows, cols, size = 5, 7, 2
+	src := make([]byte, rows*cols*size)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	tr := &transposedReader{src: bytes.NewReader(src), rows: rows, cols: cols, size: size}
+	want := make([]byte, len(src))
+	for c := 0; c < cols; c++ {
+		for r := 0; r < rows; r++ {
+			copy(want[(c*rows+r)*size:], src[(r*cols+c)*size:(r*cols+c+1)*size])
+		}
+	}
+	for off := 0; off < rows*cols; off++ {
+		for n := 1; off+n <= rows*cols; n++ {
+			p := make([]byte, n*size)
+			if got, err := tr.ReadAt(p, int64(off*size)); err != nil || got != len(p) || !bytes.Equal(p, want[off*size:(off+n)*size]) {
+				t.Fatalf("ReadAt(%d elements at %d) = %d, %v", n, off, got, err)
+			}
+		}
+	}
+	p := make([]byte, 4*size)
+	if got, err := tr.ReadAt(p, int64((rows*cols-2)*size)); err != io.EOF || got != 2*size {
+		t.Errorf("read past the end: %d, %v", got, err)
+	}
+	if _, err := tr.ReadAt(p[:3], 0); err == nil {
+		t.Error("unaligned read accepted")
 	}
 }
 
@@ -219,4 +272,10 @@ func FuzzParseDType(f *testing.F) {
 			t.Errorf("ParseDType(%q) = %v", s, d)
 		}
 	})
+}
+
+// quantize is decide's verdict alone, for the table tests above.
+func (s selector) quantize(name string, dt dtype.DType, shape []int64) (bool, error) {
+	c, _, err := s.decide(name, dt, shape)
+	return c.quantize, err
 }

@@ -57,6 +57,17 @@ func writeSynth(t testing.TB, tensors []synth.Tensor, maxShard int64, cfgDType s
 	if err := synth.WriteConfig(dir, cfgDType); err != nil {
 		t.Fatal(err)
 	}
+	// The tensors have invented names: an architecture that formats/arch
+	// does not know, so that qconv's name rules decide.
+	cfgPath := filepath.Join(dir, "config.json")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = bytes.ReplaceAll(bytes.ReplaceAll(cfg, []byte(`"LlamaForCausalLM"`), []byte(`"QconvTestForCausalLM"`)), []byte(`"llama"`), []byte(`"qconv_test"`))
+	if err := os.WriteFile(cfgPath, cfg, 0o666); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), []byte(`{"x": 1}`), 0o666); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/qconv/qconv/convert/internal/outdir"
+	"github.com/qconv/qconv/formats/arch"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -46,6 +47,12 @@ type entry struct {
 type item struct {
 	src      srcTensor
 	quantize bool
+	// transposed: a GPT-2 style Conv1D weight, stored [in, out], that is
+	// quantized as its [out, in] transpose (the quant state's shape).
+	transposed bool
+	// reason says why the tensor is quantized or kept (formats/arch's
+	// Reason constants).
+	reason string
 	// dtype is the dtype of the output tensor for a kept floating-point
 	// tensor, and the dtype the weight is rounded to before it is
 	// quantized (the quant state's "dtype") for a quantized one. Kept
@@ -56,6 +63,16 @@ type item struct {
 }
 
 func (it *item) numElements() int64 { return it.src.NumElements() }
+
+// logicalShape is the shape of the weight bitsandbytes quantizes: the
+// source shape, transposed for a Conv1D weight.
+func (it *item) logicalShape() []int64 {
+	sh := slices.Clone(it.src.Shape)
+	if it.transposed {
+		slices.Reverse(sh)
+	}
+	return sh
+}
 
 // numBlocks is the number of 4-bit blocks of a quantized item.
 func (it *item) numBlocks(blocksize int) int64 { return bnb.NumBlocks(it.numElements(), blocksize) }
@@ -115,6 +132,12 @@ type Plan struct {
 	SkipModules []string
 	// Quantized and Kept count source tensors.
 	Quantized, Kept int
+	// Arch is the architecture in formats/arch's table, or nil when the
+	// table does not know it (name rules decided; see Warnings).
+	Arch *arch.Arch
+	// Warnings are things the user should know about the plan (an
+	// architecture the table does not know, globs that match nothing).
+	Warnings []string
 
 	items    []*item
 	srcFiles []string // source shard names, by ordinal
@@ -123,10 +146,6 @@ type Plan struct {
 // Sharded reports whether the output has more than one weight file (and
 // so a model.safetensors.index.json).
 func (p *Plan) Sharded() bool { return len(p.Files) > 1 }
-
-// conv1DModels are the transformers model types built of GPT-2 style
-// Conv1D layers.
-var conv1DModels = map[string]bool{"gpt2": true, "openai-gpt": true, "imagegpt": true, "decision_transformer": true}
 
 // maxPyFloatLen is the longest Python repr of a float32 widened to a
 // double: a sign, 17 significant digits, a point and an exponent
@@ -140,7 +159,7 @@ func (p *Plan) quantState(it *item, offset float32) bnb.QuantState {
 		QuantType: p.s.quant,
 		Blocksize: p.s.blocksize,
 		DType:     it.dtype.TorchName(),
-		Shape:     slices.Clone(it.src.Shape),
+		Shape:     it.logicalShape(),
 	}
 	if p.s.doubleQuant {
 		st.DoubleQuant = true
@@ -209,8 +228,8 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (%s tensors belong to 8-bit, GPTQ/AWQ or FP8 checkpoints)", srcFiles[t.shard], t.Name, last)
 		}
 	}
-	if mt, _ := cfg.Get("model_type").AsString(); conv1DModels[mt] {
-		return nil, fmt.Errorf("convert: model_type %q stores its Linear layers as transposed Conv1D weights, which transformers transposes before quantizing; not supported", mt)
+	if err := p.lookupArch(s, cfg); err != nil {
+		return nil, err
 	}
 	if cfg.Has("quantization_config") {
 		return nil, fmt.Errorf("convert: config.json already has a quantization_config: the checkpoint is already quantized")
@@ -255,25 +274,30 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 	slices.SortStableFunc(sorted, func(a, b srcTensor) int {
 		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(a.Name, b.Name))
 	})
-	sel := selector{skip: s.skip, include: s.include}
+	sel := selector{skip: s.skip, include: s.include, arch: p.Arch}
 	defaultSel := true
 	var skipModules []string
 	for _, t := range sorted {
-		q, err := sel.quantize(t.Name, t.DType, t.Shape)
+		c, def, err := sel.decide(t.Name, t.DType, t.Shape)
 		if err != nil {
 			return nil, fmt.Errorf("%w (in %s)", err, srcFiles[t.shard])
 		}
-		it := &item{src: t, quantize: q, dtype: t.DType, index: len(p.items)}
+		q := c.quantize
+		it := &item{src: t, quantize: q, transposed: q && c.transposed, reason: c.reason, dtype: t.DType, index: len(p.items)}
 		if t.DType.IsFloat() && p.ModelDType != dtype.Invalid {
 			it.dtype = p.ModelDType
+		}
+		if !q && c.f32 && t.DType.IsFloat() {
+			// transformers creates this parameter in float32 and keeps it so.
+			it.dtype = dtype.F32
 		}
 		if t.DType.IsFloat() && !modelDType(t.DType) && it.dtype != t.DType {
 			return nil, fmt.Errorf("convert: %s: tensor %q: unsupported dtype %v (cannot convert it to %v)", srcFiles[t.shard], t.Name, t.DType, it.dtype)
 		}
-		if q != byDefault(t.Name, t.DType, t.Shape) {
+		if q != def.quantize {
 			defaultSel = false
 		}
-		if !q && linearLike(t.Name, t.DType, t.Shape) {
+		if !q && c.linear {
 			skipModules = append(skipModules, moduleName(t.Name))
 		}
 		p.items = append(p.items, it)
@@ -375,4 +399,54 @@ func (p *Plan) entrySize(it *item, e *entry) (int64, error) {
 		return 0, fmt.Errorf("convert: tensor %q: unsupported dtype %v", e.name, e.dtype)
 	}
 	return n * int64(sz), nil
+}
+
+// configStrings returns config.json's "architectures" list and
+// "model_type".
+func configStrings(cfg *pyjson.Value) (archs []string, modelType string) {
+	if a := cfg.Get("architectures"); a.Kind() == pyjson.KindArray {
+		for i := 0; i < a.Len(); i++ {
+			if s, ok := a.Index(i).AsString(); ok {
+				archs = append(archs, s)
+			}
+		}
+	}
+	modelType, _ = cfg.Get("model_type").AsString()
+	return archs, modelType
+}
+
+// lookupArch finds the checkpoint's architecture in formats/arch and
+// refuses one that transformers cannot quantize, or warns that the table
+// does not know it.
+func (p *Plan) lookupArch(s *settings, cfg *pyjson.Value) error {
+	tb := arch.Default()
+	archs, mt := configStrings(cfg)
+	p.Arch = tb.Lookup(archs, mt)
+	if a := p.Arch; a != nil {
+		if a.Refuse != "" || !a.QuantizesAnything() {
+			why := a.Refuse
+			if why == "" {
+				why = "transformers quantizes no layer of this architecture"
+			}
+			return fmt.Errorf("convert: %s (model_type %q): %s; qconv does not write a 4-bit checkpoint that transformers %s cannot load as one",
+				a.Class, a.ModelType, why, tb.Transformers)
+		}
+		return nil
+	}
+	what := fmt.Sprintf("model_type %q", mt)
+	if len(archs) > 0 {
+		what = fmt.Sprintf("%s (model_type %q)", archs[0], mt)
+	}
+	if mt == "" && len(archs) == 0 {
+		what = "a checkpoint without config.json architectures/model_type"
+	}
+	reason := "not in qconv's architecture table"
+	if len(archs) > 0 {
+		if e, ok := tb.Unbuilt(archs[0]); ok {
+			reason = "in transformers but not in qconv's table (its generator could not build it: " + e + ")"
+		}
+	}
+	p.Warnings = append(p.Warnings, fmt.Sprintf("%s is %s (transformers %s); which tensors to quantize is decided by name rules, which are right for Llama-like decoders and can be wrong for others (mixture-of-experts above all): check the plan with --dry-run and the result with qconv audit",
+		what, reason, tb.Transformers))
+	return nil
 }
