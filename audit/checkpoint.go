@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -75,7 +76,8 @@ type File struct {
 	// false for a .safetensors file that the index does not reference.
 	Member bool
 
-	f *os.File
+	f     *os.File
+	meter *meter // nil: reads are not metered
 }
 
 // Tensor is one tensor of a checkpoint, with the file that holds it.
@@ -95,8 +97,16 @@ func (t *Tensor) DTypeShape() string {
 }
 
 // Section returns a reader of the tensor's bytes.
+//
+// During a [RunContext] with a context or a progress callback, reads count
+// towards the progress and fail with the context's error once it is
+// cancelled.
 func (t *Tensor) Section() *io.SectionReader {
-	return t.File.Reader.SectionReader(t.TensorInfo)
+	sr := t.File.Reader.SectionReader(t.TensorInfo)
+	if t.File.meter == nil {
+		return sr
+	}
+	return io.NewSectionReader(meteredReader{sr, t.File.meter}, 0, sr.Size())
 }
 
 // Config is config.json.
@@ -122,17 +132,42 @@ type Index struct {
 // neither a safetensors file nor a directory holding one or an index.
 var ErrNothingToAudit = errors.New("audit: nothing to audit")
 
+// PathError is a path given to [Run] that could not be audited at all: it
+// does not exist or cannot be read, or it holds no checkpoint (then it
+// wraps ErrNothingToAudit).
+type PathError struct {
+	Path string // as given
+	Msg  string // what is wrong, without the path
+	Err  error  // the cause
+}
+
+// Error returns "audit: PATH: MSG".
+func (e *PathError) Error() string { return "audit: " + e.Path + ": " + e.Msg }
+
+// Unwrap returns the cause.
+func (e *PathError) Unwrap() error { return e.Err }
+
+// ioMsg returns the message of an I/O error without the operation and
+// path that a *fs.PathError repeats.
+func ioMsg(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
 // load builds the lenient view of path. It fails only when there is
 // nothing to audit at all; everything else is recorded for the rules.
 func load(path string) (*Checkpoint, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, &PathError{Path: path, Msg: ioMsg(err), Err: err}
 	}
 	c := &Checkpoint{Path: path}
 	if !st.IsDir() {
 		if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("%w: %s is not a regular file or a directory", ErrNothingToAudit, path)
+			return nil, &PathError{Path: path, Msg: "not a regular file or a directory", Err: ErrNothingToAudit}
 		}
 		c.Dir = filepath.Dir(path)
 		f := openFile(path)
@@ -145,7 +180,7 @@ func load(path string) (*Checkpoint, error) {
 	c.Dir = path
 	entries, err := os.ReadDir(path)
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, &PathError{Path: path, Msg: ioMsg(err), Err: err}
 	}
 	var names []string
 	hasIndex, hasConfig := false, false
@@ -170,7 +205,7 @@ func load(path string) (*Checkpoint, error) {
 	}
 	sort.Strings(names)
 	if len(names) == 0 && !hasIndex {
-		return nil, fmt.Errorf("%w: %s holds no .safetensors file and no %s", ErrNothingToAudit, path, IndexName)
+		return nil, &PathError{Path: path, Msg: "holds no .safetensors file and no " + IndexName, Err: ErrNothingToAudit}
 	}
 	if hasConfig {
 		c.Config = readConfig(filepath.Join(path, ConfigName))

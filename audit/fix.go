@@ -16,10 +16,6 @@ import (
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
-// ErrNothingToFix is returned by [Fix] when the checkpoint has nothing
-// that Fix repairs; no output is written then.
-var ErrNothingToFix = errors.New("audit: nothing to fix")
-
 // FixResult says what [Fix] changed.
 type FixResult struct {
 	// Retyped lists the packed 4-bit weights whose dtype became U8, as
@@ -38,6 +34,20 @@ type FixResult struct {
 	// Skipped lists directory entries that were not copied (directories
 	// and other non-regular files).
 	Skipped []string
+	// Unchanged reports that nothing needed repairing: dst is a copy of
+	// src.
+	Unchanged bool
+	// Linked lists the files of dst that are hard links to src's (base
+	// names); the other unchanged files were copied.
+	Linked []string
+}
+
+// FixOptions configure [FixWith]. The zero value is Fix's behaviour.
+type FixOptions struct {
+	// Force allows dst to be an existing directory, which is replaced
+	// (once the repaired copy is complete) by the new one. It must not be
+	// src or hold it.
+	Force bool
 }
 
 // Fix writes a repaired copy of the checkpoint src (a directory, or a
@@ -51,12 +61,30 @@ type FixResult struct {
 //
 // The output is written to a temporary directory beside dst and renamed to
 // dst when complete, so dst either does not exist or is complete; src is
-// never modified. If there is nothing to repair Fix returns
-// ErrNothingToFix and writes nothing. Every .safetensors file of src must
-// be structurally valid.
+// never modified. Fix always writes dst, also when there is nothing to
+// repair (then FixResult.Unchanged is set), so that the next step of a
+// pipeline finds it. Files copied unchanged are hard links to src's where
+// the file system allows (FixResult.Linked): replace such a file rather
+// than edit it in place, or src changes too. Every .safetensors file of
+// src must be structurally valid.
 func Fix(dst, src string) (*FixResult, error) {
-	if _, err := os.Lstat(dst); err == nil {
-		return nil, fmt.Errorf("audit: fix: %s already exists; give a new directory (the input is never modified)", dst)
+	return FixWith(dst, src, FixOptions{})
+}
+
+// FixWith is [Fix] with options.
+func FixWith(dst, src string, opts FixOptions) (*FixResult, error) {
+	replace := false
+	if st, err := os.Lstat(dst); err == nil {
+		if !opts.Force {
+			return nil, fmt.Errorf("audit: fix: %s already exists; give a new directory, or --force to replace it (the input is never modified)", dst)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("audit: fix: %s exists and is not a directory; not replacing it", dst)
+		}
+		if err := checkNotInside(src, dst); err != nil {
+			return nil, err
+		}
+		replace = true
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
@@ -99,9 +127,7 @@ func Fix(dst, src string) (*FixResult, error) {
 			res.ConfigStorage = b.Storage
 		}
 	}
-	if len(retype) == 0 && config == nil {
-		return nil, ErrNothingToFix
-	}
+	res.Unchanged = len(retype) == 0 && config == nil
 
 	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dst)), "."+filepath.Base(dst)+".tmp-")
 	if err != nil {
@@ -148,7 +174,11 @@ func Fix(dst, src string) (*FixResult, error) {
 		case c.Config != nil && it.path == c.Config.Path && config != nil:
 			err = writeSynced(out, bytes.NewReader(config))
 		default:
-			err = copyFile(out, it.path)
+			var linked bool
+			linked, err = linkOrCopy(out, it.path)
+			if linked {
+				res.Linked = append(res.Linked, it.name)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("audit: fix: writing %s: %w", it.name, err)
@@ -157,18 +187,64 @@ func Fix(dst, src string) (*FixResult, error) {
 	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
-	if _, err := os.Lstat(dst); err == nil {
+	var old string
+	if replace {
+		// Move the old dst aside, put the new one in place, then remove the
+		// old one: dst is always either the old or the new directory.
+		old = tmp + ".old"
+		if err := os.Rename(dst, old); err != nil {
+			return nil, fmt.Errorf("audit: fix: %w", err)
+		}
+	} else if _, err := os.Lstat(dst); err == nil {
 		return nil, fmt.Errorf("audit: fix: %s appeared while writing; not replacing it", dst)
 	}
 	if err := os.Rename(tmp, dst); err != nil {
+		if old != "" {
+			os.Rename(old, dst)
+		}
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
 	ok = true
+	if old != "" {
+		if err := os.RemoveAll(old); err != nil {
+			return nil, fmt.Errorf("audit: fix: removing the replaced %s: %w", old, err)
+		}
+	}
 	if err := atomicfile.SyncDir(filepath.Dir(filepath.Clean(dst))); err != nil {
 		return nil, fmt.Errorf("audit: fix: %w", err)
 	}
 	sort.Strings(res.Rewritten)
+	sort.Strings(res.Linked)
 	return res, nil
+}
+
+// checkNotInside fails when dst is src or a directory holding it, which
+// --force would replace.
+func checkNotInside(src, dst string) error {
+	d, err := filepath.Abs(dst)
+	if err != nil {
+		return fmt.Errorf("audit: fix: %w", err)
+	}
+	for p, _ := filepath.Abs(src); ; p = filepath.Dir(p) {
+		if a, err := os.Stat(p); err == nil {
+			if b, err := os.Stat(d); err == nil && os.SameFile(a, b) {
+				return fmt.Errorf("audit: fix: %s is or holds the input %s; give another directory (the input is never modified)", dst, src)
+			}
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
+// linkOrCopy makes out a hard link to in, or a synced copy where the file
+// system cannot link (another device, no hard links). It reports whether
+// it linked.
+func linkOrCopy(out, in string) (linked bool, err error) {
+	if os.Link(in, out) == nil {
+		return true, nil
+	}
+	return false, copyFile(out, in)
 }
 
 // rewriteRetyped writes f to out with the named tensors as U8 [size, 1],

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -113,13 +112,33 @@ func TestFixRefuses(t *testing.T) {
 	if _, err := audit.Fix(existing, src); err == nil {
 		t.Error("Fix wrote into an existing directory")
 	}
+	// Force replaces an existing directory, but never the input or one
+	// holding it.
+	if _, err := audit.FixWith(existing, src, audit.FixOptions{Force: true}); err != nil {
+		t.Errorf("Fix --force into an existing directory: %v", err)
+	}
+	if _, err := audit.FixWith(src, src, audit.FixOptions{Force: true}); err == nil {
+		t.Error("Fix --force replaced its input")
+	}
+	if _, err := audit.FixWith(filepath.Dir(src), src, audit.FixOptions{Force: true}); err == nil {
+		t.Error("Fix --force replaced the directory holding its input")
+	}
+	// Nothing to repair: dst is still written, an unchanged copy whose
+	// files are hard links where the file system allows.
+	clean := filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8")
+	unchanged := filepath.Join(t.TempDir(), "out")
+	res, err := audit.Fix(unchanged, clean)
+	if err != nil || !res.Unchanged {
+		t.Fatalf("Fix of a correct checkpoint: %+v, %v; want an unchanged copy", res, err)
+	}
+	for _, name := range []string{"model.safetensors", "config.json"} {
+		got, _ := os.ReadFile(filepath.Join(unchanged, name))
+		want, _ := os.ReadFile(filepath.Join(clean, name))
+		if len(want) == 0 || !bytes.Equal(got, want) {
+			t.Errorf("unchanged copy: %s differs from the input", name)
+		}
+	}
 	dst := filepath.Join(t.TempDir(), "out")
-	if _, err := audit.Fix(dst, filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8")); !errors.Is(err, audit.ErrNothingToFix) {
-		t.Errorf("Fix of a correct checkpoint: %v, want ErrNothingToFix", err)
-	}
-	if _, err := os.Stat(dst); !os.IsNotExist(err) {
-		t.Errorf("Fix with nothing to do created %s", dst)
-	}
 	// A single file: the packed weights are repaired, no config is read.
 	if _, err := audit.Fix(dst, filepath.Join(src, "model.safetensors")); err != nil {
 		t.Fatal(err)

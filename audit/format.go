@@ -2,7 +2,10 @@ package audit
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -79,9 +82,12 @@ const JSONSchemaVersion = 1
 //
 //	{"schema_version": 1, "tool": {"name": ..., "version": ...},
 //	 "findings": [{"rule", "severity", "file", "tensor", "message"}...],
-//	 "counts": {"error": n, "warning": n, "info": n}}
+//	 "counts": {"error": n, "warning": n, "info": n},
+//	 "errors": [{"path", "message"}...]}
 //
-// "tensor" is "" for findings about no tensor.
+// "tensor" is "" for findings about no tensor. "errors" lists the paths
+// that could not be audited at all (Report.PathErrors); an audit with
+// errors is not complete, whatever the findings.
 type JSONFormatter struct {
 	Tool Tool
 }
@@ -104,6 +110,26 @@ type jsonReport struct {
 	Tool          jsonTool      `json:"tool"`
 	Findings      []jsonFinding `json:"findings"`
 	Counts        Counts        `json:"counts"`
+	Errors        []jsonError   `json:"errors"`
+}
+
+type jsonError struct {
+	Path    string `json:"path"`
+	Message string `json:"message"`
+}
+
+// pathErrors returns the path and message of each of r.PathErrors.
+func pathErrors(r *Report) []jsonError {
+	out := []jsonError{}
+	for _, err := range r.PathErrors {
+		var pe *PathError
+		if errors.As(err, &pe) {
+			out = append(out, jsonError{Path: pe.Path, Message: pe.Msg})
+		} else {
+			out = append(out, jsonError{Message: strings.TrimPrefix(err.Error(), "audit: ")})
+		}
+	}
+	return out
 }
 
 // Format implements Formatter.
@@ -113,6 +139,7 @@ func (f JSONFormatter) Format(w io.Writer, r *Report) error {
 		Tool:          jsonTool{Name: f.Tool.Name, Version: f.Tool.Version},
 		Findings:      []jsonFinding{},
 		Counts:        r.Counts,
+		Errors:        pathErrors(r),
 	}
 	for _, d := range r.Findings {
 		out.Findings = append(out.Findings, jsonFinding{
@@ -125,12 +152,24 @@ func (f JSONFormatter) Format(w io.Writer, r *Report) error {
 }
 
 // SARIFFormatter writes a SARIF 2.1.0 log with one run, whose driver
-// lists every rule that ran with its documentation. Severities map to
-// SARIF levels error, warning and note; the tensor is the result's
-// logical location.
+// lists every rule that ran with its documentation and a helpUri into
+// docs/audit-rules.md. Severities map to SARIF levels error, warning and
+// note; the tensor is the result's logical location. Every result has a
+// region (line 1: a finding is about a file or a tensor, not a line) and a
+// partialFingerprints entry ("qconvFinding/v1", a hash of rule, file and
+// tensor), which GitHub code scanning needs to track a finding across
+// runs. The run's invocation says whether the audit succeeded, and lists
+// each path that could not be audited as a tool execution notification.
 type SARIFFormatter struct {
 	Tool Tool
 }
+
+// RulesDocURL is the page that documents every rule; each rule has the
+// anchor of its lower-case ID ("#st002").
+const RulesDocURL = "https://github.com/qconv/qconv/blob/main/docs/audit-rules.md"
+
+// RuleHelpURI returns the documentation URL of the rule with the given ID.
+func RuleHelpURI(id string) string { return RulesDocURL + "#" + strings.ToLower(id) }
 
 type sarifLog struct {
 	Schema  string     `json:"$schema"`
@@ -139,8 +178,20 @@ type sarifLog struct {
 }
 
 type sarifRun struct {
-	Tool    sarifTool     `json:"tool"`
-	Results []sarifResult `json:"results"`
+	Tool        sarifTool         `json:"tool"`
+	Invocations []sarifInvocation `json:"invocations"`
+	Results     []sarifResult     `json:"results"`
+}
+
+type sarifInvocation struct {
+	ExecutionSuccessful        bool                `json:"executionSuccessful"`
+	ToolExecutionNotifications []sarifNotification `json:"toolExecutionNotifications"`
+}
+
+type sarifNotification struct {
+	Level     string          `json:"level"`
+	Message   sarifText       `json:"message"`
+	Locations []sarifLocation `json:"locations,omitempty"`
 }
 
 type sarifTool struct {
@@ -164,6 +215,7 @@ type sarifRule struct {
 	ShortDescription     sarifText      `json:"shortDescription"`
 	FullDescription      sarifText      `json:"fullDescription"`
 	Help                 sarifText      `json:"help"`
+	HelpURI              string         `json:"helpUri"`
 	DefaultConfiguration sarifRuleLevel `json:"defaultConfiguration"`
 	Properties           sarifProps     `json:"properties"`
 }
@@ -177,11 +229,12 @@ type sarifProps struct {
 }
 
 type sarifResult struct {
-	RuleID    string          `json:"ruleId"`
-	RuleIndex int             `json:"ruleIndex"`
-	Level     string          `json:"level"`
-	Message   sarifText       `json:"message"`
-	Locations []sarifLocation `json:"locations"`
+	RuleID              string            `json:"ruleId"`
+	RuleIndex           int               `json:"ruleIndex"`
+	Level               string            `json:"level"`
+	Message             sarifText         `json:"message"`
+	Locations           []sarifLocation   `json:"locations"`
+	PartialFingerprints map[string]string `json:"partialFingerprints"`
 }
 
 type sarifLocation struct {
@@ -191,6 +244,11 @@ type sarifLocation struct {
 
 type sarifPhysical struct {
 	ArtifactLocation sarifArtifact `json:"artifactLocation"`
+	Region           *sarifRegion  `json:"region,omitempty"`
+}
+
+type sarifRegion struct {
+	StartLine int `json:"startLine"`
 }
 
 type sarifArtifact struct {
@@ -231,11 +289,22 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 			ShortDescription:     sarifText{Text: rule.Title},
 			FullDescription:      sarifText{Text: Unwrap(rule.Doc)},
 			Help:                 sarifText{Text: Unwrap(rule.Doc)},
+			HelpURI:              RuleHelpURI(rule.ID),
 			DefaultConfiguration: sarifRuleLevel{Level: SARIFLevel(rule.Severity)},
 			Properties:           sarifProps{Tags: []string{GroupTitle(GroupPrefix(rule.ID))}},
 		})
 	}
-	run := sarifRun{Tool: sarifTool{Driver: driver}, Results: []sarifResult{}}
+	inv := sarifInvocation{ExecutionSuccessful: len(r.PathErrors) == 0, ToolExecutionNotifications: []sarifNotification{}}
+	for _, e := range pathErrors(r) {
+		n := sarifNotification{Level: "error", Message: sarifText{Text: e.Message}}
+		if e.Path != "" {
+			n.Message.Text = e.Path + ": " + e.Message
+			n.Locations = []sarifLocation{{PhysicalLocation: sarifPhysical{ArtifactLocation: sarifArtifact{URI: fileURI(e.Path)}}}}
+		}
+		inv.ToolExecutionNotifications = append(inv.ToolExecutionNotifications, n)
+	}
+	run := sarifRun{Tool: sarifTool{Driver: driver}, Invocations: []sarifInvocation{inv}, Results: []sarifResult{}}
+	seen := map[string]int{}
 	for _, d := range r.Findings {
 		res := sarifResult{
 			RuleID:    d.Rule,
@@ -246,7 +315,14 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 		if i, ok := index[d.Rule]; ok {
 			res.RuleIndex = i
 		}
-		loc := sarifLocation{PhysicalLocation: sarifPhysical{ArtifactLocation: sarifArtifact{URI: fileURI(d.File)}}}
+		loc := sarifLocation{PhysicalLocation: sarifPhysical{
+			ArtifactLocation: sarifArtifact{URI: fileURI(d.File)},
+			Region:           &sarifRegion{StartLine: 1},
+		}}
+		key := d.Rule + "\x00" + filepath.ToSlash(d.File) + "\x00" + d.Tensor
+		seen[key]++
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d", key, seen[key])))
+		res.PartialFingerprints = map[string]string{"qconvFinding/v1": hex.EncodeToString(sum[:16])}
 		if d.Tensor != "" {
 			loc.LogicalLocations = []sarifLogical{{Name: d.Tensor, Kind: "variable"}}
 		}
@@ -297,12 +373,16 @@ func RuleName(r *Rule) string {
 //
 //	::error file=FILE,title=RULE::TENSOR: MESSAGE
 //
-// with ::warning for warnings and ::notice for info.
+// with ::warning for warnings and ::notice for info, and an ::error for
+// each path that could not be audited.
 type GitHubFormatter struct{}
 
 // Format implements Formatter.
 func (GitHubFormatter) Format(w io.Writer, r *Report) error {
 	bw := bufio.NewWriter(w)
+	for _, e := range pathErrors(r) {
+		fmt.Fprintf(bw, "::error file=%s,title=qconv audit::%s\n", ghProperty(e.Path), ghData("could not be audited: "+e.Message))
+	}
 	for _, d := range r.Findings {
 		cmd := "notice"
 		switch d.Severity {

@@ -1,9 +1,12 @@
 package audit
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
+	"sync/atomic"
 )
 
 // Options configure [Run]. The zero value runs no rules; pass
@@ -11,12 +14,20 @@ import (
 type Options struct {
 	// Rules are the rules to run.
 	Rules []*Rule
-	// Disable lists IDs of rules not to run. An ID that is not in Rules
-	// is an error.
-	Disable []string
+	// Select, if not empty, runs only the rules it matches; Disable then
+	// leaves out the rules it matches. Each entry is a rule ID ("BNB001")
+	// or an ID prefix ("BNB", "ST01"), case-insensitive, as ruff and
+	// staticcheck take them; an entry that matches no rule of Rules is an
+	// error.
+	Select, Disable []string
 	// Deep also runs the rules that read tensor data (Rule.Deep). Without
 	// it an audit reads only headers and quant-state tensors.
 	Deep bool
+	// Progress, if not nil, is called as the deep rules read tensor data,
+	// with done growing to total, the bytes of the tensors of every path:
+	// each of the n deep rules counts its reads at 1/n, so that every input
+	// byte counts once however many rules read it.
+	Progress func(done, total int64)
 }
 
 // Report is the result of an audit.
@@ -28,11 +39,81 @@ type Report struct {
 	Counts Counts
 	// Rules are the rules that ran, sorted by ID.
 	Rules []*Rule
-	// PathErrors are the arguments that could not be audited at all: a
-	// path that does not exist, or a directory with no .safetensors file
-	// and no index (wrapping ErrNothingToAudit). Malformed files are
-	// findings, not PathErrors.
+	// PathErrors are the arguments that could not be audited at all, as
+	// *PathError values: a path that does not exist, or a directory with
+	// no .safetensors file and no index (wrapping ErrNothingToAudit).
+	// Malformed files are findings, not PathErrors.
 	PathErrors []error
+}
+
+// MatchRules returns the rules of rules that patterns match (IDs or ID
+// prefixes, case-insensitive; see Options.Select), in the order of rules.
+// A pattern that matches nothing is an error naming it, with the nearest
+// ID or group when there is one.
+func MatchRules(rules []*Rule, patterns []string) ([]*Rule, error) {
+	match := map[string]bool{}
+	for _, p := range patterns {
+		n := 0
+		for _, r := range rules {
+			if len(p) > 0 && len(p) <= len(r.ID) && strings.EqualFold(r.ID[:len(p)], p) {
+				match[r.ID] = true
+				n++
+			}
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("audit: no rule ID is or begins with %q%s", p, nearestID(rules, p))
+		}
+	}
+	var out []*Rule
+	for _, r := range rules {
+		if match[r.ID] {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// nearestID suggests a rule ID or group prefix near p, as "; did you mean
+// ST002?", or returns "".
+func nearestID(rules []*Rule, p string) string {
+	best, bestD := "", 3
+	seen := map[string]bool{}
+	for _, r := range rules {
+		for _, c := range []string{r.ID, GroupPrefix(r.ID)} {
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			if d := editDistance(strings.ToUpper(p), c); d < bestD {
+				best, bestD = c, d
+			}
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return "; did you mean " + best + "?"
+}
+
+// editDistance is the Levenshtein distance between a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // FindRule returns the rule with the given ID (case-insensitive), or nil.
@@ -98,20 +179,40 @@ func groupRank(id string) int {
 // the rules of opts. The error is non-nil only for bad options; problems
 // with the paths are in the report.
 func Run(paths []string, opts Options) (*Report, error) {
-	disabled := map[string]bool{}
-	for _, id := range opts.Disable {
-		r := FindRule(opts.Rules, id)
-		if r == nil {
-			return nil, fmt.Errorf("audit: unknown rule %q", id)
+	return RunContext(context.Background(), paths, opts)
+}
+
+// RunContext is Run with a context: once ctx is cancelled, the deep rules'
+// reads fail, no further rule runs, and RunContext returns ctx.Err()
+// (wrapped) and no report.
+func RunContext(ctx context.Context, paths []string, opts Options) (*Report, error) {
+	selected := opts.Rules
+	if len(opts.Select) > 0 {
+		var err error
+		if selected, err = MatchRules(opts.Rules, opts.Select); err != nil {
+			return nil, err
 		}
-		disabled[r.ID] = true
+	}
+	disabled := map[string]bool{}
+	if len(opts.Disable) > 0 {
+		off, err := MatchRules(opts.Rules, opts.Disable)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range off {
+			disabled[r.ID] = true
+		}
 	}
 	rep := &Report{}
-	for _, r := range opts.Rules {
+	var deep []*Rule
+	for _, r := range selected {
 		if disabled[r.ID] || (r.Deep && !opts.Deep) {
 			continue
 		}
 		rep.Rules = append(rep.Rules, r)
+		if r.Deep {
+			deep = append(deep, r)
+		}
 	}
 	SortRules(rep.Rules)
 	seen := map[Diagnostic]bool{}
@@ -121,16 +222,51 @@ func Run(paths []string, opts Options) (*Report, error) {
 			rep.Findings = append(rep.Findings, d)
 		}
 	}
+	var cks []*Checkpoint
+	defer func() {
+		for _, c := range cks {
+			c.Close()
+		}
+	}()
+	m := &meter{ctx: ctx, progress: opts.Progress, rules: int64(max(len(deep), 1))}
 	for _, p := range paths {
 		c, err := load(p)
 		if err != nil {
 			rep.PathErrors = append(rep.PathErrors, err)
 			continue
 		}
-		for _, d := range RunRules(c, rep.Rules) {
-			add(d)
+		cks = append(cks, c)
+		if len(deep) > 0 {
+			for _, t := range c.Tensors() {
+				m.total += t.End - t.Begin
+			}
 		}
+	}
+	for _, c := range cks {
+		if len(deep) > 0 && (ctx.Done() != nil || opts.Progress != nil) {
+			for _, f := range c.Files {
+				f.meter = m
+			}
+		}
+		var bytes int64
+		for _, t := range c.Tensors() {
+			bytes += t.End - t.Begin
+		}
+		for _, r := range rep.Rules {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("audit: %w", err)
+			}
+			m.startRule(r.Deep, bytes)
+			for _, d := range RunRules(c, []*Rule{r}) {
+				add(d)
+			}
+			m.endRule()
+		}
+		m.endCheckpoint()
 		c.Close()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
 	}
 	sort.SliceStable(rep.Findings, func(i, j int) bool {
 		a, b := rep.Findings[i], rep.Findings[j]
@@ -149,6 +285,69 @@ func Run(paths []string, opts Options) (*Report, error) {
 		rep.Counts.add(d.Severity)
 	}
 	return rep, nil
+}
+
+// meter counts the tensor bytes that deep rules read, for
+// Options.Progress, and fails reads once its context is cancelled. Rules
+// run one at a time, so only read counts are atomic.
+type meter struct {
+	ctx      context.Context
+	progress func(done, total int64)
+	rules    int64 // deep rules per checkpoint
+	total    int64 // tensor bytes of every checkpoint
+
+	base     int64        // progress of the checkpoints finished
+	ruleN    int64        // deep rules finished on the current checkpoint
+	bytes    int64        // tensor bytes of the current checkpoint
+	counting bool         // the current rule is deep
+	read     atomic.Int64 // bytes read by the current rule
+}
+
+// startRule starts a rule on a checkpoint of the given tensor bytes; only
+// a deep rule's reads count.
+func (m *meter) startRule(deep bool, bytes int64) {
+	m.bytes, m.counting = bytes, deep
+	m.read.Store(0)
+}
+
+func (m *meter) endRule() {
+	if m.counting {
+		m.ruleN++
+		m.report(0)
+	}
+	m.counting = false
+}
+
+func (m *meter) endCheckpoint() {
+	m.base += m.bytes
+	m.ruleN = 0
+	if m.progress != nil && m.total > 0 {
+		m.progress(m.base, m.total)
+	}
+}
+
+// report reports the progress after n more bytes were read.
+func (m *meter) report(n int64) {
+	if m.progress == nil || m.total == 0 || !m.counting {
+		return
+	}
+	read := min(m.read.Add(n), m.bytes)
+	m.progress(m.base+(m.ruleN*m.bytes+read)/m.rules, m.total)
+}
+
+// meteredReader is an io.ReaderAt whose reads a meter counts.
+type meteredReader struct {
+	r io.ReaderAt
+	m *meter
+}
+
+func (r meteredReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.m.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := r.r.ReadAt(p, off)
+	r.m.report(int64(n))
+	return n, err
 }
 
 // RunRules runs rules on one checkpoint view and returns their findings,

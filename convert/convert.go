@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"time"
 
@@ -107,6 +109,11 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	if err != nil {
 		return nil, err
 	}
+	if s.finalize {
+		if err := checkFinalizable(dst); err != nil {
+			return nil, err
+		}
+	}
 	w, err := openWorkDir(dst, st, s.restart)
 	if err != nil {
 		return nil, err
@@ -122,7 +129,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 			return nil, err
 		}
 		w.dir.Close()
-		return nil, fmt.Errorf("%w (finished output files are kept in %s: rerun the same command to continue, or pass --restart)", err, w.path())
+		return nil, fmt.Errorf("%w (%s)", err, keptHint(ctx, err, w.path(), s.finalize))
 	}
 
 	if !s.finalize {
@@ -209,6 +216,35 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 		if s.part.has(i) {
 			sum.Files = append(sum.Files, f.Name)
 		}
+	}
+	return nil
+}
+
+// keptHint says what to do about the finished output files kept in the work
+// directory dir after err. Only an interruption or an I/O error goes away
+// by rerunning the same command; anything else needs its cause fixed
+// first (--allow-nonfinite for a NaN, for example, continues from the kept
+// files, since it does not change the output of finite tensors).
+func keptHint(ctx context.Context, err error, dir string, finalize bool) string {
+	var pe *fs.PathError
+	switch {
+	case finalize:
+		return fmt.Sprintf("the finished parts are kept in %s: run the missing parts (--shard I/N, same flags), then --finalize again", dir)
+	case ctx.Err() != nil || errors.As(err, &pe):
+		return fmt.Sprintf("the finished output files are kept in %s: rerun the same command to continue from them, or pass --restart to discard them", dir)
+	}
+	return fmt.Sprintf("the finished output files are kept in %s: fix the cause and rerun to continue from them, or pass --restart to discard them", dir)
+}
+
+// checkFinalizable fails when no part of a conversion to dst has run, so
+// that --finalize without parts creates no work directory.
+func checkFinalizable(dst string) error {
+	dir, err := workDirFor(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("convert: nothing to finalize for %s: no part of the conversion has run (there is no %s); run the parts with --shard I/N and the same flags first", dst, dir)
 	}
 	return nil
 }

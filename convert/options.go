@@ -87,11 +87,19 @@ type Options struct {
 	// when it was made with other options or from a changed source.
 	Restart bool
 	// Progress, if not nil, is called after each job with the number of
-	// bytes of work done so far and in total (input bytes, counting the
-	// double-quant statistics pass over quantized weights as work too).
+	// input bytes converted so far and in total (of the output files this
+	// run writes). Each input byte counts once: the double-quant statistics
+	// pass, which reads the weights ahead of their quantization, is not
+	// counted again.
 	// It is called from worker goroutines, possibly concurrently, and must
 	// be safe for that and quick.
 	Progress func(done, total int64)
+	// TensorDone, if not nil, is called once the output tensors made of a
+	// source tensor are written, with its position i (0-based) among the
+	// plan's n tensors (Plan.Tensors) and what became of it. It is called
+	// from worker goroutines, possibly concurrently and in any order, and
+	// not for the tensors of output files an earlier run finished.
+	TensorDone func(i, n int, t TensorPlan)
 	// Log receives notes for the user (files not copied, for example).
 	// Nil discards them.
 	Log io.Writer
@@ -120,6 +128,7 @@ type settings struct {
 	restart      bool
 	jobElems     int
 	progress     func(done, total int64)
+	tensorDone   func(i, n int, t TensorPlan)
 	log          io.Writer
 	hooks        *hooks
 }
@@ -142,6 +151,7 @@ func (o *Options) settings() (*settings, error) {
 		restart:      o.Restart,
 		jobElems:     o.jobElements,
 		progress:     o.Progress,
+		tensorDone:   o.TensorDone,
 		log:          o.Log,
 		hooks:        o.hooks,
 	}

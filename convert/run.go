@@ -262,7 +262,6 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 			if s.doubleQuant {
 				if r.entryInPart(it.entry(entryQuantState)) {
 					statItems = append(statItems, it)
-					r.total.Add(it.src.Size())
 				}
 			} else {
 				r.qstate[it.index] = p.quantState(it, 0).MarshalPython()
@@ -367,6 +366,13 @@ func (r *runner) itemFiles(it *item) []int {
 
 // itemDone counts a finished item against its files.
 func (r *runner) itemDone(it *item) error {
+	if r.s.tensorDone != nil {
+		qstateLen := int64(-1)
+		if q := r.qstate[it.index]; q != nil {
+			qstateLen = int64(len(q))
+		}
+		r.s.tensorDone(it.index, len(r.p.items), r.p.tensorPlan(it, qstateLen))
+	}
 	for _, fi := range r.itemFiles(it) {
 		if r.fileItems[fi].Add(-1) == 0 {
 			if err := r.finishFile(fi); err != nil {
@@ -544,7 +550,9 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	if err != nil {
 		return err
 	}
-	r.addProgress(j.n * int64(it.src.DType.Size()))
+	if !j.stats { // the statistics pass reads bytes that the quantization pass counts
+		r.addProgress(j.n * int64(it.src.DType.Size()))
+	}
 	if j.st.remaining.Add(-1) == 0 {
 		if j.stats {
 			return r.finishStats(j)

@@ -41,3 +41,24 @@ func mappedCode(code safetensors.Code) bool {
 
 // resave is the usual fix for a broken file.
 const resave = "re-download the file, or re-save the model with safetensors (save_pretrained or safetensors.torch.save_file)"
+
+// StructuralRuleID returns the ID of the ST rule that reports a file which
+// formats/safetensors refused with code ("ST002" for
+// safetensors.CodeHeaderTooLarge), so that other commands name a broken
+// file's problem with the same ID as the audit. It runs the ST rules on a
+// file with that error, so it cannot disagree with them; "ST021" reports
+// the codes no other rule maps.
+func StructuralRuleID(code safetensors.Code) string {
+	var st []*audit.Rule
+	for _, r := range All() {
+		if audit.GroupPrefix(r.ID) == "ST" {
+			st = append(st, r)
+		}
+	}
+	c := &audit.Checkpoint{Files: []*audit.File{{Path: "f.safetensors", Name: "f.safetensors", Member: true,
+		Err: &safetensors.FormatError{Code: code}}}}
+	for _, d := range audit.RunRules(c, st) {
+		return d.Rule
+	}
+	return "ST021"
+}

@@ -155,3 +155,15 @@ func TestEveryCodeHasARule(t *testing.T) {
 		}
 	}
 }
+
+func TestStructuralRuleID(t *testing.T) {
+	for code, want := range map[safetensors.Code]string{
+		safetensors.CodeTooShort:        "ST001",
+		safetensors.CodeHeaderTooLarge:  "ST002",
+		safetensors.CodeDataOutOfBounds: "ST018",
+	} {
+		if got := StructuralRuleID(code); got != want {
+			t.Errorf("StructuralRuleID(%s) = %s, want %s", code, got, want)
+		}
+	}
+}

@@ -1,10 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -15,8 +16,8 @@ import (
 const auditUsage = `
 usage: qconv audit [flags] PATH...
        qconv audit --changed-files [flags] FILE...
-       qconv audit --fix DST PATH
-       qconv audit --list-rules | --explain ID
+       qconv audit --fix DST [--force] PATH
+       qconv audit --list-rules | --explain ID...
 
 Check checkpoints for what breaks a load or wastes memory, before they are
 uploaded or served. PATH is a .safetensors file, or a directory holding
@@ -34,43 +35,70 @@ config.json files of directories without one, are ignored.
 
 By default only headers, config.json, the index and the small quant-state
 tensors are read, so a 100 GB checkpoint audits in milliseconds; --deep
-also reads tensor data (NaN/Inf, all-zero and constant tensors, absmax).
+also reads tensor data (NaN/Inf, all-zero and constant tensors, absmax),
+with --progress as convert.
 
---fix DST writes a repaired copy of PATH to the new directory DST (never
-in place): packed 4-bit weights stored as F32/BF16/F16 become U8
-[nbytes, 1] holding the same bytes, and bnb_4bit_quant_storage becomes
-"uint8". The copy is then audited like any PATH.
+--select and --disable take rule IDs and ID prefixes, comma-separated or
+repeated, as ruff and staticcheck do: --select BNB,CFG001 runs the BNB
+rules and CFG001; --disable NAME leaves out the NAME rules. --explain takes
+one or more IDs or prefixes (--explain ST002 BNB001, --explain DEEP).
+
+--fix DST writes a repaired copy of PATH to the directory DST (never in
+place): packed 4-bit weights stored as F32/BF16/F16 become U8 [nbytes, 1]
+holding the same bytes, and bnb_4bit_quant_storage becomes "uint8". DST is
+written also when nothing needs repairing (an unchanged copy), so that the
+next step of a pipeline finds it; unchanged files are hard links to PATH's
+where the file system allows (replace them, do not edit them in place).
+An existing DST is refused unless --force. The copy is then audited like
+any PATH.
+
+Output: --format text writes one finding a line on stdout and a summary
+line on stderr (-q leaves the summary out); json adds "errors" for paths
+that could not be audited; sarif (SARIF 2.1.0, for GitHub code scanning)
+reports them in invocations[0] (executionSuccessful false,
+toolExecutionNotifications); github writes workflow annotations.
 
 Exit codes: 0 no finding at or above --fail-on; 1 findings; 2 usage error,
-a PATH that does not exist or holds no checkpoint, or a failed --fix.
+a PATH that does not exist or holds no checkpoint, or a failed --fix
+(whatever the findings); 130/143 interrupted by SIGINT/SIGTERM.
 `
 
 func auditCommand() *command {
 	return &command{
 		name:    "audit",
 		summary: "check checkpoints for loading problems and wasted memory (stable rule IDs)",
-		run:     runAudit,
+		runCtx:  runAudit,
 	}
 }
 
-func runAudit(args []string, stdout, stderr io.Writer) int {
+// idList is a repeatable flag of comma-separated rule IDs or prefixes.
+type idList []string
+
+func (l *idList) String() string { return strings.Join(*l, ",") }
+func (l *idList) Set(s string) error {
+	for _, id := range strings.Split(s, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			*l = append(*l, id)
+		}
+	}
+	return nil
+}
+
+func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("audit")
 	format := fs.String("format", "text", "output `format`: text, json, sarif, github or gitlab (Code Quality)")
 	failOn := fs.String("fail-on", "error", "exit 1 if a finding of this `severity` or worse exists: error, warning, info or never")
 	deep := fs.Bool("deep", false, "also read tensor data (DEEP rules)")
-	var disable []string
-	fs.Func("disable", "comma-separated rule `IDs` not to run (repeatable)", func(s string) error {
-		for _, id := range strings.Split(s, ",") {
-			if id = strings.TrimSpace(id); id != "" {
-				disable = append(disable, id)
-			}
-		}
-		return nil
-	})
+	var selectIDs, disable, explain idList
+	fs.Var(&selectIDs, "select", "run only the rules of these comma-separated `IDs` or ID prefixes (repeatable; default: all)")
+	fs.Var(&disable, "disable", "do not run the rules of these comma-separated `IDs` or ID prefixes (repeatable)")
 	listRules := fs.Bool("list-rules", false, "list the rules and exit")
-	explain := fs.String("explain", "", "print the documentation of rule `ID` and exit")
-	fixDst := fs.String("fix", "", "write a repaired copy of PATH to the new directory `DST`, then audit it")
+	fs.Var(&explain, "explain", "print the documentation of the rules `ID` (IDs or prefixes; more may follow as arguments) and exit")
+	fixDst := fs.String("fix", "", "write a repaired (or, with nothing to repair, unchanged) copy of PATH to the directory `DST`, then audit it")
+	force := fs.Bool("force", false, "with --fix: replace an existing DST")
 	changed := fs.Bool("changed-files", false, "audit the checkpoint directory of each FILE once (for pre-commit)")
+	quiet := fs.Bool("q", false, "quiet: no summary line on stderr")
+	progress := progressFlag(fs)
 	pos, code, ok := parseFlags(fs, auditUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -78,12 +106,21 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	all := rules.All()
 	tool := audit.Tool{Name: "qconv", Version: version}
 
-	if *explain != "" {
-		r := audit.FindRule(all, *explain)
-		if r == nil {
-			return usageError(stderr, "audit", "unknown rule %q (see qconv audit --list-rules)", *explain)
+	if len(explain) > 0 {
+		var ids idList
+		for _, a := range append(slices.Clone(explain), pos...) {
+			ids.Set(a)
 		}
-		fmt.Fprint(stdout, audit.Explain(r))
+		rs, err := audit.MatchRules(all, ids)
+		if err != nil {
+			return usageError(stderr, "audit", "--explain: %s (see qconv audit --list-rules)", errorLine(err))
+		}
+		for i, r := range rs {
+			if i > 0 {
+				fmt.Fprintln(stdout)
+			}
+			fmt.Fprint(stdout, audit.Explain(r))
+		}
 		return exitOK
 	}
 	if *listRules {
@@ -102,10 +139,19 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, "audit", "--format %q: want text, json, sarif, github or gitlab", *format)
 	}
-	for _, id := range disable {
-		if audit.FindRule(all, id) == nil {
-			return usageError(stderr, "audit", "--disable: unknown rule %q (see qconv audit --list-rules)", id)
+	if code, ok := checkProgress("audit", *progress, stderr); !ok {
+		return code
+	}
+	for _, f := range []struct {
+		name string
+		ids  []string
+	}{{"--select", selectIDs}, {"--disable", disable}} {
+		if _, err := audit.MatchRules(all, f.ids); err != nil {
+			return usageError(stderr, "audit", "%s: %s (see qconv audit --list-rules)", f.name, errorLine(err))
 		}
+	}
+	if *force && *fixDst == "" {
+		return usageError(stderr, "audit", "--force goes with --fix DST")
 	}
 	if *changed {
 		if *fixDst != "" {
@@ -120,33 +166,39 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		if len(pos) != 1 {
 			return usageError(stderr, "audit", "--fix takes exactly one PATH, got %d", len(pos))
 		}
-		res, err := audit.Fix(*fixDst, pos[0])
-		if errors.Is(err, audit.ErrNothingToFix) {
-			fmt.Fprintf(stderr, "qconv audit: nothing to fix in %s (no packed weight in a float storage dtype, storage already uint8); nothing written\n", pos[0])
-			return exitOK
-		}
+		res, err := audit.FixWith(*fixDst, pos[0], audit.FixOptions{Force: *force})
 		if err != nil {
-			printError(stderr, err)
+			printError(stderr, "audit", err)
 			return exitError
 		}
-		reportFix(stderr, res, *fixDst)
+		reportFix(stderr, res, pos[0], *fixDst)
 		pos = []string{*fixDst}
 	}
 
-	rep, err := audit.Run(pos, audit.Options{Rules: all, Disable: disable, Deep: *deep})
+	var rep *audit.Report
+	opts := audit.Options{Rules: all, Select: selectIDs, Disable: disable, Deep: *deep}
+	err = withProgress(*progress, "audit", "auditing", stderr, func(pr *progressReporter) (err error) {
+		opts.Progress = pr.update
+		rep, err = audit.RunContext(ctx, pos, opts)
+		return err
+	})
 	if err != nil {
-		return usageError(stderr, "audit", "%v", err)
-	}
-	if err := formatter.Format(stdout, rep); err != nil {
-		printError(stderr, err)
+		printError(stderr, "audit", err)
 		return exitError
 	}
-	if *format == "text" {
-		fmt.Fprintf(stderr, "qconv audit: %s, %s, %s\n",
-			countWord(rep.Counts.Error, "error"), countWord(rep.Counts.Warning, "warning"), countWord(rep.Counts.Info, "info finding"))
+	if err := formatter.Format(stdout, rep); err != nil {
+		printError(stderr, "audit", err)
+		return exitError
 	}
 	for _, e := range rep.PathErrors {
-		printError(stderr, e)
+		printError(stderr, "audit", e)
+	}
+	if *format == "text" && !*quiet {
+		summary := fmt.Sprintf("%s, %s, %s", countWord(rep.Counts.Error, "error"), countWord(rep.Counts.Warning, "warning"), countWord(rep.Counts.Info, "info finding"))
+		if n := len(rep.PathErrors); n > 0 {
+			summary += fmt.Sprintf("; %s could not be audited, so the audit is incomplete", countWord(n, "path"))
+		}
+		fmt.Fprintf(stderr, "qconv audit: %s\n", summary)
 	}
 	switch {
 	case len(rep.PathErrors) > 0:
@@ -164,8 +216,12 @@ func countWord(n int, word string) string {
 	return fmt.Sprintf("%d %ss", n, word)
 }
 
-func reportFix(w io.Writer, res *audit.FixResult, dst string) {
-	fmt.Fprintf(w, "qconv audit: wrote %s\n", dst)
+func reportFix(w io.Writer, res *audit.FixResult, src, dst string) {
+	if res.Unchanged {
+		fmt.Fprintf(w, "qconv audit: nothing to fix in %s (no packed weight in a float storage dtype, storage already uint8); wrote an unchanged copy to %s\n", src, dst)
+	} else {
+		fmt.Fprintf(w, "qconv audit: wrote %s\n", dst)
+	}
 	for _, r := range res.Retyped {
 		fmt.Fprintf(w, "  retyped %s\n", r)
 	}
@@ -174,6 +230,9 @@ func reportFix(w io.Writer, res *audit.FixResult, dst string) {
 		if res.ConfigReformatted {
 			fmt.Fprintln(w, "  config.json was not in transformers' layout; it was rewritten as json.dumps(indent=2, sort_keys=True)")
 		}
+	}
+	if n := len(res.Linked); n > 0 {
+		fmt.Fprintf(w, "  %s hard-linked to %s's (replace, do not edit in place)\n", countWord(n, "unchanged file"), src)
 	}
 	for _, s := range res.Skipped {
 		fmt.Fprintf(w, "  skipped %s (not a regular file)\n", s)
@@ -208,7 +267,7 @@ func writeRuleList(stdout, stderr io.Writer, all []*audit.Rule, format string) i
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
-			printError(stderr, err)
+			printError(stderr, "audit", err)
 			return exitError
 		}
 	default:

@@ -281,12 +281,27 @@ func TestAuditFixCommand(t *testing.T) {
 	if code, _, _ := qconv("audit", "--fix", dst, filepath.Join(models, "tiny-llama-b-f32-nf4-dq-f32storage")); code != exitError {
 		t.Errorf("fix into an existing directory: exit code %d, want 2", code)
 	}
-	// Nothing to fix: exit 0 and nothing written.
-	dst2 := filepath.Join(t.TempDir(), "none")
-	if code, _, stderr := qconv("audit", "--fix", dst2, filepath.Join(models, "tiny-llama-b-f32-nf4-dq-u8")); code != exitOK || !strings.Contains(stderr, "nothing to fix") {
-		t.Errorf("fix of a correct checkpoint: exit %d, %s", code, stderr)
+	// --force replaces it.
+	if code, _, stderr := qconv("audit", "--fix", dst, "--force", filepath.Join(models, "tiny-llama-b-f32-nf4-dq-f32storage")); code != exitOK {
+		t.Errorf("fix --force into an existing directory: exit code %d, want 0: %s", code, stderr)
 	}
-	if _, err := os.Stat(dst2); !os.IsNotExist(err) {
-		t.Errorf("nothing to fix, but %s was created", dst2)
+	if code, _, stderr := qconv("audit", "--force", filepath.Join(models, "tiny-llama-b-f32-nf4-dq-u8")); code != exitError || !strings.Contains(stderr, "--force goes with --fix") {
+		t.Errorf("--force without --fix: exit %d, %s", code, stderr)
+	}
+	// Nothing to fix: exit 0, and DST is an unchanged copy, so that the
+	// next step of a pipeline finds it; a rerun with --force works too.
+	clean := filepath.Join(models, "tiny-llama-b-f32-nf4-dq-u8")
+	dst2 := filepath.Join(t.TempDir(), "none")
+	for _, args := range [][]string{{"audit", "--fix", dst2, clean}, {"audit", "--fix", dst2, "--force", clean}} {
+		if code, _, stderr := qconv(args...); code != exitOK || !strings.Contains(stderr, "nothing to fix in "+clean+"") || !strings.Contains(stderr, "wrote an unchanged copy to "+dst2) {
+			t.Errorf("qconv %q: exit %d, %s", args, code, stderr)
+		}
+		for _, name := range []string{"model.safetensors", "config.json"} {
+			got, _ := os.ReadFile(filepath.Join(dst2, name))
+			want, _ := os.ReadFile(filepath.Join(clean, name))
+			if len(want) == 0 || !bytes.Equal(got, want) {
+				t.Errorf("unchanged copy: %s differs from the input", name)
+			}
+		}
 	}
 }

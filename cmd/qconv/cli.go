@@ -1,25 +1,25 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
 
+	"github.com/qconv/qconv/audit/rules"
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/safetensors"
 )
 
 // newFlagSet returns a FlagSet for a command that reports errors through
@@ -32,14 +32,18 @@ func newFlagSet(name string) *flag.FlagSet {
 
 // parseFlags parses args into fs, allowing flags before, between and
 // after positional arguments (Go's flag package stops at the first
-// positional); "--" ends the flags and a lone "-" is positional. It returns
-// the positional arguments in order.
+// positional); "--" ends the flags and a lone "-" is positional. A flag is
+// written -name or --name, its value after "=" or as the next argument
+// (whatever it looks like); a boolean flag takes a value only after "=".
+// It returns the positional arguments in order.
+//
+// Errors name flags as --name (-j for one-letter flags), as the help texts
+// do, and an unknown flag gets a "did you mean" for a near miss.
 //
 // If ok is false the command must return code: exitOK after printing help
 // for -h/--help (usage, then the flags, to stdout), exitError after
 // printing a usage error to stderr.
 func parseFlags(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) (positional []string, code int, ok bool) {
-	var flagArgs []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
@@ -50,32 +54,99 @@ func parseFlags(fs *flag.FlagSet, usage string, args []string, stdout, stderr io
 			positional = append(positional, a)
 			continue
 		}
-		flagArgs = append(flagArgs, a)
-		name := strings.TrimLeft(a, "-")
-		if strings.Contains(name, "=") {
-			continue
+		name := strings.TrimPrefix(a[1:], "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		if name == "h" || name == "help" {
+			printCommandHelp(stdout, fs, usage)
+			return nil, exitOK, false
 		}
 		f := fs.Lookup(name)
-		if f == nil || isBoolFlag(f) {
-			continue // unknown flags are reported by fs.Parse below
+		if f == nil || name == "" || strings.HasPrefix(name, "-") {
+			msg := "unknown flag " + flagName(name)
+			if s := suggest(name, flagNames(fs)); s != "" {
+				msg += "; did you mean " + flagName(s) + "?"
+			}
+			return nil, usageError(stderr, fs.Name(), "%s", msg), false
 		}
-		if i+1 < len(args) { // the value is the next argument, whatever it looks like
-			i++
-			flagArgs = append(flagArgs, args[i])
+		if !hasValue {
+			if isBoolFlag(f) {
+				value = "true"
+			} else if i+1 < len(args) {
+				i++
+				value = args[i]
+			} else {
+				return nil, usageError(stderr, fs.Name(), "%s needs a value", flagName(name)), false
+			}
 		}
-	}
-	err := fs.Parse(flagArgs)
-	if errors.Is(err, flag.ErrHelp) {
-		printCommandHelp(stdout, fs, usage)
-		return nil, exitOK, false
-	}
-	if err == nil && fs.NArg() > 0 { // cannot happen: flagArgs holds only flags and their values
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if err != nil {
-		return nil, usageError(stderr, fs.Name(), "%v", err), false
+		if err := fs.Set(name, value); err != nil {
+			return nil, usageError(stderr, fs.Name(), "%s %q: %s", flagName(name), value, flagValueError(f, err)), false
+		}
 	}
 	return positional, exitOK, true
+}
+
+// flagName spells a flag as the help texts do: --name, or -j for a
+// one-letter name.
+func flagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+func flagNames(fs *flag.FlagSet) []string {
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+	return names
+}
+
+// flagValueError turns the error of f's Set into words. (The flag
+// package's own values fail with "parse error" and "value out of range".)
+func flagValueError(f *flag.Flag, err error) string {
+	switch err.Error() {
+	case "parse error":
+		if isBoolFlag(f) {
+			return "want true or false"
+		}
+		return "not a number"
+	case "value out of range":
+		return "out of range"
+	}
+	return err.Error()
+}
+
+// suggest returns the candidate nearest to s when it is a near miss (an
+// edit distance of at most 2, and less than half of s), or "".
+func suggest(s string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		d := editDistance(strings.ToLower(s), c)
+		if d < bestD && 2*d < max(len(s), 2) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func isBoolFlag(f *flag.Flag) bool {
@@ -126,26 +197,75 @@ func usageError(stderr io.Writer, cmd, format string, args ...any) int {
 	return exitError
 }
 
-// printError writes err to stderr as one line, "qconv: FILE: TENSOR:
-// PROBLEM" for checkpoint problems, "qconv: " + err otherwise.
-func printError(stderr io.Writer, err error) {
-	fmt.Fprintln(stderr, "qconv: "+errorLine(err))
+// printError writes err to stderr as one line in the style of every qconv
+// error: "qconv CMD: FILE: TENSOR: problem; what to do".
+func printError(stderr io.Writer, cmd string, err error) {
+	fmt.Fprintf(stderr, "qconv %s: %s\n", cmd, errorLine(err))
 }
 
+// packagePrefixes are the prefixes that qconv's packages put on their
+// errors ("convert: ...", "safetensors: ..."); the command's name replaces
+// them.
+var packagePrefixes = []string{"convert: ", "dequant: ", "verify: ", "audit: ", "checkpoint: ", "safetensors: ", "outdir: ", "pyjson: ", "bnb: "}
+
+// errorLine renders err as FILE: TENSOR: problem. A file that
+// formats/safetensors refused names the audit rule that reports it (the
+// same ID as `qconv audit`), and a file whose first bytes cannot start a
+// header is called what it is: not a safetensors file.
 func errorLine(err error) string {
 	var p *checkpoint.Problem
 	if errors.As(err, &p) && p.Msg != "" {
+		msg := p.Msg
+		tensor := p.Tensor
+		var fe *safetensors.FormatError
+		if errors.As(p.Err, &fe) {
+			msg, tensor = formatErrorLine(fe), fe.Tensor
+		}
 		parts := make([]string, 0, 3)
 		if p.File != "" {
 			parts = append(parts, p.File)
 		}
-		if p.Tensor != "" {
-			parts = append(parts, tensorName(p.Tensor))
+		if tensor != "" {
+			parts = append(parts, tensorName(tensor))
 		}
-		parts = append(parts, p.Msg)
+		parts = append(parts, msg)
 		return strings.Join(parts, ": ")
 	}
-	return strings.ReplaceAll(err.Error(), "\n", "; ")
+	line := strings.ReplaceAll(err.Error(), "\n", "; ")
+	for trimmed := true; trimmed; {
+		trimmed = false
+		for _, pre := range packagePrefixes {
+			if strings.HasPrefix(line, pre) {
+				line, trimmed = line[len(pre):], true
+			}
+		}
+	}
+	return line
+}
+
+// formatErrorLine says what is wrong with a file that formats/safetensors
+// refused, with the audit rule's ID and what to do.
+func formatErrorLine(fe *safetensors.FormatError) string {
+	id := rules.StructuralRuleID(fe.Code)
+	switch {
+	case notSafetensors(fe):
+		return fmt.Sprintf("not a safetensors file (%s: %s); give the path of a .safetensors file or of a directory holding one", id, fe.Msg)
+	default:
+		return fmt.Sprintf("%s (%s, byte %d); the file is broken: re-download it or re-save the model with safetensors ('qconv audit --explain %s' says more)", fe.Msg, id, fe.Offset, id)
+	}
+}
+
+// notSafetensors reports whether fe says that the first bytes of a file
+// cannot begin a safetensors header: too short for the length prefix, a
+// length no header has, or a header that does not start with '{'.
+func notSafetensors(fe *safetensors.FormatError) bool {
+	switch fe.Code {
+	case safetensors.CodeTooShort, safetensors.CodeHeaderTooLarge, safetensors.CodeHeaderOutOfBounds:
+		return true
+	case safetensors.CodeHeaderNotObject, safetensors.CodeHeaderNotUTF8:
+		return fe.Offset <= 8
+	}
+	return false
 }
 
 // tensorName returns name as is when it is plain, quoted otherwise.
@@ -158,16 +278,18 @@ func tensorName(name string) string {
 	return name
 }
 
-// humanBytes formats n in binary units: "512 B", "1.91 MiB", "3.80 GiB".
+// humanBytes formats n in decimal units, as --max-shard-size and the
+// MB/s rates: "512 B", "2.00 MB", "3.80 GB". Every size qconv prints for
+// people uses it, so that bars, lines and summaries agree.
 func humanBytes(n int64) string {
-	if n < 1024 {
+	if n < 1000 && n > -1000 {
 		return strconv.FormatInt(n, 10) + " B"
 	}
-	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
-	f := float64(n) / 1024
+	units := []string{"kB", "MB", "GB", "TB", "PB", "EB"}
+	f := float64(n) / 1000
 	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
+	for (f >= 999.995 || f <= -999.995) && i < len(units)-1 {
+		f /= 1000
 		i++
 	}
 	return fmt.Sprintf("%.2f %s", f, units[i])
@@ -189,55 +311,88 @@ func humanCount(n int64) string {
 	return fmt.Sprintf("%.2f%c", f, units[i])
 }
 
+// workersFlag adds -j (and its long form --workers) to fs with the same
+// meaning in every command: the number of parallel workers, 0 (the
+// default) for all CPUs.
+func workersFlag(fs *flag.FlagSet) *int {
+	n := new(int)
+	fs.IntVar(n, "workers", 0, "number of parallel workers (0: all CPUs)")
+	fs.IntVar(n, "j", 0, "shorthand for --workers")
+	return n
+}
+
+// resolveWorkers checks a -j value and turns 0 into the number of CPUs.
+// If ok is false, command cmd must return code.
+func resolveWorkers(cmd string, n int, stderr io.Writer) (workers, code int, ok bool) {
+	if n < 0 {
+		return 0, usageError(stderr, cmd, "-j %d: want 0 (all CPUs) or more", n), false
+	}
+	if n == 0 {
+		n = runtime.NumCPU()
+	}
+	return n, exitOK, true
+}
+
+// progressFlag adds --progress to fs.
+func progressFlag(fs *flag.FlagSet) *string {
+	return fs.String("progress", "auto", "progress display on stderr: auto (on a terminal), always (also off a terminal: a line every 5 s), never")
+}
+
+// checkProgress checks a --progress value. If ok is false, command cmd
+// must return code.
+func checkProgress(cmd, mode string, stderr io.Writer) (code int, ok bool) {
+	switch mode {
+	case "auto", "always", "never":
+		return exitOK, true
+	}
+	return usageError(stderr, cmd, "--progress %q: want auto, always or never", mode), false
+}
+
 // outputFlags are the flags of the commands that write a checkpoint
 // directory (convert, dequant).
 type outputFlags struct {
-	maxShard, progress string
-	asJSON, force      bool
+	maxShard, progress *string
+	asJSON, force      *bool
 }
 
 func addOutputFlags(fs *flag.FlagSet) *outputFlags {
 	o := &outputFlags{}
-	fs.StringVar(&o.maxShard, "max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
-	fs.StringVar(&o.progress, "progress", "auto", "progress display on stderr: auto (a bar on a terminal), always (a plain line every 5 s off a terminal), never")
-	fs.BoolVar(&o.asJSON, "json", false, "write a JSON summary to stdout")
-	fs.BoolVar(&o.force, "force", false, "allow a non-empty DST: replace its files of the same names and stale weight files")
+	o.maxShard = fs.String("max-shard-size", "50GB", "largest output shard, as transformers' max_shard_size (5GB, 200MB, 512MiB)")
+	o.progress = progressFlag(fs)
+	o.asJSON = fs.Bool("json", false, "write a JSON summary to stdout")
+	o.force = fs.Bool("force", false, "allow a non-empty DST: replace its files of the same names and stale weight files")
 	return o
 }
 
 // check checks the flags' values and returns the max shard size. If ok is
 // false, command cmd must return code (a usage error was printed).
 func (o *outputFlags) check(cmd string, stderr io.Writer) (maxShard int64, code int, ok bool) {
-	maxShard, err := convert.ParseSize(o.maxShard)
+	maxShard, err := convert.ParseSize(*o.maxShard)
 	if err != nil {
-		return 0, usageError(stderr, cmd, "--max-shard-size: %v", err), false
+		return 0, usageError(stderr, cmd, "--max-shard-size: %s", errorLine(err)), false
 	}
-	switch o.progress {
-	case "auto", "always", "never":
-	default:
-		return 0, usageError(stderr, cmd, "--progress %q: want auto, always or never", o.progress), false
+	if code, ok := checkProgress(cmd, *o.progress, stderr); !ok {
+		return 0, code, false
 	}
 	return maxShard, exitOK, true
 }
 
-// run runs command cmd's work, fn, with a context that Ctrl-C and SIGTERM
-// cancel and a --progress display labelled label on stderr, which fn
-// updates through progress.
-func (o *outputFlags) run(cmd, label string, stderr io.Writer, fn func(ctx context.Context, progress func(done, total int64)) error) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep := startProgress(o.progress, stderr, cmd, label)
-	err := fn(ctx, rep.update)
+// withProgress runs command cmd's work, fn, with a --progress display
+// (mode auto, always or never) labelled label on stderr, which fn updates
+// through rep.update and writes other lines to through rep.println.
+func withProgress(mode, cmd, label string, stderr io.Writer, fn func(rep *progressReporter) error) error {
+	rep := startProgress(mode, stderr, cmd, label)
+	err := fn(rep)
 	rep.stop(err == nil)
 	return err
 }
 
 // writeJSON writes v to stdout as indented JSON and a newline, and returns
 // the exit code.
-func writeJSON(stdout, stderr io.Writer, v any) int {
+func writeJSON(cmd string, stdout, stderr io.Writer, v any) int {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, cmd, err)
 		return exitError
 	}
 	fmt.Fprintf(stdout, "%s\n", b)
@@ -252,49 +407,68 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// progressReporter shows the progress of a command on stderr: a progress bar on
-// a terminal, plain lines at most every few seconds otherwise ("always"),
-// or nothing. Updates come from worker goroutines; one goroutine renders.
+// progressReporter shows the progress of a command on stderr, in bytes of
+// input (decimal units, as the summaries): on a terminal one line redrawn
+// in place, with a bar when the terminal is wide enough; off a terminal
+// (--progress always) a plain line every 5 s. Updates come from worker
+// goroutines; one goroutine renders.
 type progressReporter struct {
 	done, total atomic.Int64
 	quit        chan struct{}
 	wg          sync.WaitGroup
 	w           io.Writer
-	bar         *progressbar.ProgressBar
+	cmd, label  string
+	term        bool
+	width       int // terminal columns; 0 off a terminal
+	start       time.Time
+	mu          sync.Mutex // serializes writes to w
+	drawn       bool       // a line was drawn in place (term) and must be ended; guarded by mu
 }
 
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
+// printLine writes line to the display's writer as a line of its own,
+// clearing and later redrawing a line drawn in place. Safe for concurrent
+// use.
+func (r *progressReporter) printLine(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.drawn {
+		fmt.Fprint(r.w, "\r\x1b[K")
+		r.drawn = false
 	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	fmt.Fprintln(r.w, line)
+}
+
+// minBarWidth is the narrowest terminal that gets a bar; a narrower one
+// gets the plain line, cut to fit.
+const minBarWidth = 80
+
+// terminalWidth reports whether w is a terminal, and its width in columns
+// (80 when it cannot be told).
+func terminalWidth(w io.Writer) (int, bool) {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	cols, _, err := term.GetSize(int(f.Fd()))
+	if err != nil || cols <= 0 {
+		cols = 80
+	}
+	return cols, true
 }
 
 // startProgress starts showing progress on w in the given mode (auto,
-// always or never): a bar described by label ("converting"), or plain
-// lines "qconv: CMD: ...".
+// always or never), labelled label ("converting") on a terminal and
+// "qconv CMD:" on plain lines.
 func startProgress(mode string, w io.Writer, cmd, label string) *progressReporter {
-	r := &progressReporter{quit: make(chan struct{}), w: w}
-	term := isTerminal(w)
-	if mode == "never" || (mode == "auto" && !term) {
+	r := &progressReporter{quit: make(chan struct{}), w: w, cmd: cmd, label: label, start: time.Now()}
+	r.width, r.term = terminalWidth(w)
+	if mode == "never" || (mode == "auto" && !r.term) {
 		return r
 	}
 	interval := 5 * time.Second
-	if term {
+	if r.term {
 		interval = 200 * time.Millisecond
-		r.bar = progressbar.NewOptions64(-1,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription(label),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionFullWidth(),
-			progressbar.OptionThrottle(100*time.Millisecond),
-		)
 	}
-	start := time.Now()
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -306,28 +480,72 @@ func startProgress(mode string, w io.Writer, cmd, label string) *progressReporte
 				return
 			case <-t.C:
 			}
-			done, total := r.done.Load(), r.total.Load()
-			if total == 0 {
-				continue
-			}
-			if r.bar != nil {
-				if r.bar.GetMax64() != total {
-					r.bar.ChangeMax64(total)
-				}
-				r.bar.Set64(done)
-				continue
-			}
-			secs := time.Since(start).Seconds()
-			rate := float64(done) / 1e6 / secs
-			eta := "?"
-			if done > 0 {
-				eta = time.Duration(float64(total-done) / float64(done) * secs * float64(time.Second)).Round(time.Second).String()
-			}
-			fmt.Fprintf(w, "qconv: %s: %s / %s (%.0f%%), %.0f MB/s, ETA %s\n",
-				cmd, humanBytes(done), humanBytes(total), 100*float64(done)/float64(total), rate, eta)
+			r.draw(time.Since(r.start))
 		}
 	}()
 	return r
+}
+
+// draw renders the current state once.
+func (r *progressReporter) draw(elapsed time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	done, total := r.done.Load(), r.total.Load()
+	if total <= 0 {
+		return
+	}
+	if !r.term {
+		fmt.Fprintf(r.w, "qconv %s: %s\n", r.cmd, progressText(done, total, elapsed))
+		return
+	}
+	line := r.label + " " + progressText(done, total, elapsed)
+	if r.width >= minBarWidth {
+		line = progressBar(r.label, done, total, elapsed, r.width-1)
+	} else if len(line) > r.width-1 {
+		line = line[:max(r.width-1, 0)]
+	}
+	fmt.Fprintf(r.w, "\r%s\x1b[K", line)
+	r.drawn = true
+}
+
+// progressText is "1.23 GB / 2.95 GB (41%), 812 MB/s, ETA 2s".
+func progressText(done, total int64, elapsed time.Duration) string {
+	return fmt.Sprintf("%s / %s (%.0f%%), %s", humanBytes(done), humanBytes(total), percent(done, total), rateETA(done, total, elapsed))
+}
+
+// rateETA is "812 MB/s, ETA 2s".
+func rateETA(done, total int64, elapsed time.Duration) string {
+	secs := elapsed.Seconds()
+	rate, eta := 0.0, "?"
+	if secs > 0 {
+		rate = float64(done) / 1e6 / secs
+	}
+	if done > 0 && done <= total {
+		eta = (time.Duration(float64(total-done) / float64(done) * secs * float64(time.Second))).Round(time.Second).String()
+	}
+	return fmt.Sprintf("%.0f MB/s, ETA %s", rate, eta)
+}
+
+func percent(done, total int64) float64 {
+	return 100 * float64(min(done, total)) / float64(total)
+}
+
+// progressBar is "converting  41% [=====>      ] 1.23 GB / 2.95 GB, 812
+// MB/s, ETA 2s", the bar filling what width leaves.
+func progressBar(label string, done, total int64, elapsed time.Duration, width int) string {
+	head := fmt.Sprintf("%s %3.0f%% [", label, percent(done, total))
+	tail := fmt.Sprintf("] %s / %s, %s", humanBytes(done), humanBytes(total), rateETA(done, total, elapsed))
+	n := width - len(head) - len(tail)
+	if n < 10 {
+		line := label + " " + progressText(done, total, elapsed)
+		return line[:min(len(line), width)]
+	}
+	fill := int(float64(n) * float64(min(done, total)) / float64(total))
+	bar := strings.Repeat("=", fill)
+	if fill < n {
+		bar += ">" + strings.Repeat(" ", n-fill-1)
+	}
+	return head + bar + tail
 }
 
 // update records progress; it keeps the largest done value, since calls
@@ -342,15 +560,18 @@ func (r *progressReporter) update(done, total int64) {
 	}
 }
 
+// stop stops the display; on success a terminal's line shows 100%.
 func (r *progressReporter) stop(ok bool) {
 	close(r.quit)
 	r.wg.Wait()
-	if r.bar != nil {
+	r.mu.Lock()
+	drawn := r.drawn
+	r.mu.Unlock()
+	if drawn {
 		if ok {
-			r.bar.Set64(r.total.Load())
-			r.bar.Finish()
+			r.done.Store(r.total.Load())
+			r.draw(time.Since(r.start))
 		}
-		r.bar.Exit()
-		fmt.Fprintln(r.w) // end the bar's line
+		fmt.Fprintln(r.w) // end the line drawn in place
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -34,7 +34,10 @@ transformers does; not lm_head, embeddings, norms, biases or 1-D tensors.
 crossing dots; repeatable) keep more tensors dense or force quantization.
 
 Memory stays bounded whatever the model size (see the convert package
-documentation for the arithmetic); -j sets the parallelism.
+documentation for the arithmetic); -j sets the parallelism (0, the
+default: all CPUs). -v prints a line per tensor as it is written, as
+llama-quantize does ("[3/21] NAME [256, 64] bf16 -> nf4, 32.77 kB ->
+9.27 kB"), and the summary gives the whole model's bits per weight.
 
 Large models and clusters: the output is built in .DST.qconv-partial beside
 DST. An interrupted conversion (Ctrl-C, kill, power loss) rerun with the same
@@ -54,7 +57,10 @@ Examples:
   qconv convert ./llama-405b ./out --max-shard-size 5GB --shard auto/16   # one array task
   qconv convert ./llama-405b ./out --max-shard-size 5GB --finalize        # after all tasks
 
-Exit codes: 0 success, 2 usage error, invalid input or failed conversion.
+DST must be a directory: a DST ending in .safetensors is refused.
+
+Exit codes: 0 success, 2 usage error, invalid input or failed conversion,
+130/143 interrupted by SIGINT/SIGTERM (after cleaning up).
 `
 
 // stringList is a repeatable string flag.
@@ -67,7 +73,7 @@ func convertCommand() *command {
 	return &command{
 		name:    "convert",
 		summary: "convert a safetensors checkpoint to bitsandbytes 4-bit (NF4/FP4)",
-		run:     runConvert,
+		runCtx:  runConvert,
 	}
 }
 
@@ -85,6 +91,8 @@ type convertSummary struct {
 	OutputBytes      int64    `json:"output_bytes"`
 	TensorsQuantized int      `json:"tensors_quantized"`
 	TensorsKept      int      `json:"tensors_kept"`
+	Parameters       int64    `json:"parameters,omitempty"`
+	BitsPerWeight    float64  `json:"bits_per_weight,omitempty"`
 	Files            []string `json:"files"`
 	Index            string   `json:"index,omitempty"`
 	Copied           []string `json:"copied"`
@@ -94,7 +102,7 @@ type convertSummary struct {
 	PeakRSSBytes     int64    `json:"peak_rss_bytes"`
 }
 
-func runConvert(args []string, stdout, stderr io.Writer) int {
+func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("convert")
 	quantType := fs.String("quant-type", "nf4", "4-bit data type: nf4 or fp4")
 	blocksize := fs.Int("blocksize", convert.DefaultBlocksize, "4-bit block size: a power of two from 32 to 4096")
@@ -104,20 +112,27 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	var skip, include stringList
 	fs.Var(&skip, "skip", "keep tensors matching this glob dense (repeatable)")
 	fs.Var(&include, "include", "quantize floating-point tensors matching this glob, whatever their shape (repeatable)")
-	workers := runtime.NumCPU()
-	fs.IntVar(&workers, "workers", workers, "number of parallel workers")
-	fs.IntVar(&workers, "j", workers, "shorthand for --workers")
+	workersArg := workersFlag(fs)
 	out := addOutputFlags(fs)
 	allowNonFinite := fs.Bool("allow-nonfinite", false, "quantize weights holding NaN or Inf instead of failing")
 	shard := fs.String("shard", "", "convert only part I of N of the output files: I/N (0-based), or auto/N to take I from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID")
 	finalize := fs.Bool("finalize", false, "finish a conversion whose parts (--shard) are all done: check them and write DST")
 	restart := fs.Bool("restart", false, "discard the partial output of an interrupted conversion to DST and start again")
+	verbose := fs.Bool("v", false, "print a line per tensor on stderr as it is written: [i/N] name [shape] bf16 -> nf4, sizes")
 	pos, code, ok := parseFlags(fs, convertUsage, args, stdout, stderr)
 	if !ok {
 		return code
 	}
 	if len(pos) != 2 {
 		return usageError(stderr, "convert", "expected SRC and DST, got %d arguments", len(pos))
+	}
+	if strings.HasSuffix(strings.ToLower(filepath.Clean(pos[1])), ".safetensors") {
+		return usageError(stderr, "convert", "DST %s names a .safetensors file, but convert writes a directory (model.safetensors, config.json, ...); give a directory, such as %s",
+			pos[1], strings.TrimSuffix(filepath.Clean(pos[1]), filepath.Ext(pos[1]))+"-nf4")
+	}
+	workers, code, ok := resolveWorkers("convert", *workersArg, stderr)
+	if !ok {
+		return code
 	}
 	opts := convert.Options{
 		Blocksize:      *blocksize,
@@ -126,7 +141,7 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		Include:        include,
 		Workers:        workers,
 		AllowNonFinite: *allowNonFinite,
-		Force:          out.force,
+		Force:          *out.force,
 		Finalize:       *finalize,
 		Restart:        *restart,
 		Log:            stderr,
@@ -139,15 +154,12 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "convert", "--blocksize %d: want a power of two from 32 to 4096", *blocksize)
 	}
 	if opts.DType, err = convert.ParseDType(*dt); err != nil {
-		return usageError(stderr, "convert", "--dtype: %v", err)
+		return usageError(stderr, "convert", "--dtype: %s", errorLine(err))
 	}
 	if *computeDT != "" {
 		if opts.ComputeDType, err = convert.ParseDType(*computeDT); err != nil {
-			return usageError(stderr, "convert", "--compute-dtype: %v", err)
+			return usageError(stderr, "convert", "--compute-dtype: %s", errorLine(err))
 		}
-	}
-	if workers < 1 {
-		return usageError(stderr, "convert", "--workers %d: want at least 1", workers)
 	}
 	if opts.MaxShardSize, code, ok = out.check("convert", stderr); !ok {
 		return code
@@ -162,17 +174,25 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	}
 
 	var sum *convert.Summary
-	err = out.run("convert", "converting", stderr, func(ctx context.Context, progress func(done, total int64)) (err error) {
-		opts.Progress = progress
+	err = withProgress(*out.progress, "convert", "converting", stderr, func(rep *progressReporter) (err error) {
+		opts.Progress = rep.update
+		if *verbose {
+			opts.TensorDone = func(i, n int, t convert.TensorPlan) { rep.printLine(tensorLine(i, n, t)) }
+		}
 		sum, err = convert.Convert(ctx, pos[0], pos[1], opts)
 		return err
 	})
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "convert", err)
 		return exitError
 	}
 
-	if !opts.Part.Whole() && !out.asJSON {
+	if !opts.Part.Whole() && !*out.asJSON {
+		if len(sum.Files) == 0 {
+			fmt.Fprintf(stdout, "part %s: nothing to convert: the plan has %d output file(s) for %d parts (a smaller --max-shard-size makes more files); run with --finalize when all parts are done\n",
+				opts.Part, len(sum.Plan.Files), opts.Part.Count)
+			return exitOK
+		}
 		fmt.Fprintf(stdout, "converted part %s: %s; run with --finalize when all parts are done\n", opts.Part, strings.Join(sum.Files, ", "))
 		return exitOK
 	}
@@ -183,7 +203,7 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 		DType: p.ModelDType.TorchName(), ComputeDType: p.ComputeDType.TorchName(), Workers: workers,
 		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
 		TensorsQuantized: sum.TensorsQuantized, TensorsKept: sum.TensorsKept,
-		Files: sum.Files, Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
+		Files: nonNil(sum.Files), Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
 		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes,
 	}
 	if js.DType == "" {
@@ -192,17 +212,39 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 	if sum.Seconds > 0 {
 		js.InputMBPerSecond = float64(sum.InputBytes) / 1e6 / sum.Seconds
 	}
-	if out.asJSON {
-		return writeJSON(stdout, stderr, js)
+	if opts.Part.Whole() {
+		// Whole-model bits per weight, counted as inspect counts them.
+		if m, err := modelSize(sum.Dst); err == nil {
+			js.Parameters, js.BitsPerWeight = m.parameters, m.bitsPerWeight()
+		}
+	}
+	if *out.asJSON {
+		return writeJSON("convert", stdout, stderr, js)
 	}
 	dq := ""
 	if *doubleQuant {
 		dq = " + double quant"
 	}
-	fmt.Fprintf(stdout, "wrote %s: %d tensors quantized (%s%s, blocksize %d), %d kept (%s); %s -> %s in %d file(s); %.1f s, %.0f MB/s\n",
+	bpw := ""
+	if js.BitsPerWeight > 0 {
+		bpw = fmt.Sprintf(" (%.2f bpw)", js.BitsPerWeight)
+	}
+	fmt.Fprintf(stdout, "wrote %s: %d tensors quantized (%s%s, blocksize %d), %d kept (%s); %s -> %s%s in %d file(s); %.1f s, %.0f MB/s\n",
 		sum.Dst, sum.TensorsQuantized, js.QuantType, dq, *blocksize, sum.TensorsKept, js.DType,
-		humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds, js.InputMBPerSecond)
+		humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), bpw, len(sum.Files), sum.Seconds, js.InputMBPerSecond)
 	return exitOK
+}
+
+// tensorLine is convert -v's line for one tensor, as llama-quantize
+// prints: "[3/21] model.layers.0.mlp.up_proj.weight [256, 64] bf16 -> nf4,
+// 32.77 kB -> 9.27 kB" (i is 0-based; the line counts from 1).
+func tensorLine(i, n int, t convert.TensorPlan) string {
+	to := strings.ToLower(t.DType.String())
+	if t.Quantized {
+		to = t.QuantType.String()
+	}
+	return fmt.Sprintf("[%*d/%d] %s %s %s -> %s, %s -> %s",
+		len(strconv.Itoa(n)), i+1, n, t.Name, formatShape(t.Shape), strings.ToLower(t.SrcDType.String()), to, humanBytes(t.SrcBytes), humanBytes(t.OutBytes))
 }
 
 // parsePart parses --shard: "I/N", "auto/N" or "/N" (I from the

@@ -38,14 +38,15 @@ Examples:
   qconv dequant ./llama-nf4 ./llama-bf16
   qconv dequant ./llama-nf4 ./llama-f32 --dtype f32 -j 8
 
-Exit codes: 0 success, 2 usage error, invalid input or failed dequantization.
+Exit codes: 0 success, 2 usage error, invalid input or failed
+dequantization, 130/143 interrupted by SIGINT/SIGTERM (after cleaning up).
 `
 
 func dequantCommand() *command {
 	return &command{
 		name:    "dequant",
 		summary: "turn a bitsandbytes 4-bit checkpoint back into a dense one",
-		run:     runDequant,
+		runCtx:  runDequant,
 	}
 }
 
@@ -64,12 +65,10 @@ type dequantSummary struct {
 	Seconds     float64  `json:"seconds"`
 }
 
-func runDequant(args []string, stdout, stderr io.Writer) int {
+func runDequant(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("dequant")
 	dt := fs.String("dtype", "auto", "dtype of the output's floating-point tensors: auto (each weight's quant-state dtype, other tensors unchanged), bf16, f16 or f32")
-	workers := 0
-	fs.IntVar(&workers, "workers", 0, "number of parallel workers (0: all CPUs)")
-	fs.IntVar(&workers, "j", 0, "shorthand for --workers")
+	workersArg := workersFlag(fs)
 	out := addOutputFlags(fs)
 	pos, code, ok := parseFlags(fs, dequantUsage, args, stdout, stderr)
 	if !ok {
@@ -78,27 +77,26 @@ func runDequant(args []string, stdout, stderr io.Writer) int {
 	if len(pos) != 2 {
 		return usageError(stderr, "dequant", "expected SRC and DST, got %d arguments", len(pos))
 	}
-	opts := dequant.Options{Force: out.force}
+	opts := dequant.Options{Force: *out.force}
 	var err error
 	if opts.DType, err = convert.ParseDType(*dt); err != nil {
-		return usageError(stderr, "dequant", "--dtype: %v", err)
+		return usageError(stderr, "dequant", "--dtype: %s", errorLine(err))
 	}
-	if workers < 0 {
-		return usageError(stderr, "dequant", "--workers %d: want at least 0", workers)
+	if opts.Workers, code, ok = resolveWorkers("dequant", *workersArg, stderr); !ok {
+		return code
 	}
-	opts.Workers = workers
 	if opts.MaxShardSize, code, ok = out.check("dequant", stderr); !ok {
 		return code
 	}
 
 	var sum *dequant.Summary
-	err = out.run("dequant", "dequantizing", stderr, func(ctx context.Context, progress func(done, total int64)) (err error) {
-		opts.Progress = progress
+	err = withProgress(*out.progress, "dequant", "dequantizing", stderr, func(rep *progressReporter) (err error) {
+		opts.Progress = rep.update
 		sum, err = dequant.Dequantize(ctx, pos[0], pos[1], opts)
 		return err
 	})
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "dequant", err)
 		return exitError
 	}
 	js := dequantSummary{
@@ -110,8 +108,8 @@ func runDequant(args []string, stdout, stderr io.Writer) int {
 	if js.DType == "" {
 		js.DType = "mixed"
 	}
-	if out.asJSON {
-		return writeJSON(stdout, stderr, js)
+	if *out.asJSON {
+		return writeJSON("dequant", stdout, stderr, js)
 	}
 	fmt.Fprintf(stdout, "wrote %s: %d weights dequantized (%s), %d tensors kept; %s -> %s in %d file(s); %.1f s\n",
 		sum.Dst, sum.Weights, js.DType, sum.Kept, humanBytes(sum.InputBytes), humanBytes(sum.OutputBytes), len(sum.Files), sum.Seconds)

@@ -29,16 +29,21 @@ to list the problems of one that is not).
 Parameters are counted logically: a packed 4-bit weight counts as the
 elements of its original shape (from its quant-state JSON) and its
 quant-state tensors (absmax, quant_map, nested_*, quant_state) count zero.
-Bits per weight = 8 x (bytes of the packed weights and all their
+A 4-bit weight is listed with its logical shape and quant type ("nf4 (U8)
+[256, 64]"); --json gives its stored shape as "shape" and the logical one
+as "logical_shape". Bits per weight of the whole model = 8 x (bytes of
+all tensors) / (logical parameters), as llama.cpp's "BPW"; of the
+quantized weights alone = 8 x (bytes of the packed weights and all their
 quant-state tensors) / (logical elements of those weights).
 
 --json writes one JSON object:
   path, layout ("file", "dir" or "sharded"), files (shard file names),
   config (null without config.json; else dtype, quant_method, quant_type,
     double_quant, quant_storage when present),
-  tensors ([{name, dtype, shape, bytes, file}], sorted by name),
+  tensors ([{name, dtype, shape, bytes, file, and for a 4-bit weight
+    quant_type and logical_shape}], sorted by name),
   tensor_count, total_bytes, bytes_by_dtype ({"BF16": n, ...}),
-  parameters (logical),
+  parameters (logical), bits_per_weight (whole model),
   quantized (null without 4-bit weights; else {weights, parameters, bytes,
     bits_per_weight}).
 `
@@ -63,19 +68,19 @@ func runInspect(args []string, stdout, stderr io.Writer) int {
 	}
 	c, err := checkpoint.Open(pos[0])
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "inspect", err)
 		return exitError
 	}
 	defer c.Close()
 	rep, err := newInspectReport(c)
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "inspect", err)
 		return exitError
 	}
 	if *asJSON {
 		b, err := json.MarshalIndent(rep, "", "  ")
 		if err != nil {
-			printError(stderr, err)
+			printError(stderr, "inspect", err)
 			return exitError
 		}
 		stdout.Write(append(b, '\n'))
@@ -88,16 +93,17 @@ func runInspect(args []string, stdout, stderr io.Writer) int {
 // inspectReport is what inspect prints; its JSON form is the --json output
 // (field names are a stable interface).
 type inspectReport struct {
-	Path         string           `json:"path"`
-	Layout       string           `json:"layout"`
-	Files        []string         `json:"files"`
-	Config       *configSummary   `json:"config"`
-	Tensors      []inspectTensor  `json:"tensors"`
-	TensorCount  int              `json:"tensor_count"`
-	TotalBytes   int64            `json:"total_bytes"`
-	BytesByDType map[string]int64 `json:"bytes_by_dtype"`
-	Parameters   int64            `json:"parameters"`
-	Quantized    *quantSummary    `json:"quantized"`
+	Path          string           `json:"path"`
+	Layout        string           `json:"layout"`
+	Files         []string         `json:"files"`
+	Config        *configSummary   `json:"config"`
+	Tensors       []inspectTensor  `json:"tensors"`
+	TensorCount   int              `json:"tensor_count"`
+	TotalBytes    int64            `json:"total_bytes"`
+	BytesByDType  map[string]int64 `json:"bytes_by_dtype"`
+	Parameters    int64            `json:"parameters"`
+	BitsPerWeight float64          `json:"bits_per_weight"`
+	Quantized     *quantSummary    `json:"quantized"`
 
 	countByDType map[string]int
 }
@@ -108,6 +114,10 @@ type inspectTensor struct {
 	Shape []int64 `json:"shape"`
 	Bytes int64   `json:"bytes"`
 	File  string  `json:"file"`
+	// QuantType and LogicalShape are set for a packed 4-bit weight: its
+	// quant type and its shape before packing (from its quant state).
+	QuantType    string  `json:"quant_type,omitempty"`
+	LogicalShape []int64 `json:"logical_shape,omitempty"`
 }
 
 type configSummary struct {
@@ -154,6 +164,10 @@ func newInspectReport(c *checkpoint.Checkpoint) (*inspectReport, error) {
 		return nil, err
 	}
 	rep.Parameters = p.Total
+	rep.BitsPerWeight = modelStats{parameters: p.Total, bytes: rep.TotalBytes}.bitsPerWeight()
+	if err := rep.addLogicalShapes(c); err != nil {
+		return nil, err
+	}
 	if p.PackedWeights > 0 {
 		rep.Quantized = &quantSummary{Weights: p.PackedWeights, Parameters: p.Quantized, Bytes: p.PackedBytes, BitsPerWeight: p.BitsPerWeight()}
 	}
@@ -215,7 +229,11 @@ func (rep *inspectReport) writeText(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tDTYPE\tSHAPE\tBYTES\tFILE")
 	for _, t := range rep.Tensors {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Name, t.DType, formatShape(t.Shape), t.Bytes, t.File)
+		dt, shape := t.DType, t.Shape
+		if t.QuantType != "" {
+			dt, shape = t.QuantType+" ("+t.DType+")", t.LogicalShape
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Name, dt, formatShape(shape), t.Bytes, t.File)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -237,7 +255,7 @@ func (rep *inspectReport) writeText(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %-10s %s in %d tensor%s\n", d.String()+":", humanBytes(rep.BytesByDType[d.String()]), n, plural)
 	}
-	fmt.Fprintf(w, "parameters:  %d (%s)\n", rep.Parameters, humanCount(rep.Parameters))
+	fmt.Fprintf(w, "parameters:  %d (%s), %.2f bpw over the whole model\n", rep.Parameters, humanCount(rep.Parameters), rep.BitsPerWeight)
 	if q := rep.Quantized; q != nil {
 		fmt.Fprintf(w, "quantized:   %d weights, %d parameters, %s with quant state, %.2f bpw\n",
 			q.Weights, q.Parameters, humanBytes(q.Bytes), q.BitsPerWeight)
@@ -251,4 +269,65 @@ func formatShape(shape []int64) string {
 		parts[i] = strconv.FormatInt(d, 10)
 	}
 	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// addLogicalShapes gives each packed 4-bit weight its quant type and
+// logical shape, from its quant-state JSON.
+func (rep *inspectReport) addLogicalShapes(c *checkpoint.Checkpoint) error {
+	names := make([]string, len(rep.Tensors))
+	index := make(map[string]int, len(rep.Tensors))
+	for i, t := range rep.Tensors {
+		names[i] = t.Name
+		index[t.Name] = i
+	}
+	for _, pw := range checkpoint.FindPackedWeights(names) {
+		t, ok := c.Tensor(pw.QuantState)
+		if !ok || t.Size() > 1<<20 {
+			continue // Parameters has checked these
+		}
+		b, err := t.ReadAll()
+		if err != nil {
+			return fmt.Errorf("%s: tensor %q: %w", t.Shard.Path, pw.QuantState, err)
+		}
+		shape, err := checkpoint.QuantStateShape(b)
+		if err != nil {
+			return fmt.Errorf("%s: tensor %q: %v", t.Shard.Path, pw.QuantState, err)
+		}
+		it := &rep.Tensors[index[pw.Name]]
+		it.QuantType, it.LogicalShape = pw.QuantType, shape
+	}
+	return nil
+}
+
+// modelStats are a checkpoint's logical parameters and tensor bytes.
+type modelStats struct {
+	parameters, bytes int64
+}
+
+// bitsPerWeight is the whole model's storage cost in bits per logical
+// parameter, or 0 for a model without parameters.
+func (m modelStats) bitsPerWeight() float64 {
+	if m.parameters == 0 {
+		return 0
+	}
+	return 8 * float64(m.bytes) / float64(m.parameters)
+}
+
+// modelSize reads the headers of the checkpoint at path and returns its
+// modelStats, counted as inspect counts them.
+func modelSize(path string) (modelStats, error) {
+	c, err := checkpoint.Open(path)
+	if err != nil {
+		return modelStats{}, err
+	}
+	defer c.Close()
+	p, err := c.Parameters()
+	if err != nil {
+		return modelStats{}, err
+	}
+	m := modelStats{parameters: p.Total}
+	for _, t := range c.Tensors() {
+		m.bytes += t.Size()
+	}
+	return m, nil
 }

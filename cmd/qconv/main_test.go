@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"io"
 	"os"
@@ -110,10 +111,15 @@ func TestExitCodes(t *testing.T) {
 		{args: []string{"--json"}, code: 2, stderr: "before the command"},
 		{args: []string{"inspect"}, code: 2, stderr: "expected one PATH"},
 		{args: []string{"inspect", "a", "b"}, code: 2, stderr: "expected one PATH, got 2"},
-		{args: []string{"inspect", "--bogus", "x"}, code: 2, stderr: "flag provided but not defined: -bogus"},
-		{args: []string{"inspect", missing}, code: 2, stderr: "qconv: " + missing + ": no such file", stdoutEmpty: true},
-		{args: []string{"inspect", malformed, "--json"}, code: 2, stderr: "qconv: " + malformed + ": ", stdoutEmpty: true},
-		{args: []string{"inspect", "--", "--json"}, code: 2, stderr: "qconv: --json: no such file"},
+		{args: []string{"inspect", "--bogus", "x"}, code: 2, stderr: "qconv inspect: unknown flag --bogus\n"},
+		{args: []string{"inspect", "--jsn", "x"}, code: 2, stderr: "qconv inspect: unknown flag --jsn; did you mean --json?"},
+		{args: []string{"inspect", missing}, code: 2, stderr: "qconv inspect: " + missing + ": no such file", stdoutEmpty: true},
+		{args: []string{"inspect", malformed, "--json"}, code: 2, stderr: "qconv inspect: " + malformed + ": not a safetensors file (ST002: ", stdoutEmpty: true},
+		{args: []string{"inspect", "--", "--json"}, code: 2, stderr: "qconv inspect: --json: no such file"},
+		{args: []string{"inspec", "x"}, code: 2, stderr: `qconv: unknown command "inspec"; did you mean "inspect"?`},
+		{args: []string{"help", "conver"}, code: 2, stderr: `did you mean "convert"?`},
+		{args: []string{"help", "help"}, code: 0, stdout: "usage: qconv help [command]"},
+		{args: []string{"help"}, code: 0, stdout: "130  stopped by SIGINT"},
 		{args: []string{"inspect", dir}, code: 2, stderr: "no model.safetensors or model.safetensors.index.json (found bad.safetensors"},
 		{args: []string{"version"}, code: 0, stdout: "qconv dev ("},
 		{args: []string{"--version"}, code: 0, stdout: "qconv dev ("},
@@ -137,10 +143,10 @@ func TestExitCodes(t *testing.T) {
 func TestPanicIsReported(t *testing.T) {
 	cmds := []*command{{name: "boom", run: func([]string, io.Writer, io.Writer) int { panic("bad thing") }}}
 	var out, errOut bytes.Buffer
-	if code := dispatch(cmds, []string{"boom"}, &out, &errOut); code != exitError {
+	if code := dispatch(context.Background(), cmds, []string{"boom"}, &out, &errOut); code != exitError {
 		t.Errorf("exit %d", code)
 	}
-	if got := errOut.String(); got != "qconv: internal error: bad thing\n" {
+	if got := errOut.String(); !strings.HasPrefix(got, "qconv: internal error: bad thing; ") {
 		t.Errorf("stderr %q", got)
 	}
 }
@@ -195,7 +201,7 @@ func TestErrorLine(t *testing.T) {
 }
 
 func TestHumanUnits(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.00 KiB", 2001408: "1.91 MiB", 4080218931: "3.80 GiB", 1 << 60: "1.00 EiB"} {
+	for n, want := range map[int64]string{0: "0 B", 999: "999 B", 1000: "1.00 kB", 999_994: "999.99 kB", 999_995: "1.00 MB", 2001408: "2.00 MB", 2950000000: "2.95 GB", 1 << 60: "1.15 EB"} {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}

@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 
 	"github.com/qconv/qconv/convert/verify"
 )
 
 const verifyUsage = `
-usage: qconv verify [--json] [-j N] ORIGINAL QUANTIZED
+usage: qconv verify [--json] [-j N] [--progress MODE] ORIGINAL QUANTIZED
 
 Check a bitsandbytes 4-bit checkpoint (QUANTIZED) against the checkpoint it
 was made from (ORIGINAL), tensor by tensor:
@@ -26,7 +27,9 @@ was made from (ORIGINAL), tensor by tensor:
   - any other tensor must be identical to the original after a
     round-to-nearest-even cast to its dtype.
 
-Tensors are listed worst first, then the totals. --json writes one object:
+Tensors are listed worst first, then the totals. --json writes one object
+whose every tensor has every field (0, "" or false where a field does not
+apply; snr_db is null where there is no error):
   ok, original, quantized,
   tensors ([{name, kind ("quantized" or "dense"), status ("ok",
     "out-of-bounds", "mismatch", "invalid", "missing", "extra"), message,
@@ -38,21 +41,24 @@ Tensors are listed worst first, then the totals. --json writes one object:
     max_abs_error, rmse, snr_db} over the quantized weights).
 
 Exit status: 0 every tensor passes, 1 a tensor is out of bounds, differs,
-is missing or cannot be compared, 2 a checkpoint cannot be read.
+is missing or cannot be compared, 2 usage error, a checkpoint cannot be
+read, or QUANTIZED holds no 4-bit weight (a mixed-up path must not pass),
+130/143 interrupted by SIGINT/SIGTERM.
 `
 
 func verifyCommand() *command {
 	return &command{
 		name:    "verify",
 		summary: "check a 4-bit checkpoint's error against its source, tensor by tensor",
-		run:     runVerify,
+		runCtx:  runVerify,
 	}
 }
 
-func runVerify(args []string, stdout, stderr io.Writer) int {
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("verify")
 	asJSON := fs.Bool("json", false, "write one JSON object instead of text")
-	workers := fs.Int("j", 0, "number of parallel workers (0: all CPUs)")
+	workersArg := workersFlag(fs)
+	progress := progressFlag(fs)
 	pos, code, ok := parseFlags(fs, verifyUsage, args, stdout, stderr)
 	if !ok {
 		return code
@@ -60,12 +66,24 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 	if len(pos) != 2 {
 		return usageError(stderr, "verify", "expected ORIGINAL and QUANTIZED, got %d arguments", len(pos))
 	}
-	if *workers < 0 {
-		return usageError(stderr, "verify", "-j must be at least 0")
+	workers, code, ok := resolveWorkers("verify", *workersArg, stderr)
+	if !ok {
+		return code
 	}
-	rep, err := verify.Compare(context.Background(), pos[0], pos[1], verify.Options{Workers: *workers})
+	if code, ok := checkProgress("verify", *progress, stderr); !ok {
+		return code
+	}
+	var rep *verify.Report
+	err := withProgress(*progress, "verify", "verifying", stderr, func(pr *progressReporter) (err error) {
+		rep, err = verify.Compare(ctx, pos[0], pos[1], verify.Options{Workers: workers, Progress: pr.update})
+		return err
+	})
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "verify", err)
+		return exitError
+	}
+	if rep.Totals.Quantized == 0 {
+		fmt.Fprintf(stderr, "qconv verify: %s: holds no 4-bit weight (no tensor has a quant_state.bitsandbytes__nf4/fp4 companion); give the 4-bit checkpoint as QUANTIZED, after ORIGINAL\n", pos[1])
 		return exitError
 	}
 	if *asJSON {
@@ -74,7 +92,7 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 		err = rep.WriteText(stdout)
 	}
 	if err != nil {
-		printError(stderr, err)
+		printError(stderr, "verify", err)
 		return exitError
 	}
 	if !rep.OK() {

@@ -46,8 +46,12 @@ func TestVerifyCLIExitCodes(t *testing.T) {
 	}{
 		// A 4-bit checkpoint checked against a source it was not made from.
 		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-b-f32-nf4-dq-u8")}, exitFindings, "FAILED"},
-		// A dequantized (dense) checkpoint: the weights differ.
-		{[]string{"verify", filepath.Join(models, "tiny-llama-b-f32"), filepath.Join(models, "tiny-llama-bf16")}, exitFindings, "mismatch"},
+		// A dense checkpoint as QUANTIZED (a mixed-up path) must not pass.
+		{[]string{"verify", filepath.Join(models, "tiny-llama-b-f32"), filepath.Join(models, "tiny-llama-bf16")}, exitError, "holds no 4-bit weight"},
+		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-bf16")}, exitError, "qconv verify: " + filepath.Join(models, "tiny-llama-bf16") + ": holds no 4-bit weight"},
+		{[]string{"verify", "-j", "0", "--progress", "always", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-bf16-nf4-u8")}, exitOK, "OK"},
+		{[]string{"verify", "-j", "-1", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-bf16-nf4-u8")}, exitError, "-j -1: want 0 (all CPUs) or more"},
+		{[]string{"verify", "--progress", "sometimes", "a", "b"}, exitError, `--progress "sometimes"`},
 		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "no-such-model")}, exitError, "no-such-model"},
 		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(models, "tiny-llama-bf16-nf4-u8")}, exitError, "original checkpoint is quantized"},
 		{[]string{"verify", filepath.Join(models, "tiny-llama-bf16")}, exitError, "expected ORIGINAL and QUANTIZED"},

@@ -102,35 +102,35 @@ type TensorReport struct {
 	Name    string `json:"name"`
 	Kind    Kind   `json:"kind"`
 	Status  Status `json:"status"`
-	Message string `json:"message,omitempty"`
+	Message string `json:"message"`
 
 	// DType is the dtype of the quantized side (a 4-bit weight's quant
 	// state dtype); OrigDType that of the original.
-	DType     string  `json:"dtype,omitempty"`
-	OrigDType string  `json:"original_dtype,omitempty"`
+	DType     string  `json:"dtype"`
+	OrigDType string  `json:"original_dtype"`
 	Shape     []int64 `json:"shape"`
 	Elements  int64   `json:"elements"`
 
 	// Quantized weights only.
-	QuantType   string `json:"quant_type,omitempty"`
-	Blocksize   int    `json:"blocksize,omitempty"`
-	DoubleQuant bool   `json:"double_quant,omitempty"`
+	QuantType   string `json:"quant_type"`
+	Blocksize   int    `json:"blocksize"`
+	DoubleQuant bool   `json:"double_quant"`
 
 	MaxAbsError float64  `json:"max_abs_error"`
 	RMSE        float64  `json:"rmse"`
 	SNR         Decibels `json:"snr_db"`
 	// BoundRatio is the largest element error as a fraction of its
 	// bound (at most 1 when within bounds). Quantized weights only.
-	BoundRatio float64 `json:"bound_ratio,omitempty"`
+	BoundRatio float64 `json:"bound_ratio"`
 	// OutOfBounds counts elements whose error exceeds their bound,
 	// BadAbsmax blocks whose stored absmax is off by more than its
 	// rounding allows, NonFinite elements not checked because their block
 	// holds a NaN or an infinity.
-	OutOfBounds int64 `json:"out_of_bounds,omitempty"`
-	BadAbsmax   int64 `json:"bad_absmax_blocks,omitempty"`
-	NonFinite   int64 `json:"non_finite,omitempty"`
+	OutOfBounds int64 `json:"out_of_bounds"`
+	BadAbsmax   int64 `json:"bad_absmax_blocks"`
+	NonFinite   int64 `json:"non_finite"`
 	// Differing counts elements of a dense tensor that differ.
-	Differing int64 `json:"differing,omitempty"`
+	Differing int64 `json:"differing"`
 
 	acc acc
 }
@@ -167,7 +167,16 @@ type Report struct {
 func (r *Report) OK() bool { return r.Totals.Failed == 0 }
 
 // WriteJSON writes the report as one indented JSON object, with "ok" first.
+//
+// Every tensor object has every field, whatever its kind and status (a
+// field that does not apply is 0, "" or false, and snr_db is null where
+// there is no error), so that consumers can rely on the set of fields.
 func (r *Report) WriteJSON(w io.Writer) error {
+	for _, t := range r.Tensors {
+		if t.Shape == nil {
+			t.Shape = []int64{}
+		}
+	}
 	b, err := json.MarshalIndent(struct {
 		OK bool `json:"ok"`
 		*Report

@@ -9,6 +9,7 @@ import (
 	"math"
 	"runtime"
 	"slices"
+	"sync/atomic"
 
 	"github.com/qconv/qconv/convert/dequant"
 	"github.com/qconv/qconv/convert/internal/cast"
@@ -38,6 +39,10 @@ type Options struct {
 	// quantized weight, to whole groups of 256 blocks). Zero means
 	// DefaultJobElements.
 	JobElements int
+	// Progress, if not nil, is called after each job with the bytes of
+	// ORIGINAL compared so far and in total (each byte counted once). It
+	// is called from worker goroutines, possibly concurrently.
+	Progress func(done, total int64)
 }
 
 // Compare checks the checkpoint at quantized against the checkpoint it was
@@ -126,7 +131,7 @@ func CompareCheckpoints(ctx context.Context, orig, quant *checkpoint.Checkpoint,
 		rep.Tensors = append(rep.Tensors, tr)
 	}
 
-	if err := v.run(ctx, opts.Workers); err != nil {
+	if err := v.run(ctx, opts.Workers, opts.Progress); err != nil {
 		return nil, err
 	}
 	for _, tr := range rep.Tensors {
@@ -171,6 +176,7 @@ func (tr *TensorReport) fail(s Status, format string, args ...any) {
 // depend on scheduling.
 type job struct {
 	tr    *TensorReport
+	bytes int64 // of the original, for progress
 	run   func(*scratch, *acc) error
 	stats acc
 }
@@ -180,8 +186,8 @@ type verifier struct {
 	jobs     []*job
 }
 
-func (v *verifier) add(tr *TensorReport, run func(*scratch, *acc) error) {
-	v.jobs = append(v.jobs, &job{tr: tr, run: run})
+func (v *verifier) add(tr *TensorReport, bytes int64, run func(*scratch, *acc) error) {
+	v.jobs = append(v.jobs, &job{tr: tr, bytes: bytes, run: run})
 }
 
 // scratch holds one worker's buffers.
@@ -196,12 +202,23 @@ func newScratch() *scratch { return new(scratch) }
 // run runs the planned jobs on the given number of workers (zero: all
 // CPUs) and merges their results. The first error stops the others and
 // is returned.
-func (v *verifier) run(ctx context.Context, workers int) error {
+func (v *verifier) run(ctx context.Context, workers int, progress func(done, total int64)) error {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	var total int64
+	for _, j := range v.jobs {
+		total += j.bytes
+	}
+	var done atomic.Int64
 	err := jobs.Run(ctx, workers, 2*workers, slices.Values(v.jobs), newScratch, func(_ context.Context, s *scratch, j *job) error {
-		return j.run(s, &j.stats)
+		if err := j.run(s, &j.stats); err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(done.Add(j.bytes), total)
+		}
+		return nil
 	})
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("verify: %w", ctx.Err())
@@ -233,7 +250,7 @@ func (v *verifier) planDense(tr *TensorReport, o, q checkpoint.Tensor) {
 	per := (v.jobElems + denseUnit - 1) / denseUnit * denseUnit
 	for e0 := int64(0); e0 < n; e0 += per {
 		cnt := min(per, n-e0)
-		v.add(tr, func(s *scratch, a *acc) error {
+		v.add(tr, cnt*int64(o.DType.Size()), func(s *scratch, a *acc) error {
 			for u := int64(0); u < cnt; u += denseUnit {
 				if err := compareDense(s, a, o, q, e0+u, min(denseUnit, cnt-u), floats); err != nil {
 					return err
@@ -307,8 +324,10 @@ func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequa
 	unit := int64(bnb.NestedBlocksize)
 	per := max(unit, v.jobElems/int64(w.State.Blocksize)/unit*unit)
 	m := newMeasure(w)
+	bs := int64(w.State.Blocksize)
 	for b0 := int64(0); b0 < w.NumBlocks(); b0 += per {
-		v.add(tr, func(s *scratch, a *acc) error {
+		elems := min(per*bs, o.NumElements()-b0*bs)
+		v.add(tr, elems*int64(o.DType.Size()), func(s *scratch, a *acc) error {
 			return m.blocks(s, a, o, b0, per)
 		})
 	}

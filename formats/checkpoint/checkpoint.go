@@ -201,6 +201,9 @@ func OpenLenient(path string) (*Checkpoint, []*Problem) {
 					others = append(others[:3:3], "...")
 				}
 				msg += " (found " + strings.Join(others, ", ") + "; give a file's path to open it alone)"
+			} else if pickles := pickleWeights(path); len(pickles) > 0 {
+				msg += " (found " + strings.Join(pickles, ", ") + ": PyTorch pickle weights, which qconv does not read; " +
+					"re-save the model as safetensors first, e.g. with transformers' save_pretrained(dir, safe_serialization=True))"
 			}
 			o.add(&Problem{Code: CodeNoWeights, File: path, Msg: msg})
 		}
@@ -476,6 +479,26 @@ func sortedNames(ts []safetensors.TensorInfo) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// pickleWeights lists the weight files in dir that are not safetensors
+// (PyTorch pickles: .bin, .pt, .pth, .ckpt), at most three and "...".
+func pickleWeights(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		switch strings.ToLower(filepath.Ext(e.Name())) {
+		case ".bin", ".pt", ".pth", ".ckpt":
+			if len(out) == 3 {
+				return append(out, "...")
+			}
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 // exists reports whether path exists; errors other than "does not exist"

@@ -150,25 +150,40 @@ func LogicalParameters(tensors []safetensors.TensorInfo, readQuantState func(nam
 
 // quantStateElements returns prod(shape) of a quant-state JSON blob.
 func quantStateElements(b []byte) (int64, error) {
-	v, err := pyjson.Parse(b)
+	shape, err := QuantStateShape(b)
 	if err != nil {
-		return 0, fmt.Errorf("quant state is not valid JSON: %v", strings.TrimPrefix(err.Error(), "pyjson: "))
-	}
-	shape := v.Get("shape")
-	if shape.Kind() != pyjson.KindArray {
-		return 0, fmt.Errorf("quant state has no \"shape\" list")
+		return 0, err
 	}
 	n := int64(1)
-	for _, d := range shape.Items() {
-		k, ok := d.Int64()
-		if !ok || k < 0 {
-			return 0, fmt.Errorf("quant state shape has an invalid dimension %s", d.MarshalCompact())
-		}
+	for _, k := range shape {
 		hi, lo := bits.Mul64(uint64(n), uint64(k))
 		if hi != 0 || lo > math.MaxInt64 {
-			return 0, fmt.Errorf("quant state shape %s overflows int64", shape.MarshalCompact())
+			return 0, fmt.Errorf("quant state shape %v overflows int64", shape)
 		}
 		n = int64(lo)
 	}
 	return n, nil
+}
+
+// QuantStateShape returns the "shape" of a bitsandbytes quant-state JSON
+// (the bytes of a "<w>.quant_state.bitsandbytes__nf4" tensor): the
+// logical shape of the packed weight. Only "shape" is read.
+func QuantStateShape(b []byte) ([]int64, error) {
+	v, err := pyjson.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("quant state is not valid JSON: %v", strings.TrimPrefix(err.Error(), "pyjson: "))
+	}
+	shape := v.Get("shape")
+	if shape.Kind() != pyjson.KindArray {
+		return nil, fmt.Errorf("quant state has no \"shape\" list")
+	}
+	out := make([]int64, 0, len(shape.Items()))
+	for _, d := range shape.Items() {
+		k, ok := d.Int64()
+		if !ok || k < 0 {
+			return nil, fmt.Errorf("quant state shape has an invalid dimension %s", d.MarshalCompact())
+		}
+		out = append(out, k)
+	}
+	return out, nil
 }

@@ -1,0 +1,70 @@
+package convert
+
+import (
+	"github.com/qconv/qconv/formats/bnb"
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+// TensorPlan says what a conversion makes of one source tensor: the line
+// `qconv convert -v` prints for it ("[3/21] model.layers.0.mlp.up_proj.weight
+// [256, 64] bf16 -> nf4, 32.77 kB -> 9.27 kB").
+type TensorPlan struct {
+	// Name and Shape are the source tensor's.
+	Name  string
+	Shape []int64
+	// SrcDType is the source tensor's dtype.
+	SrcDType dtype.DType
+	// Quantized reports whether it becomes a 4-bit weight of QuantType;
+	// else it is kept, stored as DType.
+	Quantized bool
+	QuantType bnb.QuantType
+	// DType is the dtype of a kept tensor's output, and the dtype a
+	// quantized weight is rounded to before it is quantized.
+	DType dtype.DType
+	// SrcBytes is the size of the source tensor's data.
+	SrcBytes int64
+	// OutBytes is the size of the output tensors made of it: the packed
+	// weight and its quant-state tensors, or the kept tensor. Before the
+	// conversion has written it, a double-quantized weight's quant-state
+	// JSON is counted at its longest possible length.
+	OutBytes int64
+	// File is the name of the output file holding its data.
+	File string
+}
+
+// Tensors lists what the plan makes of each source tensor, in the order of
+// the output's state dict.
+func (p *Plan) Tensors() []TensorPlan {
+	out := make([]TensorPlan, len(p.items))
+	for i, it := range p.items {
+		out[i] = p.tensorPlan(it, -1)
+	}
+	return out
+}
+
+// tensorPlan describes it; qstateLen is the length of its quant-state JSON
+// once known, or -1.
+func (p *Plan) tensorPlan(it *item, qstateLen int64) TensorPlan {
+	t := TensorPlan{
+		Name: it.src.Name, Shape: it.src.Shape, SrcDType: it.src.DType,
+		Quantized: it.quantize, DType: it.dtype, SrcBytes: it.src.Size(),
+	}
+	if it.quantize {
+		t.QuantType = p.s.quant
+	}
+	for i := range it.entries {
+		e := &it.entries[i]
+		if e.kind == entryData {
+			t.File = p.Files[e.file].Name
+		}
+		if e.kind == entryQuantState && qstateLen >= 0 {
+			t.OutBytes += qstateLen
+			continue
+		}
+		n, err := p.entrySize(it, e)
+		if err == nil {
+			t.OutBytes += n
+		}
+	}
+	return t
+}
