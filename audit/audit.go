@@ -107,8 +107,9 @@ func (c *Counts) add(s Severity) {
 // the SARIF rule documentation and docs/audit-rules.md.
 type Rule struct {
 	// ID is stable and never reused: a prefix naming the group (ST
-	// structure, IX sharded index, BNB 4-bit quantization, CFG config.json,
-	// NAME tensor names, DEEP data checks) and three digits.
+	// structure, IX sharded index, BNB 4-bit quantization, ARCH what the
+	// architecture quantizes, CFG config.json, NAME tensor names, DEEP data
+	// checks) and three digits.
 	ID string
 	// Title is one line, lower case, without a final period.
 	Title string

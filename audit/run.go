@@ -143,6 +143,7 @@ var groups = []struct{ Prefix, Title string }{
 	{"ST", "Structure of a safetensors file"},
 	{"IX", "Sharded checkpoints (model.safetensors.index.json)"},
 	{"BNB", "bitsandbytes 4-bit tensors"},
+	{"ARCH", "What the architecture quantizes (transformers' table)"},
 	{"CFG", "config.json"},
 	{"NAME", "Tensor names"},
 	{"DEEP", "Tensor data (--deep only)"},

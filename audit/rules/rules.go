@@ -4,8 +4,9 @@
 // that runs it.
 //
 // ID groups: ST structure of one safetensors file, IX sharded index, BNB
-// bitsandbytes 4-bit tensors, CFG config.json, NAME tensor names, DEEP
-// checks of tensor data (run only with --deep). IDs are never renumbered
+// bitsandbytes 4-bit tensors, ARCH which tensors the architecture lets
+// transformers quantize (formats/arch), CFG config.json, NAME tensor
+// names, DEEP checks of tensor data (run only with --deep). IDs are never renumbered
 // or reused; a retired rule keeps its number out of use.
 //
 // This package is NOT a framework: the driver, the checkpoint view and the
@@ -24,6 +25,7 @@ func All() []*audit.Rule {
 		st022(),
 		ix001(), ix002(), ix003(), ix004(), ix005(), ix006(), ix007(), ix008(), ix009(),
 		bnb001(), bnb002(), bnb003(), bnb004(), bnb005(), bnb006(), bnb007(), bnb008(), bnb009(), bnb010(), bnb011(), bnb012(),
+		arch001(), arch002(), arch003(),
 		cfg001(), cfg002(), cfg003(), cfg004(), cfg005(), cfg006(), cfg007(), cfg008(), cfg009(), cfg010(), cfg011(),
 		name001(), name002(), name003(),
 		deep001(), deep002(), deep003(), deep004(), deep005(),
