@@ -94,6 +94,9 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		return err
 	}
 	need := want + want*6/10 + 256<<20
+	if c.genOnly {
+		need = 0
+	}
 	if _, err := os.Stat(filepath.Join(c.dir, fmt.Sprintf("in-%s-%dL.complete", strings.ToLower(c.dtype), layers))); err != nil || c.regen {
 		need += want
 	}
@@ -101,6 +104,20 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%s has %s free; this run needs about %s (use -dir elsewhere or a smaller -size)", c.dir, mb(free), mb(need))
 	}
 
+	if c.genOnly {
+		src, err := input(c, layers)
+		if err != nil {
+			return err
+		}
+		inBytes, files, err := weightFiles(src)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "qconv-bench: input %s: %s of %s weights in %d files + index, %d tensors (%d Llama-7B layers)\n",
+			src, mb(inBytes), c.dtype, files, tensorCount(layers), layers)
+		fmt.Fprintln(stdout, src)
+		return nil
+	}
 	qconv := c.qconv
 	if qconv == "" {
 		qconv = filepath.Join(bin, "qconv")
@@ -252,7 +269,7 @@ type reportInfo struct {
 
 // report prints the results table.
 func report(w io.Writer, r reportInfo) {
-	fmt.Fprintf(w, "qconv-bench (issue 6)\n")
+	fmt.Fprintf(w, "qconv-bench: cp -r vs qconv convert and qconv audit on a synthetic Llama-7B-like checkpoint\n")
 	fmt.Fprintf(w, "machine:  %s/%s, %d CPUs (%s), MemAvailable %s, %s\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), mib(memAvailable()), runtime.Version())
 	fmt.Fprintf(w, "load:     %s (1, 5, 15 min; other processes skew wall times)\n", r.load)

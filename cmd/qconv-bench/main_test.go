@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +134,37 @@ func TestReport(t *testing.T) {
 	// 2e9 bytes in a median of 4 s: 500 MB/s.
 	if !strings.Contains(out, " 500 ") {
 		t.Errorf("report lacks the convert's 500 MB/s:\n%s", out)
+	}
+}
+
+// -generate-only prints the input's directory and builds and times
+// nothing; an input that is complete is reused, not rewritten.
+func TestGenerateOnly(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in-bf16-1L")
+	if err := os.MkdirAll(in, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(in, "model-00001-of-00001.safetensors"), make([]byte, 100), 0o644)
+	os.WriteFile(in+".complete", nil, 0o644)
+	var out, errOut bytes.Buffer
+	code := run([]string{"-generate-only", "-size", "1GB", "-dir", dir}, &out, &errOut)
+	if code != 0 || out.String() != in+"\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %s", code, out.String(), errOut.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bin")); !os.IsNotExist(err) {
+		t.Error("-generate-only built a binary")
+	}
+	if strings.Contains(errOut.String(), "issue") {
+		t.Errorf("internal wording: %s", errOut.String())
+	}
+}
+
+// The report speaks of the project only.
+func TestReportWording(t *testing.T) {
+	var b bytes.Buffer
+	report(&b, reportInfo{qconv: "qconv", version: "dev", src: "in", dtype: "bf16", runs: 3})
+	if strings.Contains(b.String(), "issue") {
+		t.Errorf("report mentions an issue:\n%s", b.String())
 	}
 }
