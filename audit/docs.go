@@ -30,8 +30,10 @@ func WriteMarkdown(w io.Writer, rules []*Rule) error {
 `+"`qconv audit PATH...`"+` checks safetensors checkpoints for what breaks a load or
 wastes memory. Each finding names one of the rules below. IDs are stable:
 a rule's ID is never reused for a different check. `+"`qconv audit --explain ID`"+`
-prints a rule's documentation; `+"`--disable ID,...`"+` turns rules off; rules
-marked *deep* read tensor data and run only with `+"`--deep`"+`.
+prints a rule's documentation; `+"`--select`"+` and `+"`--disable`"+` take IDs and
+ID prefixes (`+"`--disable NAME,CFG008`"+`); rules marked *deep* read tensor
+data and run only with `+"`--deep`"+`. Each rule's section has the anchor of
+its lower-case ID (`+"`#st002`"+`), the helpUri of the rule in SARIF output.
 
 | ID | Severity | Title |
 | --- | --- | --- |

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -64,6 +65,26 @@ func TestRuleValues(t *testing.T) {
 		}
 		if r.Deep != (audit.GroupPrefix(r.ID) == "DEEP") {
 			t.Errorf("%s: Deep is %v", r.ID, r.Deep)
+		}
+	}
+}
+
+// Each rule's SARIF helpUri points at an anchor that docs/audit-rules.md
+// has: GitHub makes the heading "### ST002" the anchor "#st002".
+func TestHelpURIAnchors(t *testing.T) {
+	doc, err := os.ReadFile(docsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range All() {
+		uri := audit.RuleHelpURI(r.ID)
+		base, anchor, ok := strings.Cut(uri, "#")
+		if !ok || base != audit.RulesDocURL || !strings.HasSuffix(base, "/"+filepath.ToSlash(strings.TrimPrefix(docsPath, "../../"))) {
+			t.Errorf("%s: helpUri %q is not an anchor of %s", r.ID, uri, docsPath)
+			continue
+		}
+		if heading := "\n### " + r.ID + "\n"; anchor != strings.ToLower(r.ID) || !bytes.Contains(doc, []byte(heading)) {
+			t.Errorf("%s: anchor #%s has no heading %q in %s", r.ID, anchor, strings.TrimSpace(heading), docsPath)
 		}
 	}
 }
