@@ -329,7 +329,15 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		}
 		return err
 	}
-	return jobs.Run(ctx, s.workers, r.window(), r.jobs(ctx, statItems, writeItems), r.newWorker, do)
+	if err := jobs.Run(ctx, s.workers, r.window(), r.jobs(ctx, statItems, writeItems), r.newWorker, do); err != nil {
+		return err
+	}
+	// The job stream stops early once ctx is cancelled, so a run that
+	// returned nil may still have left files unfinished.
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	return nil
 }
 
 // fileReady lays out and creates output file fi, whose quant-state JSONs
