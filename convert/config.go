@@ -1,6 +1,8 @@
 package convert
 
 import (
+	"strings"
+
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
@@ -59,11 +61,20 @@ func (p *Plan) ConfigJSON(cfg *pyjson.Value) []byte {
 	if name := p.ModelDType.TorchName(); name != "" && p.Arch != nil {
 		// transformers writes the dtype into the sub-configs of composite
 		// models (vision-language models) too.
-		for _, k := range p.Arch.SubconfigDType {
-			if sub := out.Get(k); sub.Kind() == pyjson.KindObject {
+		for _, path := range p.Arch.SubconfigDType {
+			sub := out
+			for _, k := range strings.Split(path, ".") {
+				sub = sub.Get(k)
+			}
+			if sub.Kind() == pyjson.KindObject {
 				sub.Set("dtype", pyjson.String(name))
 			}
 		}
+	}
+	if p.Arch != nil && p.Arch.ConfigModelType != "" && out.Has("model_type") {
+		// The model_type reuses another's class, whose config transformers
+		// writes.
+		out.Set("model_type", pyjson.String(p.Arch.ConfigModelType))
 	}
 	out.Set("quantization_config", p.QuantizationConfig())
 	return append(out.MarshalIndentSorted(), '\n')

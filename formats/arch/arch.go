@@ -99,9 +99,14 @@ type Arch struct {
 	// OutputEmbedding is the module transformers keeps as the output
 	// embedding ("lm_head"), if any.
 	OutputEmbedding string
-	// SubconfigDType lists the sub-configs of config.json ("text_config",
-	// "vision_config", ...) into which transformers writes "dtype".
+	// SubconfigDType lists the dotted paths of the sub-configs of
+	// config.json ("text_config", "vlm_config.vision_config", ...) into
+	// which transformers writes "dtype".
 	SubconfigDType []string
+	// ConfigModelType is the model_type transformers writes into
+	// config.json when it is not the one it read (a model_type that reuses
+	// another's class, such as gpt-sw3's GPT2LMHeadModel), else "".
+	ConfigModelType string
 	// Refuse, when not empty, says why a 4-bit conversion of this
 	// architecture cannot be one that transformers writes or loads.
 	Refuse string
@@ -127,6 +132,7 @@ type rawTable struct {
 	} `json:"source"`
 	Architectures map[string]struct {
 		ModelType       string            `json:"model_type"`
+		ConfigModelType string            `json:"config_model_type"`
 		Kind            string            `json:"kind"`
 		OutputEmbedding string            `json:"output_embedding"`
 		SubconfigDType  []string          `json:"subconfig_dtype"`
@@ -174,9 +180,10 @@ func Parse(data []byte) (*Table, error) {
 		archs: make(map[string]*Arch, len(raw.Architectures)), byModelType: map[string][]*Arch{},
 		unbuilt: make(map[string]string, len(raw.Unbuilt)),
 	}
-	for class, ra := range raw.Architectures {
+	for key, ra := range raw.Architectures {
+		class, _, _ := strings.Cut(key, "@")
 		a := &Arch{Class: class, ModelType: ra.ModelType, Kind: ra.Kind, OutputEmbedding: ra.OutputEmbedding,
-			SubconfigDType: ra.SubconfigDType, Refuse: ra.Refuse,
+			SubconfigDType: ra.SubconfigDType, ConfigModelType: ra.ConfigModelType, Refuse: ra.Refuse,
 			tensors: make(map[string]Decision, len(ra.Tensors)), exact: make(map[string]Decision, len(ra.Exact))}
 		for n, s := range ra.Tensors {
 			d, err := ParseDecision(s)
@@ -193,7 +200,7 @@ func Parse(data []byte) (*Table, error) {
 			a.exact[n] = d
 		}
 		a.buildTails()
-		t.archs[class] = a
+		t.archs[key] = a
 		t.byModelType[a.ModelType] = append(t.byModelType[a.ModelType], a)
 	}
 	for mt := range t.byModelType {
@@ -232,14 +239,18 @@ func Default() *Table {
 	return defaultTable
 }
 
-// Len is the number of architectures the table knows.
+// Len is the number of entries of the table: architecture classes, and
+// classes that another model_type reuses with other tensors or config
+// ("GPT2LMHeadModel@gpt-sw3").
 func (t *Table) Len() int { return len(t.archs) }
 
-// Arch returns the architecture of the given class, or nil.
+// Arch returns the entry of the given class (the class's own model_type),
+// or nil.
 func (t *Table) Arch(class string) *Arch { return t.archs[class] }
 
-// Classes returns the known architecture classes, sorted.
-func (t *Table) Classes() []string {
+// Keys returns the table's entry keys ("Class" or "Class@model_type"),
+// sorted.
+func (t *Table) Keys() []string {
 	out := make([]string, 0, len(t.archs))
 	for c := range t.archs {
 		out = append(out, c)
@@ -257,11 +268,15 @@ func (t *Table) Unbuilt(class string) (string, bool) {
 
 // Lookup finds the architecture of a checkpoint from its config.json's
 // "architectures" list and "model_type": the first listed class the table
-// knows, else, with no class listed, the table's first class of that
-// model_type (a causal LM where there is one). It returns nil when the
-// table does not know the model.
+// knows (its entry for that model_type where the model_type reuses the
+// class differently), else, with no class listed, the table's first class
+// of that model_type (a causal LM where there is one). It returns nil when
+// the table does not know the model.
 func (t *Table) Lookup(architectures []string, modelType string) *Arch {
 	for _, c := range architectures {
+		if a := t.archs[c+"@"+modelType]; a != nil {
+			return a
+		}
 		if a := t.archs[c]; a != nil {
 			return a
 		}
@@ -275,8 +290,11 @@ func (t *Table) Lookup(architectures []string, modelType string) *Arch {
 }
 
 // Normalize replaces every all-digit component of a dotted tensor name by
-// "*": "model.layers.12.mlp.experts.3.w1.weight" becomes
-// "model.layers.*.mlp.experts.*.w1.weight".
+// "*", and the digits of a component that ends in "_<digits>" after a
+// letter-led prefix by "*": "model.layers.12.mlp.experts.3.w1.weight"
+// becomes "model.layers.*.mlp.experts.*.w1.weight" and
+// "ffn.experts.expert_7.fc1.weight" becomes "ffn.experts.expert_*.fc1.weight"
+// (scripts/archgen/build_table.py's normalize, which must agree).
 func Normalize(name string) string {
 	if !strings.ContainsAny(name, "0123456789") {
 		return name
@@ -285,9 +303,25 @@ func Normalize(name string) string {
 	for i, p := range parts {
 		if isDigits(p) {
 			parts[i] = "*"
+			continue
+		}
+		if j := strings.LastIndexByte(p, '_'); j > 0 && isDigits(p[j+1:]) && isLetter(p[0]) && isWord(p[:j]) {
+			parts[i] = p[:j] + "_*"
 		}
 	}
 	return strings.Join(parts, ".")
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+
+// isWord reports whether s is made of ASCII letters, digits and '_'.
+func isWord(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isLetter(c) && !(c >= '0' && c <= '9') && c != '_' {
+			return false
+		}
+	}
+	return true
 }
 
 func isDigits(s string) bool {

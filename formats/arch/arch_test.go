@@ -145,8 +145,9 @@ func TestTableIsGenerated(t *testing.T) {
 	}
 	root := filepath.Join("..", "..")
 	out := filepath.Join(t.TempDir(), "table.json")
-	cmd := exec.Command(py, filepath.Join(root, "scripts", "archgen", "build_table.py"),
-		filepath.Join(root, "testdata", "arch", "arch-records.jsonl.gz"), out)
+	cmd := exec.Command(py, filepath.Join(root, "scripts", "archgen", "build_table.py"), out,
+		filepath.Join(root, "testdata", "arch", "arch-records.jsonl.gz"),
+		filepath.Join(root, "testdata", "arch", "arch-records-wide.jsonl.gz"))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build_table.py: %v\n%s", err, b)
 	}
@@ -155,7 +156,7 @@ func TestTableIsGenerated(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, tableJSON) {
-		t.Fatal("formats/arch/table.json is not what scripts/archgen/build_table.py makes of testdata/arch/arch-records.jsonl.gz: regenerate it")
+		t.Fatal("formats/arch/table.json is not what scripts/archgen/build_table.py makes of testdata/arch/arch-records*.jsonl.gz: regenerate it")
 	}
 }
 

@@ -81,6 +81,11 @@ REFERENCE = [
 ]
 
 VOCAB = 256
+# ARCHGEN_SCALE=2 doubles widths and depth (a second, differently shaped
+# set for checking that the table generalizes beyond the models it came
+# from); ARCHGEN_SEED changes the weights.
+_SCALE = int(os.environ.get("ARCHGEN_SCALE", "1"))
+SEED = int(os.environ.get("ARCHGEN_SEED", "1234"))
 SIZE = {
     # hidden sizes
     "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 64, "model_dim": 64, "dim": 64,
@@ -119,6 +124,15 @@ SIZE = {
     "state_size": 8, "d_state": 8, "time_step_rank": 8, "mamba_d_state": 8, "lru_width": 64,
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
 }
+if _SCALE > 1:
+    for _k in ("hidden_size", "d_model", "n_embd", "embed_dim", "model_dim", "dim", "word_embed_proj_dim",
+               "projection_dim", "text_embed_dim", "intermediate_size", "ffn_dim", "d_ff", "n_inner",
+               "decoder_ffn_dim", "encoder_ffn_dim", "ffn_hidden_size", "mlp_dim", "intermediate_size_mlp",
+               "hidden_dim", "head_dim", "d_kv", "kv_channels", "moe_intermediate_size", "lru_width",
+               "num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
+               "num_decoder_layers", "depth", "text_layers", "vision_layers", "out_hidden_size"):
+        SIZE[_k] *= _SCALE
+    SIZE["num_local_experts"] = SIZE["num_experts"] = SIZE["n_routed_experts"] = SIZE["moe_num_experts"] = 8
 DROP = {"layer_types", "mlp_layer_types", "block_types", "layers_block_type", "attention_layers",
         "mlp_only_layers", "no_rope_layers", "moe_layers", "sliding_window_pattern_list"}
 
@@ -299,7 +313,7 @@ def run_one(kind, model_type, class_name, outdir, keep):
             return rec
         del meta
         stage = "build"
-        torch.manual_seed(1234)
+        torch.manual_seed(SEED)
         model = cls(cfg)
         model = model.to(torch.bfloat16)
         # Random norms and biases so that nothing is a trivial constant.
@@ -388,6 +402,7 @@ def all_jobs():
     from transformers.models.auto import modeling_auto
     jobs, seen = [], set()
     ref = set(REFERENCE)
+    keep_all = os.environ.get("ARCHGEN_KEEP_ALL") == "1"
     for kind, var in AUTO:
         mapping = getattr(modeling_auto, var, {})
         for mt, names in mapping.items():
@@ -395,7 +410,7 @@ def all_jobs():
                 if (kind, mt, cn) in seen:
                     continue
                 seen.add((kind, mt, cn))
-                jobs.append((kind, mt, cn, (mt, kind) in ref))
+                jobs.append((kind, mt, cn, keep_all or (mt, kind) in ref))
     # Reference families first, then the rest.
     jobs.sort(key=lambda j: (not j[3], AUTO.index(next(a for a in AUTO if a[0] == j[0]))))
     return jobs
