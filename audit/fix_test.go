@@ -138,6 +138,17 @@ func TestFixRefuses(t *testing.T) {
 			t.Errorf("unchanged copy: %s differs from the input", name)
 		}
 	}
+	// Linked lists exactly the files that are hard links to the input's
+	// (all of them where the temporary directory and testdata share a
+	// file system, none otherwise).
+	entries, _ := os.ReadDir(unchanged)
+	for _, e := range entries {
+		a, _ := os.Stat(filepath.Join(unchanged, e.Name()))
+		b, _ := os.Stat(filepath.Join(clean, e.Name()))
+		if linked := slices.Contains(res.Linked, e.Name()); linked != os.SameFile(a, b) {
+			t.Errorf("%s: in Linked %v, hard link %v", e.Name(), linked, os.SameFile(a, b))
+		}
+	}
 	dst := filepath.Join(t.TempDir(), "out")
 	// A single file: the packed weights are repaired, no config is read.
 	if _, err := audit.Fix(dst, filepath.Join(src, "model.safetensors")); err != nil {
@@ -148,7 +159,7 @@ func TestFixRefuses(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Error("fixed single file differs from the uint8 golden file")
 	}
-	entries, _ := os.ReadDir(filepath.Dir(dst))
+	entries, _ = os.ReadDir(filepath.Dir(dst))
 	if len(entries) != 1 {
 		t.Errorf("temporary files left beside the output: %v", entries)
 	}

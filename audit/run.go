@@ -314,6 +314,7 @@ func (m *meter) startRule(deep bool, bytes int64) {
 func (m *meter) endRule() {
 	if m.counting {
 		m.ruleN++
+		m.read.Store(0)
 		m.report(0)
 	}
 	m.counting = false

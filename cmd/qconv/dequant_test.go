@@ -43,6 +43,8 @@ func TestDequantCLIErrors(t *testing.T) {
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--progress", "sometimes"}, "--progress"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(tmp, "b")}, "no bitsandbytes 4-bit weights"},
 		{[]string{"dequant", filepath.Join(tmp, "none"), filepath.Join(tmp, "c")}, "none"},
+		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "-j", "-2"}, "qconv dequant: -j -2: want 0 (all CPUs) or more"},
+		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--dtype", "int4"}, `qconv dequant: --dtype: unknown dtype "int4" (want auto, bf16, f16 or f32)`},
 	} {
 		code, _, errOut := qconv(c.args...)
 		if code != exitError || !strings.Contains(errOut, c.msg) {
@@ -65,7 +67,7 @@ func TestDequantCLIForce(t *testing.T) {
 	if code, _, errOut := qconv("dequant", src, dst); code != exitError || !strings.Contains(errOut, "not empty (use --force") {
 		t.Errorf("non-empty DST: exit %d, stderr %q", code, errOut)
 	}
-	if code, _, errOut := qconv("dequant", src, dst, "--force", "--progress=never"); code != exitOK || errOut != "" {
+	if code, _, errOut := qconv("dequant", src, dst, "--force", "--progress=never", "-j", "0"); code != exitOK || errOut != "" {
 		t.Fatalf("--force: exit %d, stderr %q", code, errOut)
 	}
 	var names []string

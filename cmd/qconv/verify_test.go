@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,6 +65,45 @@ func TestVerifyCLIExitCodes(t *testing.T) {
 		}
 		if code != c.code || !strings.Contains(text, c.out) {
 			t.Errorf("qconv %q: exit %d, want %d with %q in:\n%s", c.args, code, c.code, c.out, text)
+		}
+	}
+}
+
+// verify --json gives every tensor the same set of fields, whatever its
+// kind and status, so that consumers can rely on them.
+func TestVerifyJSONFields(t *testing.T) {
+	code, out, errOut := qconv("verify", "--json", filepath.Join(models, "tiny-llama-bf16"), filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var rep struct {
+		Tensors []map[string]json.RawMessage `json:"tensors"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(m map[string]json.RawMessage) string {
+		var ks []string
+		for k := range m {
+			ks = append(ks, k)
+		}
+		slices.Sort(ks)
+		return strings.Join(ks, ",")
+	}
+	want := keys(rep.Tensors[0])
+	kinds := map[string]bool{}
+	for _, tr := range rep.Tensors {
+		if got := keys(tr); got != want {
+			t.Errorf("tensor %s has fields %s, tensor %s has %s", tr["name"], got, rep.Tensors[0]["name"], want)
+		}
+		kinds[string(tr["kind"])] = true
+	}
+	if len(kinds) != 2 {
+		t.Errorf("kinds %v: want quantized and dense tensors both checked", kinds)
+	}
+	for _, f := range []string{"name", "kind", "status", "message", "quant_type", "blocksize", "bound_ratio", "differing", "shape"} {
+		if !strings.Contains(","+want+",", ","+f+",") {
+			t.Errorf("fields %s lack %s", want, f)
 		}
 	}
 }
