@@ -199,4 +199,3 @@ func TestHugeSparseCheckpoint(t *testing.T) {
 		t.Logf("wrote a %d-byte sharded sparse checkpoint to %s", writeSparseCheckpoint(t, out, 80, 30), out)
 	}
 }
-
