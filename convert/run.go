@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"math"
 	"os"
 	"slices"
 	"sync"
@@ -54,6 +53,9 @@ type runner struct {
 	off     [][]int64 // [item][entry]: absolute offset in the entry's file
 	qstate  [][]byte  // per item: the quant-state JSON, once known
 	offset  []float32 // per item: the nested offset found by the statistics pass
+	// statsReady is closed, per item of the statistics pass, once its
+	// nested offset is known.
+	statsReady []chan struct{}
 
 	done, total atomic.Int64
 
@@ -83,7 +85,7 @@ type runner struct {
 // itemState is the state of one item during a pass, shared by its jobs.
 type itemState struct {
 	remaining atomic.Int64
-	absmax    []float32 // double quant: the whole tensor's absmax
+	absmax    []float32 // statistics pass: the whole tensor's absmax
 }
 
 // A job is a range of elements of one item. Jobs are passed by value (no
@@ -96,13 +98,16 @@ type job struct {
 }
 
 // worker holds one goroutine's buffers, reused from job to job: the raw
-// bytes of a sub-chunk, the packed codes and absmax values of a job, and
-// for kept tensors that change dtype the decoded values and their output
+// bytes of a sub-chunk, the packed codes and absmax values of a job, with
+// double quantization their 8-bit codes and nested absmax values, and for
+// kept tensors that change dtype the decoded values and their output
 // bytes.
 type worker struct {
 	raw    []byte
 	packed []byte
 	absmax []float32
+	codes  []byte
+	nested []float32
 	vals   []float32
 	out    []byte
 }
@@ -169,7 +174,7 @@ func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
 	}
 	st := &itemState{}
 	st.remaining.Store((n + chunk - 1) / chunk)
-	if it.quantize && r.s.doubleQuant && (stats || r.needsDQ(it)) {
+	if stats {
 		st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
 	}
 	for start := int64(0); start < n; start += chunk {
@@ -209,6 +214,13 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 					return
 				}
 			}
+			if c := r.statsReady[it.index]; c != nil {
+				select {
+				case <-c:
+				case <-ctx.Done():
+					return
+				}
+			}
 			if !r.itemJobs(it, false, yield) {
 				return
 			}
@@ -221,8 +233,8 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 	}
 }
 
-// needsDQ reports whether the quantization pass must collect its whole
-// absmax vector: it writes some double-quant statistic of it.
+// needsDQ reports whether this run writes some double-quant statistic of
+// it, so that its quantization jobs need its nested offset.
 func (r *runner) needsDQ(it *item) bool {
 	for _, k := range []entryKind{entryAbsmax, entryNestedAbsmax, entryQuantState} {
 		if e := it.entry(k); e != nil && r.entryInPart(e) {
@@ -245,6 +257,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	r.off = make([][]int64, len(p.items))
 	r.qstate = make([][]byte, len(p.items))
 	r.offset = make([]float32, len(p.items))
+	r.statsReady = make([]chan struct{}, len(p.items))
 	cb := bnb.CodeBook(s.quant)
 	r.quantMap = cast.F32Bytes(cb[:])
 	dm := bnb.DynamicMap()
@@ -260,8 +273,12 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		r.total.Add(it.src.Size())
 		if it.quantize {
 			if s.doubleQuant {
-				if r.entryInPart(it.entry(entryQuantState)) {
+				// The statistics pass finds the nested offset, which
+				// the quant-state JSON prints and the quantization
+				// jobs need to double-quantize their blocks.
+				if r.needsDQ(it) {
 					statItems = append(statItems, it)
+					r.statsReady[it.index] = make(chan struct{})
 				}
 			} else {
 				r.qstate[it.index] = p.quantState(it, 0).MarshalPython()
@@ -302,7 +319,9 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		}
 	}()
 	for _, it := range statItems {
-		r.pendingStats[it.entry(entryQuantState).file].Add(1)
+		if e := it.entry(entryQuantState); r.entryInPart(e) {
+			r.pendingStats[e.file].Add(1)
+		}
 	}
 	for _, it := range writeItems {
 		if it.numElements() == 0 {
@@ -606,15 +625,18 @@ func (r *runner) finishStats(j job) error {
 	j.st.absmax = nil
 	r.offset[it.index] = offset
 	r.qstate[it.index] = r.p.quantState(it, offset).MarshalPython()
-	if fi := it.entry(entryQuantState).file; r.pendingStats[fi].Add(-1) == 0 {
-		return r.fileReady(fi)
+	close(r.statsReady[it.index])
+	if e := it.entry(entryQuantState); r.entryInPart(e) && r.pendingStats[e.file].Add(-1) == 0 {
+		return r.fileReady(e.file)
 	}
 	return nil
 }
 
 // quantJob quantizes a job's elements straight from the raw bytes, a
-// sub-chunk at a time, and writes the packed codes (and without double
-// quantization the absmax values; with it they go to the item's vector).
+// sub-chunk at a time, and writes the packed codes and the absmax values,
+// with double quantization as 8-bit codes and nested absmax values: a job
+// covers whole nested blocks, whose codes depend on nothing outside them
+// but the nested offset that the statistics pass found.
 func (r *runner) quantJob(w *worker, j job) error {
 	it := j.it
 	bs := r.s.blocksize
@@ -623,9 +645,6 @@ func (r *runner) quantJob(w *worker, j job) error {
 	b0 := j.start / int64(bs)
 	absmax := jobs.Grow(w.absmax, nb)
 	w.absmax = absmax
-	if r.s.doubleQuant && j.st.absmax != nil {
-		absmax = j.st.absmax[b0 : b0+int64(nb)]
-	}
 	for off := int64(0); off < j.n; off += subChunk {
 		m := min(subChunk, j.n-off)
 		raw, err := r.read(w, it, j.start+off, m)
@@ -644,35 +663,35 @@ func (r *runner) quantJob(w *worker, j job) error {
 		return err
 	}
 	r.writeback(it, entryData, j.start/2, int64(len(w.packed)))
-	if r.s.doubleQuant {
-		return nil
+	if !r.s.doubleQuant {
+		w.out = jobs.Grow(w.out, 4*nb)
+		cast.Encode(w.out, absmax, dtype.F32)
+		return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
 	}
-	w.out = jobs.Grow(w.out, 4*nb)
-	cast.Encode(w.out, absmax, dtype.F32)
-	return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
+	if r.statsReady[it.index] == nil {
+		return nil // no double-quant statistic of it is written here
+	}
+	nn := int(bnb.NumBlocks(int64(nb), bnb.NestedBlocksize))
+	w.codes = jobs.Grow(w.codes, nb)
+	w.nested = jobs.Grow(w.nested, nn)
+	bnb.DoubleQuantOffset(w.codes, w.nested, absmax, r.offset[it.index])
+	if err := r.writeEntry(it, entryAbsmax, b0, w.codes); err != nil {
+		return err
+	}
+	w.out = jobs.Grow(w.out, 4*nn)
+	cast.Encode(w.out, w.nested, dtype.F32)
+	return r.writeEntry(it, entryNestedAbsmax, 4*(b0/bnb.NestedBlocksize), w.out)
 }
 
 // finishQuant writes the per-tensor parts of a quantized weight once all
 // its blocks are done: the code book, and with double quantization the
-// 8-bit absmax codes, nested absmax and nested code book.
+// nested code book.
 func (r *runner) finishQuant(j job) error {
 	it := j.it
 	if err := r.writeEntry(it, entryQuantMap, 0, r.quantMap); err != nil {
 		return err
 	}
-	if r.s.doubleQuant && j.st.absmax != nil {
-		codes, nested, offset := bnb.DoubleQuant(j.st.absmax)
-		r.putAbsmax(j.st.absmax)
-		j.st.absmax = nil
-		if qs := r.qstate[it.index]; qs != nil && math.Float32bits(offset) != math.Float32bits(r.offset[it.index]) {
-			return fmt.Errorf("convert: internal error: tensor %q: statistics pass found nested offset %v, quantization %v", it.src.Name, r.offset[it.index], offset)
-		}
-		if err := r.writeEntry(it, entryAbsmax, 0, codes); err != nil {
-			return err
-		}
-		if err := r.writeEntry(it, entryNestedAbsmax, 0, cast.F32Bytes(nested)); err != nil {
-			return err
-		}
+	if r.s.doubleQuant {
 		if err := r.writeEntry(it, entryNestedQuantMap, 0, r.nestedMap); err != nil {
 			return err
 		}

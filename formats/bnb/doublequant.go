@@ -27,6 +27,22 @@ func DoubleQuant(absmax []float32) (codes []byte, nestedAbsmax []float32, offset
 	return codes, nestedAbsmax, offset
 }
 
+// DoubleQuantOffset is DoubleQuant with the offset given (the float32 mean
+// of the whole tensor's absmax vector, CUDAMean): it writes the codes of
+// absmax to codes[:len(absmax)] and the nested absmax of each block of
+// NestedBlocksize values to nestedAbsmax[:NumBlocks(len(absmax),
+// NestedBlocksize)]. Every nested block is independent of the others given
+// the offset, so a tensor's vector can be double-quantized a piece at a
+// time, by different goroutines, as long as every piece but the last
+// starts and ends on a multiple of NestedBlocksize: the result is the same
+// bytes as DoubleQuant of the whole vector. It panics if codes or
+// nestedAbsmax is too short.
+func DoubleQuantOffset(codes []byte, nestedAbsmax, absmax []float32, offset float32) {
+	_ = codes[:len(absmax)]
+	_ = nestedAbsmax[:NumBlocks(int64(len(absmax)), NestedBlocksize)]
+	doubleQuantInto(codes, nestedAbsmax, absmax, offset)
+}
+
 // doubleQuantInto is DoubleQuant with a given offset.
 func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float32) {
 	q8 := dynamicQuantizer()

@@ -296,6 +296,16 @@ func checkGoldenCase(t *testing.T, g *gtFile, c goldenCase) string {
 		doubleQuantInto(codes, nested, absmax, parsed.NestedOffset)
 		gtEqual(t, "absmax codes (golden offset)", codes, wantCodes)
 		gtEqual(t, "nested_absmax (golden offset)", f32Bytes(nested), wantNested)
+		// A piece at a time (convert's quantization jobs), in pieces of
+		// whole nested blocks: the same bytes.
+		clear(codes)
+		clear(nested)
+		for b := 0; b < len(absmax); b += 2 * NestedBlocksize {
+			e := min(b+2*NestedBlocksize, len(absmax))
+			DoubleQuantOffset(codes[b:e], nested[b/NestedBlocksize:], absmax[b:e], parsed.NestedOffset)
+		}
+		gtEqual(t, "absmax codes (golden offset, in pieces)", codes, wantCodes)
+		gtEqual(t, "nested_absmax (golden offset, in pieces)", f32Bytes(nested), wantNested)
 		st2 := st
 		st2.DoubleQuant, st2.NestedBlocksize, st2.NestedDType, st2.NestedOffset = true, NestedBlocksize, "float32", parsed.NestedOffset
 		gtEqual(t, "quant state JSON (golden offset)", st2.MarshalPython(), blob)

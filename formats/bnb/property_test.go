@@ -169,3 +169,29 @@ func TestPropDoubleQuant(t *testing.T) {
 		}
 	})
 }
+
+// TestPropDoubleQuantOffsetPieces checks that double-quantizing an absmax
+// vector a piece of whole nested blocks at a time, with the offset of the
+// whole vector, gives DoubleQuant's bytes.
+func TestPropDoubleQuantOffsetPieces(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		absmax := rapid.SliceOfN(rapid.Float32Range(1e-6, 10), 1, 3000).Draw(t, "absmax")
+		groups := rapid.IntRange(1, 4).Draw(t, "groups")
+		codes, nested, off := DoubleQuant(absmax)
+		gotCodes := make([]byte, len(codes))
+		gotNested := make([]float32, len(nested))
+		step := groups * NestedBlocksize
+		for b := 0; b < len(absmax); b += step {
+			e := min(b+step, len(absmax))
+			DoubleQuantOffset(gotCodes[b:e], gotNested[b/NestedBlocksize:], absmax[b:e], off)
+		}
+		if !bytes.Equal(gotCodes, codes) {
+			t.Fatalf("codes differ")
+		}
+		for i := range nested {
+			if math.Float32bits(gotNested[i]) != math.Float32bits(nested[i]) {
+				t.Fatalf("nested absmax %d: %v, want %v", i, gotNested[i], nested[i])
+			}
+		}
+	})
+}
