@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -22,6 +23,7 @@ type sample struct {
 	wall   time.Duration
 	cpu    time.Duration // user + system time of the child
 	maxRSS int64         // the child's peak resident set, bytes
+	out    string        // the child's standard output (the yardsticks report on it)
 }
 
 // A task is one command that is timed.
@@ -31,6 +33,7 @@ type task struct {
 	// if it writes anything.
 	run     func(ctx context.Context, dst string) (sample, error)
 	showRSS bool // a qconv run: its peak RSS is reported
+	convert bool // a qconv convert run: ratios are reported
 	samples []sample
 }
 
@@ -38,8 +41,8 @@ type task struct {
 // codes in okCodes other than 0 are accepted too (audit's 1: findings).
 func child(ctx context.Context, name string, args []string, okCodes ...int) (sample, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
-	var out bytes.Buffer
-	cmd.Stdout = io.Discard
+	var out, stdout bytes.Buffer
+	cmd.Stdout = &stdout
 	cmd.Stderr = &out
 	start := time.Now()
 	err := cmd.Run()
@@ -50,7 +53,9 @@ func child(ctx context.Context, name string, args []string, okCodes ...int) (sam
 			return sample{}, fmt.Errorf("%s %s: %v\n%s", filepath.Base(name), strings.Join(args, " "), err, tail(out.String(), 2000))
 		}
 	}
-	return rusage(cmd.ProcessState, wall), nil
+	s := rusage(cmd.ProcessState, wall)
+	s.out = tail(stdout.String(), 1000)
+	return s, nil
 }
 
 func rusage(ps *os.ProcessState, wall time.Duration) sample {
@@ -141,15 +146,26 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 
 	var notes []string
 	convertName := "qconv convert"
-	var convertCmd func(dst string) (string, []string)
+	// convertCmd returns the command line of a convert with j workers
+	// (0: the default).
+	var convertCmd func(dst string, j int) (string, []string)
 	useCLI := c.convert == "cli" || (c.convert == "auto" && hasCommand(qconv, "convert"))
 	if useCLI {
-		convertCmd = func(dst string) (string, []string) { return qconv, []string{"convert", src, dst} }
+		convertCmd = func(dst string, j int) (string, []string) {
+			args := []string{"convert", src, dst}
+			if j > 0 {
+				args = append(args, "-j", strconv.Itoa(j))
+			}
+			return qconv, args
+		}
 	} else {
 		convertName = "convert (library)*"
 		notes = append(notes, "* the qconv binary has no convert command yet: converted with the convert package, default Options, in a child process (qconv-bench -child-convert)")
-		convertCmd = func(dst string) (string, []string) { return self, []string{"-" + childFlag, src, dst} }
+		convertCmd = func(dst string, j int) (string, []string) {
+			return self, []string{"-" + childFlag, "-profile-workers", strconv.Itoa(j), src, dst}
+		}
 	}
+	var outBytes int64 // the output's size, known after the first convert
 
 	tasks := []*task{{
 		name: "cp -r",
@@ -169,15 +185,55 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 			},
 		})
 	}
-	tasks = append(tasks, &task{
-		name:    convertName,
-		showRSS: true,
-		run: func(ctx context.Context, dst string) (sample, error) {
-			name, args := convertCmd(dst)
-			return child(ctx, name, args)
-		},
-	})
-	if hasCommand(qconv, "audit") {
+	if c.yardstick {
+		n := strconv.Itoa(c.readers)
+		tasks = append(tasks, &task{
+			name: fmt.Sprintf("read ×%d (yardstick)", c.readers),
+			run: func(ctx context.Context, _ string) (sample, error) {
+				return child(ctx, self, []string{"-child-read", "-readers", n, src})
+			},
+		}, &task{
+			name: fmt.Sprintf("write ×%d + fsync (yardstick)", c.readers),
+			run: func(ctx context.Context, dst string) (sample, error) {
+				return child(ctx, self, []string{"-child-write", strconv.FormatInt(outBytes, 10), "-readers", n, dst})
+			},
+		}, &task{
+			name: fmt.Sprintf("write ×%d, %d files + fsync", c.readers, c.readers),
+			run: func(ctx context.Context, dst string) (sample, error) {
+				return child(ctx, self, []string{"-child-write", strconv.FormatInt(outBytes, 10), "-child-write-files", "-readers", n, dst})
+			},
+		})
+	}
+	jobs := c.jobs
+	if jobs == nil {
+		jobs = []int{0}
+	}
+	var firstConvert *task
+	for _, j := range jobs {
+		name := convertName
+		if j > 0 {
+			name += fmt.Sprintf(" -j %d", j)
+		}
+		t := &task{
+			name:    name,
+			showRSS: true,
+			convert: true,
+			run: func(ctx context.Context, dst string) (sample, error) {
+				name, args := convertCmd(dst, j)
+				s, err := child(ctx, name, args)
+				if err == nil && outBytes == 0 {
+					outBytes = dirBytes(dst)
+				}
+				return s, err
+			},
+		}
+		if firstConvert == nil {
+			firstConvert = t
+		}
+		tasks = append(tasks, t)
+	}
+	if !c.audit {
+	} else if hasCommand(qconv, "audit") {
 		tasks = append(tasks, &task{
 			name:    "qconv audit",
 			showRSS: true,
@@ -189,17 +245,22 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		notes = append(notes, "qconv audit: skipped, the qconv binary has no audit command yet")
 	}
 
-	// One untimed round warms the page cache (and measures the output).
-	var outBytes int64
-	fmt.Fprintln(stderr, "qconv-bench: warm-up round (untimed)")
-	for _, t := range tasks {
+	// One untimed round warms the page cache; the first convert measures
+	// the output (the write yardsticks write as many bytes).
+	warm := []*task{firstConvert}
+	if c.warmup {
+		for _, t := range tasks {
+			if t != firstConvert {
+				warm = append(warm, t)
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "qconv-bench: warm-up (untimed): %d commands\n", len(warm))
+	for _, t := range warm {
 		dst := filepath.Join(c.dir, "out")
 		os.RemoveAll(dst)
 		if _, err := t.run(ctx, dst); err != nil {
 			return err
-		}
-		if t.showRSS && outBytes == 0 {
-			outBytes = dirBytes(dst)
 		}
 		if err := os.RemoveAll(dst); err != nil {
 			return err
@@ -226,21 +287,40 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		}
 	}
 
-	if c.cpuprofile != "" {
+	if c.cpuprofile != "" || c.blockprofile != "" || c.mutexprofile != "" {
 		dst := filepath.Join(c.dir, "out")
-		fmt.Fprintf(stderr, "qconv-bench: profiling a library convert into %s\n", c.cpuprofile)
-		s, err := child(ctx, self, []string{"-" + childFlag, "-cpuprofile", c.cpuprofile, src, dst})
+		args := []string{"-" + childFlag, "-profile-workers", strconv.Itoa(c.profWorkers)}
+		var files []string
+		for _, p := range []struct{ flag, file string }{{"-cpuprofile", c.cpuprofile}, {"-blockprofile", c.blockprofile}, {"-mutexprofile", c.mutexprofile}} {
+			if p.file != "" {
+				args = append(args, p.flag, p.file)
+				files = append(files, p.file)
+			}
+		}
+		fmt.Fprintf(stderr, "qconv-bench: profiling a library convert into %s\n", strings.Join(files, ", "))
+		s, err := child(ctx, self, append(args, src, dst))
 		if err != nil {
 			return err
 		}
 		os.RemoveAll(dst)
-		notes = append(notes, fmt.Sprintf("profile: library convert under pprof took %.2fs, CPU %.2fs; go tool pprof -top %s", s.wall.Seconds(), s.cpu.Seconds(), c.cpuprofile))
+		workers := "one per CPU"
+		if c.profWorkers > 0 {
+			workers = strconv.Itoa(c.profWorkers)
+		}
+		notes = append(notes, fmt.Sprintf("profile: library convert (%s workers) under pprof took %.2fs, CPU %.2fs; go tool pprof -top %s", workers, s.wall.Seconds(), s.cpu.Seconds(), strings.Join(files, " ")))
 	}
 	if c.clean {
 		os.RemoveAll(src)
 		os.Remove(src + ".complete")
 	}
 
+	for _, t := range tasks {
+		if strings.Contains(t.name, "yardstick") || strings.Contains(t.name, "files + fsync") {
+			for _, s := range t.samples {
+				notes = append(notes, t.name+": "+strings.TrimSpace(s.out))
+			}
+		}
+	}
 	report(stdout, reportInfo{
 		qconv: qconv, version: qconvVersion(qconv), src: src, dtype: c.dtype, layers: layers,
 		inBytes: inBytes, files: files, outBytes: outBytes, runs: c.runs, tasks: tasks, notes: notes,
@@ -305,14 +385,29 @@ func report(w io.Writer, r reportInfo) {
 	tw.Flush()
 	fmt.Fprintln(w)
 
+	// The host's own limit: reading the input and writing the output.
+	var yard time.Duration
+	var yardName string
 	for _, t := range r.tasks {
-		if !strings.Contains(t.name, "convert") {
+		if strings.HasPrefix(t.name, "read ×") || strings.HasPrefix(t.name, "write ×") && strings.HasSuffix(t.name, "+ fsync (yardstick)") {
+			yard += med[t.name]
+			yardName += " + " + t.name
+		}
+	}
+	if yardName != "" {
+		fmt.Fprintf(w, "yardstick (%s): %.3fs\n", strings.TrimPrefix(yardName, " + "), yard.Seconds())
+	}
+	for _, t := range r.tasks {
+		if !t.convert && !strings.Contains(t.name, "convert") {
 			continue
 		}
 		for _, base := range []string{"cp -r", "cp -r + sync"} {
 			if m, ok := med[base]; ok && m > 0 {
 				fmt.Fprintf(w, "ratio %s / %s: %.2f\n", t.name, base, float64(med[t.name])/float64(m))
 			}
+		}
+		if yard > 0 {
+			fmt.Fprintf(w, "ratio %s / yardstick: %.2f\n", t.name, float64(med[t.name])/float64(yard))
 		}
 	}
 	for _, t := range r.tasks {

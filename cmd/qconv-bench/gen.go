@@ -84,7 +84,7 @@ func input(c *config, layers int) (string, error) {
 		return "", err
 	}
 	fmt.Fprintf(os.Stderr, "qconv-bench: generating %s (%d layers, %s, shards of at most %s)...\n", dir, layers, c.dtype, c.shard)
-	if err := synth.WriteSharded(dir, synth.Llama7B(layers, d), shard, 1); err != nil {
+	if err := synth.WriteShardedParallel(dir, synth.Llama7B(layers, d), shard, 1, c.genWorkers); err != nil {
 		os.RemoveAll(dir)
 		return "", err
 	}

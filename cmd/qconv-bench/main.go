@@ -54,6 +54,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -78,6 +79,17 @@ type config struct {
 	regen      bool
 	cpuprofile string
 	genOnly    bool
+	// Scaling: -jobs, the yardsticks, the profiles.
+	jobsArg      string
+	jobs         []int // qconv convert -j values; nil: qconv's default
+	yardstick    bool
+	readers      int
+	genWorkers   int
+	warmup       bool
+	audit        bool
+	blockprofile string
+	mutexprofile string
+	profWorkers  int
 }
 
 func main() {
@@ -100,7 +112,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&c.regen, "regen", false, "regenerate the input even if a complete one exists")
 	fs.BoolVar(&c.genOnly, "generate-only", false, "only generate (or reuse) the input, print its directory on stdout and exit: nothing is built or timed")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "after the timed runs, profile one library convert of the input and write the CPU profile here")
+	fs.StringVar(&c.jobsArg, "jobs", "", "comma-separated qconv convert -j values to time each (default: qconv's default, one worker per CPU)")
+	fs.BoolVar(&c.yardstick, "yardstick", true, "also time the host's own limits: parallel reads of the input from the page cache, and parallel writes of the output's size (+ fsync)")
+	fs.IntVar(&c.readers, "readers", runtime.NumCPU(), "goroutines of the read and write yardsticks")
+	fs.IntVar(&c.genWorkers, "gen-workers", runtime.NumCPU(), "input shard files generated at the same time")
+	fs.BoolVar(&c.warmup, "warmup", true, "run one untimed round first (warms the page cache)")
+	fs.BoolVar(&c.audit, "audit", true, "also time qconv audit of the input")
+	fs.StringVar(&c.blockprofile, "blockprofile", "", "like -cpuprofile, for the blocking profile (the same profiled convert)")
+	fs.StringVar(&c.mutexprofile, "mutexprofile", "", "like -cpuprofile, for the mutex contention profile (the same profiled convert)")
+	fs.IntVar(&c.profWorkers, "profile-workers", 0, "workers of the profiled convert (0: one per CPU)")
 	child := fs.Bool(childFlag, false, "internal: convert SRC DST with the convert package (used by -convert lib)")
+	childRd := fs.Bool("child-read", false, "internal: the read yardstick: read the .safetensors files of DIR with -readers goroutines")
+	childWr := fs.Int64("child-write", 0, "internal: the write yardstick: write this many bytes into DIR with -readers goroutines")
+	childWrFiles := fs.Bool("child-write-files", false, "internal: the write yardstick writes one file per goroutine")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -108,7 +132,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *child {
-		return childConvert(fs.Args(), c.cpuprofile, stderr)
+		return childConvert(fs.Args(), &c, stderr)
+	}
+	if *childRd || *childWr > 0 {
+		if fs.NArg() != 1 || c.readers < 1 {
+			fmt.Fprintln(stderr, "qconv-bench: the yardsticks want one DIR and -readers >= 1")
+			return 2
+		}
+		var err error
+		if *childRd {
+			err = childRead(fs.Arg(0), c.readers, stdout)
+		} else {
+			err = childWrite(fs.Arg(0), c.readers, *childWr, *childWrFiles, stdout)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "qconv-bench:", err)
+			return 1
+		}
+		return 0
 	}
 	if fs.NArg() != 0 {
 		fmt.Fprintf(stderr, "qconv-bench: unexpected arguments %q\n", fs.Args())
@@ -124,6 +165,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "qconv-bench: -runs must be at least 1")
 		return 2
 	}
+	if c.jobs, err = parseJobs(c.jobsArg); err != nil {
+		fmt.Fprintln(stderr, "qconv-bench:", err)
+		return 2
+	}
+	if c.readers < 1 || c.genWorkers < 1 || c.profWorkers < 0 {
+		fmt.Fprintln(stderr, "qconv-bench: -readers and -gen-workers must be at least 1, -profile-workers at least 0")
+		return 2
+	}
 	switch c.convert {
 	case "auto", "cli", "lib":
 	default:
@@ -137,14 +186,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// parseJobs parses the -jobs list.
+func parseJobs(s string) ([]int, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var js []int
+	for _, f := range strings.Split(s, ",") {
+		j, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || j < 1 {
+			return nil, fmt.Errorf("-jobs %q: want comma-separated numbers of workers (1,2,4,8,16)", s)
+		}
+		js = append(js, j)
+	}
+	return js, nil
+}
+
 // childConvert converts args[0] to args[1] with default options, as
-// qconv convert would, optionally under the CPU profiler.
-func childConvert(args []string, profile string, stderr io.Writer) int {
+// qconv convert would (with -profile-workers workers), optionally under
+// the CPU, blocking and mutex profilers.
+func childConvert(args []string, c *config, stderr io.Writer) int {
 	if len(args) != 2 {
 		fmt.Fprintln(stderr, "qconv-bench: -child-convert wants SRC DST")
 		return 2
 	}
-	if profile != "" {
+	if c.blockprofile != "" {
+		runtime.SetBlockProfileRate(10_000) // one event per 10 µs blocked
+		defer writeProfile("block", c.blockprofile, stderr)
+	}
+	if c.mutexprofile != "" {
+		runtime.SetMutexProfileFraction(10)
+		defer writeProfile("mutex", c.mutexprofile, stderr)
+	}
+	if profile := c.cpuprofile; profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
 			fmt.Fprintln(stderr, "qconv-bench:", err)
@@ -159,11 +233,25 @@ func childConvert(args []string, profile string, stderr io.Writer) int {
 			f.Close()
 		}()
 	}
-	if _, err := convert.Convert(context.Background(), args[0], args[1], convert.Options{Log: stderr}); err != nil {
+	if _, err := convert.Convert(context.Background(), args[0], args[1], convert.Options{Log: stderr, Workers: c.profWorkers}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	return 0
+}
+
+// writeProfile writes the named runtime profile to path.
+func writeProfile(name, path string, stderr io.Writer) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup(name).WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "qconv-bench:", err)
+	}
 }
 
 // moduleRoot returns the directory of the main module's go.mod.

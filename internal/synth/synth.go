@@ -10,12 +10,14 @@ package synth
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -163,6 +165,13 @@ func encode(buf []byte, v []float32, dt dtype.DType) []byte {
 // model-00001-of-0000N.safetensors, and model.safetensors.index.json.
 // With one shard it writes model.safetensors and no index.
 func WriteSharded(dir string, tensors []Tensor, maxShard int64, seed uint64) error {
+	return WriteShardedParallel(dir, tensors, maxShard, seed, 1)
+}
+
+// WriteShardedParallel is WriteSharded writing up to workers shard files at
+// the same time (the bytes are the same: each value depends only on seed
+// and its tensor's name). It takes a few hundred KiB of memory per worker.
+func WriteShardedParallel(dir string, tensors []Tensor, maxShard int64, seed uint64, workers int) error {
 	var shards [][]Tensor
 	var cur []Tensor
 	var size, total, params int64
@@ -191,14 +200,32 @@ func WriteSharded(dir string, tensors []Tensor, maxShard int64, seed uint64) err
 		return WriteFile(filepath.Join(dir, "model.safetensors"), tensors, seed)
 	}
 	var entries []checkpoint.IndexEntry
+	names := make([]string, len(shards))
 	for i, sh := range shards {
-		name := fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
-		if err := WriteFile(filepath.Join(dir, name), sh, seed); err != nil {
-			return err
-		}
+		names[i] = fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(shards))
 		for _, t := range sh {
-			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: name})
+			entries = append(entries, checkpoint.IndexEntry{Tensor: t.Name, File: names[i]})
 		}
+	}
+	errs := make([]error, len(shards))
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range max(1, min(workers, len(shards))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				errs[i] = WriteFile(filepath.Join(dir, names[i]), shards[i], seed)
+			}
+		}()
+	}
+	for i := range shards {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	b, err := checkpoint.NewIndex(params, total, entries).Marshal()
 	if err != nil {
