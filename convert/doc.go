@@ -40,10 +40,14 @@
 //     the 4-bit codes in one pass), and write the packed bytes with
 //     WriteAt at their planned offset, then ask the kernel to start
 //     writing them back (sync_file_range on Linux) so that the file's
-//     final fsync has little left to do. The worker that finishes the
-//     last job of a weight double-quantizes its absmax vector
-//     (bnb.DoubleQuant) and writes the small tensors. Kept tensors are
-//     copied, or cast to the model dtype, the same way.
+//     final fsync has little left to do. With double quantization each
+//     job also turns its absmax values into 8-bit codes and nested absmax
+//     values (bnb.DoubleQuantOffset, with the nested offset that the
+//     statistics pass found: a job covers whole 256-block groups, which
+//     depend on nothing else) and writes them; the worker that finishes
+//     the last job of a weight writes the code books and the quant-state
+//     JSON. Kept tensors are copied, or cast to the model dtype, the same
+//     way.
 //   - One stream of jobs carries both kinds, in order: the statistics jobs
 //     of output file k+1 are handed out before the quantization jobs of
 //     file k, so workers never wait for a layout, and the second read of
@@ -70,13 +74,14 @@
 // sub-chunk of input bytes (128 Ki elements, at most 512 KiB), J/2 packed
 // bytes and J/blocksize·4 bytes of absmax, and for kept tensors that
 // change dtype a sub-chunk of float32 values and of output: about
-// 0.6·J bytes + 1.5 MiB per worker. A job is handed out only while it is fewer than 2w+2 jobs ahead
-// of the oldest unfinished one, so the per-tensor absmax vectors that
-// double quantization needs (4 bytes per block: 2.8 MB for a 4096×11008
-// weight at blocksize 64, 55 MB for the largest Linear of a 405B model)
-// exist for at most the tensors that overlap 2w+2 consecutive jobs, plus
-// up to four freed vectors kept for reuse, and twice one vector while it
-// is double-quantized. Everything else is headers and the plan (a few
+// 0.6·J bytes + 1.5 MiB per worker. A job is handed out only while it is
+// fewer than 8w+2 jobs ahead of the oldest unfinished one, so the
+// per-tensor absmax vectors that the statistics pass fills (4 bytes per
+// block: 2.8 MB for a 4096×11008 weight at blocksize 64, 55 MB for the
+// largest Linear of a 405B model) exist for at most the tensors that
+// overlap 8w+2 consecutive jobs (four 7B weights, two of a 405B model),
+// plus up to four freed vectors kept for reuse. The quantization pass
+// keeps none: each job double-quantizes its own blocks. Everything else is headers and the plan (a few
 // hundred bytes per tensor). Go's garbage collector adds up to its GOGC
 // headroom (100%) over the live heap. For 2 workers converting a 7B bf16
 // model this is under 20 MiB live (25 MiB peak RSS measured).

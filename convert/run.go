@@ -144,8 +144,11 @@ func (r *runner) putAbsmax(a []float32) {
 }
 
 // window is the number of jobs the dispatcher may run ahead of the oldest
-// unfinished one.
-func (r *runner) window() int { return 2*r.s.workers + 2 }
+// unfinished one. It bounds the statistics pass's absmax vectors (the
+// quantization pass keeps no per-tensor vector); 8 jobs per worker let
+// the others go on while a few jobs wait (a buffered write waits for the
+// file's lock, which the kernel takes for every write to the file).
+func (r *runner) window() int { return 8*r.s.workers + 2 }
 
 func (r *runner) srcName(it *item) string { return r.p.srcFiles[it.src.shard] }
 

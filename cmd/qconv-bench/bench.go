@@ -167,13 +167,16 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	}
 	var outBytes int64 // the output's size, known after the first convert
 
-	tasks := []*task{{
-		name: "cp -r",
-		run: func(ctx context.Context, dst string) (sample, error) {
-			return child(ctx, "cp", []string{"-r", src, dst})
-		},
-	}}
-	if c.cpSync {
+	var tasks []*task
+	if c.cp {
+		tasks = append(tasks, &task{
+			name: "cp -r",
+			run: func(ctx context.Context, dst string) (sample, error) {
+				return child(ctx, "cp", []string{"-r", src, dst})
+			},
+		})
+	}
+	if c.cp && c.cpSync {
 		tasks = append(tasks, &task{
 			name: "cp -r + sync",
 			run: func(ctx context.Context, dst string) (sample, error) {

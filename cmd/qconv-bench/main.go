@@ -10,12 +10,19 @@
 //     its output and cp does not),
 //   - qconv convert with default flags (NF4, blocksize 64, double quant)
 //     into a fresh directory,
-//   - qconv audit of the input.
+//   - qconv audit of the input,
+//   - the host's own yardsticks (issue 15): -readers goroutines reading
+//     the input from the page cache (pread, 256 KiB at a time), and
+//     writing as many bytes as the output has into one file (pwrite, 512
+//     KiB at a time, early writeback, fsync), and for comparison into one
+//     file per writer (the kernel serialises buffered writes to one file),
+//   - with -jobs, qconv convert at each of the given -j values.
 //
-// It prints the median, min and max wall time of each, the ratio
-// convert/cp, the input MB/s, the children's CPU time, and the peak RSS
-// (wait4's ru_maxrss) of every qconv run. Outputs are deleted after each
-// run, and the disks are synced between runs, untimed.
+// It prints the median, min and max wall time of each, the ratios of
+// every convert to cp -r, to cp -r + sync and to the yardstick (read +
+// write into one file), the input MB/s, the children's CPU time, and the
+// peak RSS (wait4's ru_maxrss) of every qconv run. Outputs are deleted
+// after each run, and the disks are synced between runs, untimed.
 //
 // Usage (from the repository root):
 //
@@ -24,6 +31,8 @@
 //	go run ./cmd/qconv-bench -size 8GB -dtype f32
 //	go run ./cmd/qconv-bench -cpuprofile /tmp/convert.pprof
 //	go run ./cmd/qconv-bench -generate-only -size 8GB   # print the input's path, time nothing
+//	go run ./cmd/qconv-bench -size 13.5GB -jobs 1,2,4,8,16 \
+//		-cpuprofile cpu.pprof -blockprofile block.pprof -profile-workers 16
 //
 // It generates the input itself (internal/synth). With -qconv naming a
 // prebuilt binary it needs no Go toolchain, so it can run on another
@@ -74,7 +83,7 @@ type config struct {
 	shard      string
 	qconv      string
 	convert    string // auto, cli, lib
-	cpSync     bool
+	cp, cpSync bool
 	clean      bool
 	regen      bool
 	cpuprofile string
@@ -107,6 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.shard, "shard", "1GB", "largest input shard file (so that the input is sharded with an index)")
 	fs.StringVar(&c.qconv, "qconv", "", "prebuilt qconv binary (default: go build -o DIR/bin/qconv ./cmd/qconv)")
 	fs.StringVar(&c.convert, "convert", "auto", "how to convert: cli (qconv convert), lib (the convert package in a child process), auto (cli if the binary has it)")
+	fs.BoolVar(&c.cp, "cp", true, "time cp -r of the input")
 	fs.BoolVar(&c.cpSync, "cp-sync", true, "also time cp -r followed by sync")
 	fs.BoolVar(&c.clean, "clean", false, "remove the input at the end")
 	fs.BoolVar(&c.regen, "regen", false, "regenerate the input even if a complete one exists")
