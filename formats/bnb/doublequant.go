@@ -81,9 +81,18 @@ func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float3
 //
 // Comparisons run on order-preserving integer keys (see orderKey), which the
 // compiler turns into conditional moves.
+//
+// The code is a non-decreasing function of the key (checked on all 2^32
+// inputs), and each of its 255 steps lies in a different run of 2^16 keys
+// of the same top 16 bits. quantize therefore looks the code up by those
+// 16 bits (lut) and compares the low 16 bits with the one step the run may
+// hold; search is the seven-step search that the table is built from.
 type quantizer8 struct {
 	odd [128]uint32 // key of code[2i+1]; odd[127] is above every key
 	mid [256]uint32 // key of mid[i]; mid[255] = 0, below every key
+	// lut[key>>16] is c<<24 | t: keys of those top 16 bits get code c
+	// below low 16 bits t and c+1 from t on (t = 1<<16: no step).
+	lut [1 << 16]uint32
 }
 
 // orderKey maps a float32 to a uint32 whose unsigned order is the float
@@ -108,10 +117,69 @@ var dynamicQuantizer = sync.OnceValue(func() *quantizer8 {
 		q.odd[i] = orderKey(code[2*i+1])
 	}
 	q.odd[127] = math.MaxUint32
+	q.buildLUT()
 	return q
 })
 
+// fromKey is the float32 whose orderKey is key (for keys of non-NaN values).
+func fromKey(key uint32) float32 {
+	if key&0x80000000 != 0 {
+		return math.Float32frombits(key ^ 0x80000000)
+	}
+	return math.Float32frombits(^key)
+}
+
+// buildLUT fills lut from search: it finds the first key of each code by
+// bisection over the keys of non-NaN values (those from -Inf to +Inf, on
+// which search is non-decreasing) and panics if two steps share a run of
+// 2^16 keys, which the dynamic map rules out.
+func (q *quantizer8) buildLUT() {
+	const lo, hi = 0x007fffff, 0xff800000 // orderKey(-Inf), orderKey(+Inf)
+	code := func(key uint32) byte { return q.search(fromKey(key)) }
+	for i := range q.lut {
+		q.lut[i] = 1 << 16
+	}
+	base := code(lo)
+	for c := int(base) + 1; c <= int(code(hi)); c++ {
+		// First key in [lo, hi] with code >= c.
+		a, b := uint32(lo), uint32(hi)
+		for a < b {
+			m := a + (b-a)/2
+			if int(code(m)) >= c {
+				b = m
+			} else {
+				a = m + 1
+			}
+		}
+		if q.lut[a>>16] != 1<<16 {
+			panic("bnb: two codes of the dynamic map begin in one run of 2^16 keys")
+		}
+		q.lut[a>>16] = uint32(c-1)<<24 | a&0xffff
+	}
+	// Runs without a step get the code of their first key; NaN (key 0)
+	// gets code 0.
+	cur := uint32(0)
+	for i := range q.lut {
+		if i<<16 >= lo {
+			cur = uint32(code(max(uint32(i)<<16, lo)))
+		}
+		if i<<16 > hi {
+			cur = 0
+		}
+		if q.lut[i] == 1<<16 {
+			q.lut[i] |= cur << 24
+		}
+	}
+}
+
 func (q *quantizer8) quantize(s float32) byte {
+	key := orderKey(s)
+	e := q.lut[key>>16]
+	return byte(e>>24) + 1 - gt(e&0x1ffff, key&0xffff)
+}
+
+// search is quantize by the kernel's search (see quantizer8).
+func (q *quantizer8) search(s float32) byte {
 	key := orderKey(s)
 	// k = number of odd entries below s, one bit per step, unrolled so that
 	// every comparison becomes a SETcc.

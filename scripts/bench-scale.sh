@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 15's comparison on any Linux host: qconv convert at several -j
+# against cp -r, cp -r + sync and the host's own read and write yardsticks,
+# with CPU, blocking and mutex profiles of a convert at one worker per CPU.
+# See docs/benchmark.md.
+#
+#   scripts/bench-scale.sh                      # 13.5 GB (Llama-7B, 32 layers) bf16
+#   SIZE=2GB RUNS=5 scripts/bench-scale.sh
+#
+# Environment: BIN (prebuilt qconv-bench and qconv, static; built with
+# CGO_ENABLED=0 go build if absent), SIZE, RUNS, JOBS (the -j list), DIR
+# (working directory; "auto" puts it on the disk unless the disk writes
+# below 1 GB/s, then on /dev/shm), OUT (where the results go), BASE (an
+# older qconv binary, timed at one worker per CPU for a before/after).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/bench}
+SIZE=${SIZE:-13.5GB}
+RUNS=${RUNS:-3}
+CPUS=$(nproc)
+JOBS=${JOBS:-$(for j in 1 2 4 8 16 32 64; do [ "$j" -le "$CPUS" ] && printf '%s,' "$j"; done | sed 's/,$//')}
+OUT=${OUT:-.}
+DIR=${DIR:-auto}
+mkdir -p "$OUT"
+if [ ! -x "$BIN/qconv-bench" ] || [ ! -x "$BIN/qconv" ]; then
+  CGO_ENABLED=0 go build -o "$BIN/" ./cmd/qconv-bench ./cmd/qconv
+fi
+{
+  echo "== host"; uname -a; nproc; free -g; df -hT /tmp /dev/shm . 2>/dev/null || true
+  grep -m1 'model name' /proc/cpuinfo || true
+} 2>&1 | tee "$OUT/host.txt"
+if [ "$DIR" = auto ]; then
+  DIR=/tmp/qconv-bench
+  mkdir -p "$DIR"
+  # 2 GB written and fdatasync'ed: the disk's own write rate.
+  rate=$(dd if=/dev/zero of="$DIR/dd.tmp" bs=1M count=2000 conv=fdatasync 2>&1 | tail -1)
+  rm -f "$DIR/dd.tmp"
+  echo "disk: $rate" | tee -a "$OUT/host.txt"
+  case "$rate" in
+    *" GB/s"*) ;;
+    *) DIR=/dev/shm/qconv-bench; echo "disk below 1 GB/s: working in $DIR (fsync is free there)" | tee -a "$OUT/host.txt" ;;
+  esac
+fi
+# The older binary first (it also generates the input).
+if [ -n "${BASE:-}" ]; then
+  "$BIN/qconv-bench" -qconv "$BASE" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$CPUS" \
+    -cp=false -yardstick=false -audit=false -warmup=false 2>&1 | tee "$OUT/base.txt"
+fi
+"$BIN/qconv-bench" -qconv "$BIN/qconv" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$JOBS" \
+  -cpuprofile "$OUT/cpu.pprof" -blockprofile "$OUT/block.pprof" -mutexprofile "$OUT/mutex.pprof" \
+  -profile-workers "$CPUS" 2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench.txt"
