@@ -46,7 +46,8 @@ func Run[W any, J any](ctx context.Context, workers, window int, jobs iter.Seq[J
 				return err
 			}
 		}
-		return nil
+		// The jobs may have stopped early because ctx was cancelled.
+		return context.Cause(ctx)
 	}
 	window = max(window, workers)
 

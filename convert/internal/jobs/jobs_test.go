@@ -104,3 +104,28 @@ func TestGrow(t *testing.T) {
 		t.Errorf("len %d", len(d))
 	}
 }
+
+// TestRunJobsStopOnCancel: a job sequence that stops early because the
+// context was cancelled (as convert's stops while it waits for a layout)
+// makes Run return the cancellation's cause, not success.
+func TestRunJobsStopOnCancel(t *testing.T) {
+	cause := errors.New("stop")
+	for _, workers := range []int{1, 3} {
+		ctx, cancel := context.WithCancelCause(context.Background())
+		seq := func(yield func(int) bool) {
+			for i := range 10 {
+				if i == 5 {
+					cancel(cause)
+					return // the sequence sees the cancellation first
+				}
+				if !yield(i) {
+					return
+				}
+			}
+		}
+		err := Run(ctx, workers, 4, seq, func() struct{} { return struct{}{} }, func(context.Context, struct{}, int) error { return nil })
+		if !errors.Is(err, cause) {
+			t.Errorf("%d workers: Run = %v, want %v", workers, err, cause)
+		}
+	}
+}
