@@ -138,6 +138,9 @@ type Plan struct {
 	// Warnings are things the user should know about the plan (an
 	// architecture the table does not know, globs that match nothing).
 	Warnings []string
+	// InputBytes is the size of the source weight files (set by PlanOnly
+	// and Convert).
+	InputBytes int64
 
 	items    []*item
 	srcFiles []string // source shard names, by ordinal
@@ -307,6 +310,16 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		} else {
 			p.Kept++
 			p.TotalParameters += t.NumElements()
+		}
+	}
+	for _, g := range s.skip {
+		if !slices.ContainsFunc(sorted, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("--skip %q matches no tensor", g))
+		}
+	}
+	for _, g := range s.include {
+		if !slices.ContainsFunc(sorted, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("--include %q matches no tensor", g))
 		}
 	}
 	if !defaultSel {

@@ -30,6 +30,13 @@ type TensorPlan struct {
 	OutBytes int64
 	// File is the name of the output file holding its data.
 	File string
+	// Reason says why it is quantized or kept: one of formats/arch's
+	// Reason constants ("linear", "expert", "router", "embedding",
+	// "user_skip", ...).
+	Reason string
+	// Transposed reports a GPT-2 style Conv1D weight, quantized as its
+	// transpose (Shape is the source's [in, out]).
+	Transposed bool
 }
 
 // Tensors lists what the plan makes of each source tensor, in the order of
@@ -48,6 +55,7 @@ func (p *Plan) tensorPlan(it *item, qstateLen int64) TensorPlan {
 	t := TensorPlan{
 		Name: it.src.Name, Shape: it.src.Shape, SrcDType: it.src.DType,
 		Quantized: it.quantize, DType: it.dtype, SrcBytes: it.src.Size(),
+		Reason: it.reason, Transposed: it.transposed,
 	}
 	if it.quantize {
 		t.QuantType = p.s.quant
@@ -67,4 +75,26 @@ func (p *Plan) tensorPlan(it *item, qstateLen int64) TensorPlan {
 		}
 	}
 	return t
+}
+
+// PlanOnly plans the conversion of the checkpoint at src with opts, as
+// Convert would, and writes nothing: qconv convert --dry-run. Plan.Tensors
+// then lists every tensor's fate, and Plan.Warnings what the user should
+// know.
+func PlanOnly(src string, opts Options) (*Plan, error) {
+	s, err := opts.settings()
+	if err != nil {
+		return nil, err
+	}
+	in, err := openSource(src)
+	if err != nil {
+		return nil, err
+	}
+	defer in.ck.Close()
+	p, err := newPlan(s, in.tensors, in.files, in.ck.Config)
+	if err != nil {
+		return nil, err
+	}
+	p.InputBytes = in.bytes
+	return p, nil
 }

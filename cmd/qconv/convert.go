@@ -28,10 +28,18 @@ generation_config.json, ...). Weight files in other formats (.bin, .pt, .pth,
 .ckpt) are not copied. The output is built in a temporary directory beside
 DST and renamed at the end: on an error or Ctrl-C, DST is not created.
 
-Quantized: 2-D floating-point ".weight" tensors of Linear layers, as
-transformers does; not lm_head, embeddings, norms, biases or 1-D tensors.
---skip and --include (path.Match globs over tensor or module names, '*'
-crossing dots; repeatable) keep more tensors dense or force quantization.
+Quantized: exactly the tensors transformers + bitsandbytes quantize for the
+architecture in config.json, looked up in qconv's table generated from
+transformers itself (the weights of torch.nn.Linear and GPT-2 Conv1D layers,
+Conv1D transposed; not lm_head, embeddings, norms, biases, mixture-of-experts
+experts and routers, _keep_in_fp32_modules). An architecture transformers
+quantizes nothing of (Falcon) is refused; one the table does not know falls
+back to name rules with a warning. --dry-run prints the plan (per tensor:
+quantize or keep and why) and writes nothing. --skip and --include
+(path.Match globs over tensor or module names, '*' crossing dots;
+repeatable) keep more tensors dense or force quantization; an --include of
+what the architecture keeps dense, or a glob that matches nothing, is
+refused or warned about.
 
 Memory stays bounded whatever the model size (see the convert package
 documentation for the arithmetic); -j sets the parallelism (0, the
@@ -54,6 +62,7 @@ Examples:
   qconv convert ./llama-bf16 ./llama-nf4
   qconv convert ./llama-f32 ./llama-fp4 --quant-type fp4 --dtype bf16 -j 8
   qconv convert ./model ./out --skip 'model.layers.0.*' --json
+  qconv convert --dry-run ./mixtral-bf16                                  # the plan, nothing written
   qconv convert ./llama-405b ./out --max-shard-size 5GB --shard auto/16   # one array task
   qconv convert ./llama-405b ./out --max-shard-size 5GB --finalize        # after all tasks
 
@@ -100,6 +109,10 @@ type convertSummary struct {
 	Seconds          float64  `json:"seconds"`
 	InputMBPerSecond float64  `json:"input_mb_per_s"`
 	PeakRSSBytes     int64    `json:"peak_rss_bytes"`
+	// Architecture is the class qconv's table decided by ("" when the
+	// table does not know it; Warnings then says so).
+	Architecture string   `json:"architecture"`
+	Warnings     []string `json:"warnings"`
 }
 
 func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -118,10 +131,14 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	shard := fs.String("shard", "", "convert only part I of N of the output files: I/N (0-based), or auto/N to take I from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID")
 	finalize := fs.Bool("finalize", false, "finish a conversion whose parts (--shard) are all done: check them and write DST")
 	restart := fs.Bool("restart", false, "discard the partial output of an interrupted conversion to DST and start again")
+	dryRunFlag := fs.Bool("dry-run", false, "print the plan (per tensor: quantize or keep and why, shapes, dtypes, bytes; the whole model's bits per weight) and write nothing; DST may be left out")
 	verbose := fs.Bool("v", false, "print a line per tensor on stderr as it is written: [i/N] name [shape] bf16 -> nf4, sizes")
 	pos, code, ok := parseFlags(fs, convertUsage, args, stdout, stderr)
 	if !ok {
 		return code
+	}
+	if *dryRunFlag && len(pos) == 1 {
+		pos = append(pos, "")
 	}
 	if len(pos) != 2 {
 		return usageError(stderr, "convert", "expected SRC and DST, got %d arguments", len(pos))
@@ -173,6 +190,20 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 	}
 
+	if *dryRunFlag {
+		p, err := convert.PlanOnly(pos[0], opts)
+		if err != nil {
+			printError(stderr, "convert", err)
+			return exitError
+		}
+		d := newDryRun(pos[0], p)
+		if *out.asJSON {
+			return writeJSON("convert", stdout, stderr, d)
+		}
+		printDryRun(stdout, d)
+		return exitOK
+	}
+
 	var sum *convert.Summary
 	err = withProgress(*out.progress, "convert", "converting", stderr, func(rep *progressReporter) (err error) {
 		opts.Progress = rep.update
@@ -204,7 +235,10 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
 		TensorsQuantized: sum.TensorsQuantized, TensorsKept: sum.TensorsKept,
 		Files: nonNil(sum.Files), Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
-		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes,
+		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes, Warnings: nonNil(p.Warnings),
+	}
+	if p.Arch != nil {
+		js.Architecture = p.Arch.Class
 	}
 	if js.DType == "" {
 		js.DType = "mixed"
