@@ -18,7 +18,7 @@ BIN=${BIN:-bin/bench}
 SIZE=${SIZE:-13.5GB}
 RUNS=${RUNS:-3}
 CPUS=$(nproc)
-JOBS=${JOBS:-$(for j in 1 2 4 8 16 32 64; do [ "$j" -le "$CPUS" ] && printf '%s,' "$j"; done | sed 's/,$//')}
+JOBS=${JOBS:-$(for j in 1 2 4 8 16 32 64; do if [ "$j" -le "$CPUS" ]; then printf '%s,' "$j"; fi; done | sed 's/,$//')}
 OUT=${OUT:-.}
 DIR=${DIR:-auto}
 mkdir -p "$OUT"
@@ -49,3 +49,17 @@ fi
 "$BIN/qconv-bench" -qconv "$BIN/qconv" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$JOBS" \
   -cpuprofile "$OUT/cpu.pprof" -blockprofile "$OUT/block.pprof" -mutexprofile "$OUT/mutex.pprof" \
   -profile-workers "$CPUS" 2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench.txt"
+# Where the time of one convert at one worker per CPU goes in the kernel,
+# where the tools are installed (appended to host.txt).
+src=$(ls -d "$DIR"/in-*L | head -1)
+for tool in strace perf; do
+  command -v "$tool" >/dev/null || { echo "($tool not installed)" >>"$OUT/host.txt"; continue; }
+  rm -rf "$DIR/out-$tool"
+  case $tool in
+    strace) strace -f -c -o "$DIR/strace.txt" "$BIN/qconv" convert "$src" "$DIR/out-$tool" -j "$CPUS" >/dev/null
+            { echo "== strace -f -c qconv convert -j $CPUS"; cat "$DIR/strace.txt"; } >>"$OUT/host.txt" ;;
+    perf)   perf record -q -g -o "$DIR/perf.data" "$BIN/qconv" convert "$src" "$DIR/out-$tool" -j "$CPUS" >/dev/null 2>&1 &&
+            { echo "== perf report qconv convert -j $CPUS"; perf report -i "$DIR/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -150; } >>"$OUT/host.txt" ;;
+  esac
+  rm -rf "$DIR/out-$tool"
+done
