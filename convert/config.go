@@ -46,7 +46,8 @@ func (p *Plan) QuantizationConfig() *pyjson.Value {
 // an input that also has the legacy "torch_dtype" key gets it updated to
 // the same value, so that v4 readers agree. When tensors keep mixed
 // dtypes (auto with no config dtype and no common dtype) both keys are
-// left as they are.
+// left as they are. A dense output (Options.Dense) gets no
+// quantization_config.
 func (p *Plan) ConfigJSON(cfg *pyjson.Value) []byte {
 	out := cfg.Clone()
 	if out == nil || out.Kind() != pyjson.KindObject {
@@ -76,6 +77,10 @@ func (p *Plan) ConfigJSON(cfg *pyjson.Value) []byte {
 		// writes.
 		out.Set("model_type", pyjson.String(p.Arch.ConfigModelType))
 	}
-	out.Set("quantization_config", p.QuantizationConfig())
+	if p.s.dense {
+		out.Delete("quantization_config")
+	} else {
+		out.Set("quantization_config", p.QuantizationConfig())
+	}
 	return append(out.MarshalIndentSorted(), '\n')
 }

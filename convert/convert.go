@@ -12,6 +12,7 @@ import (
 
 	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/internal/pyjson"
 )
 
 // Summary reports what a conversion did.
@@ -47,6 +48,12 @@ type source struct {
 	files   []string      // shard names by ordinal
 	readers []io.ReaderAt // per srcTensor (same order as tensors)
 	bytes   int64
+	config  *pyjson.Value // the config.json to start from (ck.Config, or a Source's)
+
+	// state and inputs are what a Source adds to the plan state (see
+	// Source.State and Source.Inputs).
+	state  map[string]string
+	inputs []string
 }
 
 func openSource(path string) (*source, error) {
@@ -54,7 +61,7 @@ func openSource(path string) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
-	src := &source{ck: ck}
+	src := &source{ck: ck, config: ck.Config}
 	ordinal := make(map[*checkpoint.Shard]int, len(ck.Shards))
 	for i, sh := range ck.Shards { // sorted by name: model-00001-of-… in order
 		ordinal[sh] = i
@@ -94,11 +101,15 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		return nil, err
 	}
 	defer in.ck.Close()
+	return convertSource(ctx, start, s, in, src, dst)
+}
 
+// convertSource is Convert once the source is open.
+func convertSource(ctx context.Context, start time.Time, s *settings, in *source, src, dst string) (*Summary, error) {
 	if err := outdir.Check(in.ck, dst, s.force); err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
-	p, err := newPlan(s, in.tensors, in.files, in.ck.Config)
+	p, err := newPlan(s, in.tensors, in.files, in.config)
 	if err != nil {
 		return nil, err
 	}
@@ -268,11 +279,11 @@ func finish(ctx context.Context, p *Plan, in *source, work *outdir.Dir, sum *Sum
 	if sum.OutputBytes, sum.Index, err = outdir.WriteIndex(work, sum.Files, p.TotalParameters); err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
-	if in.ck.Config != nil {
-		if err := work.WriteFile(checkpoint.ConfigFileName, p.ConfigJSON(in.ck.Config)); err != nil {
+	if in.config != nil {
+		if err := work.WriteFile(checkpoint.ConfigFileName, p.ConfigJSON(in.config)); err != nil {
 			return fmt.Errorf("convert: %w", err)
 		}
-	} else {
+	} else if !p.s.dense {
 		fmt.Fprintf(p.s.log, "qconv: note: %s has no config.json; the output has none either (transformers needs one with quantization_config)\n", in.ck.Path)
 	}
 	if sum.Copied, sum.NotCopied, err = outdir.CopyAux(ctx, in.ck, work); err != nil {

@@ -103,6 +103,14 @@ type Options struct {
 	// Log receives notes for the user (files not copied, for example).
 	// Nil discards them.
 	Log io.Writer
+	// Dense writes a dense checkpoint instead of a 4-bit one: every
+	// tensor is kept (floating-point ones in the model dtype, as DType
+	// says), config.json gets no quantization_config (an input's is
+	// removed), and inputs that convert refuses to quantize (GPT-2
+	// style Conv1D models, an already quantized config) are allowed.
+	// It is the output side of qconv merge (see ConvertSource); for a
+	// plain checkpoint it is a dtype cast and reshard.
+	Dense bool
 
 	// jobElements overrides DefaultJobElements (tests).
 	jobElements int
@@ -131,6 +139,7 @@ type settings struct {
 	tensorDone   func(i, n int, t TensorPlan)
 	log          io.Writer
 	hooks        *hooks
+	dense        bool
 }
 
 func (o *Options) settings() (*settings, error) {
@@ -154,6 +163,7 @@ func (o *Options) settings() (*settings, error) {
 		tensorDone:   o.TensorDone,
 		log:          o.Log,
 		hooks:        o.hooks,
+		dense:        o.Dense,
 	}
 	if s.quant == 0 {
 		s.quant = bnb.NF4

@@ -19,6 +19,9 @@ import (
 type srcTensor struct {
 	safetensors.TensorInfo
 	shard int // index into Plan.srcFiles
+	// ownDType keeps the tensor in its own dtype whatever the model
+	// dtype (SourceTensor.OwnDType).
+	ownDType bool
 }
 
 // entryKind says what one output tensor holds.
@@ -231,10 +234,14 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (%s tensors belong to 8-bit, GPTQ/AWQ or FP8 checkpoints)", srcFiles[t.shard], t.Name, last)
 		}
 	}
-	if err := p.lookupArch(s, cfg); err != nil {
+	if err := p.lookupArch(s, cfg); err != nil && !s.dense {
 		return nil, err
 	}
-	if cfg.Has("quantization_config") {
+	if s.dense {
+		// The warnings are about which tensors to quantize.
+		p.Warnings = nil
+	}
+	if cfg.Has("quantization_config") && !s.dense {
 		return nil, fmt.Errorf("convert: config.json already has a quantization_config: the checkpoint is already quantized")
 	}
 
@@ -285,9 +292,9 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		if err != nil {
 			return nil, fmt.Errorf("%w (in %s)", err, srcFiles[t.shard])
 		}
-		q := c.quantize
+		q := c.quantize && !s.dense
 		it := &item{src: t, quantize: q, transposed: q && c.transposed, reason: c.reason, dtype: t.DType, index: len(p.items)}
-		if t.DType.IsFloat() && p.ModelDType != dtype.Invalid {
+		if t.DType.IsFloat() && p.ModelDType != dtype.Invalid && !t.ownDType {
 			it.dtype = p.ModelDType
 		}
 		if !q && c.f32 && t.DType.IsFloat() {
@@ -297,7 +304,7 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		if t.DType.IsFloat() && !modelDType(t.DType) && it.dtype != t.DType {
 			return nil, fmt.Errorf("convert: %s: tensor %q: unsupported dtype %v (cannot convert it to %v)", srcFiles[t.shard], t.Name, t.DType, it.dtype)
 		}
-		if q != def.quantize {
+		if q != def.quantize && !s.dense {
 			defaultSel = false
 		}
 		if !q && c.linear {

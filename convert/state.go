@@ -118,12 +118,25 @@ func newPlanState(p *Plan, in *source) (*planState, error) {
 		"include":        strings.Join(s.include, " "),
 		"max-shard-size": fmt.Sprint(s.maxShard),
 	}}
+	if s.dense {
+		st.Settings["dense"] = "true"
+	}
+	for k, v := range in.state {
+		st.Settings[k] = v
+	}
 	for _, sh := range in.ck.Shards {
 		fi, err := os.Stat(sh.Path)
 		if err != nil {
 			return nil, fmt.Errorf("convert: %w", err)
 		}
 		st.Sources = append(st.Sources, sourceState{Name: sh.Name, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
+	}
+	for _, path := range in.inputs {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		st.Sources = append(st.Sources, sourceState{Name: path, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
 	}
 	for _, f := range p.Files {
 		st.Files = append(st.Files, f.Name)

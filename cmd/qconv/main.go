@@ -66,6 +66,7 @@ func (c *command) call(ctx context.Context, args []string, stdout, stderr io.Wri
 func commands() []*command {
 	return []*command{
 		convertCommand(),
+		mergeCommand(),
 		inspectCommand(),
 		auditCommand(),
 		dequantCommand(),
