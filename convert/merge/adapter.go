@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/qconv/qconv/formats/checkpoint"
@@ -377,9 +378,9 @@ func (a *Adapter) index() error {
 // checkModule checks one module's factors on their own.
 func (a *Adapter) checkModule(m *Module) error {
 	path := a.Weights.Path
-	aName, bName := ".lora_A.weight", ".lora_B.weight"
+	aName, bName := "lora_A.weight", "lora_B.weight"
 	if m.Embedding {
-		aName, bName = ".lora_embedding_A", ".lora_embedding_B"
+		aName, bName = "lora_embedding_A", "lora_embedding_B"
 	}
 	switch {
 	case m.A.Name == "":
@@ -392,20 +393,29 @@ func (a *Adapter) checkModule(m *Module) error {
 			return fmt.Errorf("%s: tensor %q: dtype %v (want F32, BF16 or F16)", path, t.Name, t.DType)
 		}
 		if len(t.Shape) != 2 {
-			return fmt.Errorf("%s: tensor %q: shape %v is not 2-D", path, t.Name, t.Shape)
+			return fmt.Errorf("%s: tensor %q: shape %s is not 2-D", path, t.Name, shapeString(t.Shape))
 		}
 	}
 	r := int64(a.Config.Rank(m.Name))
 	if m.A.Shape[0] != r || m.B.Shape[1] != r {
-		return fmt.Errorf("%s: module %q: %s is %v and %s is %v, but its rank is %d (r and rank_pattern in %s)",
-			path, m.Name, aName, m.A.Shape, bName, m.B.Shape, r, AdapterConfigName)
+		return fmt.Errorf("%s: module %q: %s is %s and %s is %s, but its rank is %d (r and rank_pattern in %s)",
+			path, m.Name, aName, shapeString(m.A.Shape), bName, shapeString(m.B.Shape), r, AdapterConfigName)
 	}
 	if m.Bias != nil {
 		if !floatDType(m.Bias.DType) || len(m.Bias.Shape) != 1 || m.Bias.Shape[0] != m.B.Shape[0] {
-			return fmt.Errorf("%s: tensor %q: %v %v does not fit %s %v", path, m.Bias.Name, m.Bias.DType, m.Bias.Shape, bName, m.B.Shape)
+			return fmt.Errorf("%s: tensor %q: %v %s does not fit %s %s", path, m.Bias.Name, m.Bias.DType, shapeString(m.Bias.Shape), bName, shapeString(m.B.Shape))
 		}
 	}
 	return nil
+}
+
+// shapeString formats a shape as Python prints a list: "[4, 128]".
+func shapeString(s []int64) string {
+	parts := make([]string, len(s))
+	for i, d := range s {
+		parts[i] = strconv.FormatInt(d, 10)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
 }
 
 func floatDType(d dtype.DType) bool { return d == dtype.F32 || d == dtype.BF16 || d == dtype.F16 }

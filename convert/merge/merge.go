@@ -217,7 +217,7 @@ func (v *view) targets(a *Adapter) (map[string]*target, []error) {
 		case bt == nil:
 			fail("tensor %q replaces %q, which %s does not have (modules_to_save or a trained bias of another model?)", t.Name, tn, path)
 		case !slices.Equal(t.Shape, bt.shape) || !floatDType(t.DType):
-			fail("tensor %q is %v %v, but %s's %q is %v %v", t.Name, t.DType, t.Shape, path, tn, bt.dtype, bt.shape)
+			fail("tensor %q is %v %s, but %s's %q is %v %s", t.Name, t.DType, shapeString(t.Shape), path, tn, bt.dtype, shapeString(bt.shape))
 		default:
 			tt := t
 			get(tn).whole = &tt
@@ -231,7 +231,7 @@ func (v *view) targets(a *Adapter) (map[string]*target, []error) {
 			continue
 		}
 		if len(bt.shape) != 2 || !bt.dtype.IsFloat() {
-			fail("module %q: %s's %q is %v %v, not a 2-D floating-point weight", m.Name, path, wname, bt.dtype, bt.shape)
+			fail("module %q: %s's %q is %v %s, not a 2-D floating-point weight", m.Name, path, wname, bt.dtype, shapeString(bt.shape))
 			continue
 		}
 		want := []int64{m.B.Shape[0], m.A.Shape[1]}
@@ -244,8 +244,8 @@ func (v *view) targets(a *Adapter) (map[string]*target, []error) {
 			}
 		}
 		if !slices.Equal(bt.shape, want) {
-			fail("module %q: %s is %v and %s is %v, so the weight should be %v (%s), but %s's %q is %v",
-				m.Name, lastName(m.A.Name), m.A.Shape, lastName(m.B.Name), m.B.Shape, want, layout, path, wname, bt.shape)
+			fail("module %q: %s is %s and %s is %s, so the weight should be %s (%s), but %s's %q is %s",
+				m.Name, lastName(m.A.Name), shapeString(m.A.Shape), lastName(m.B.Name), shapeString(m.B.Shape), shapeString(want), layout, path, wname, shapeString(bt.shape))
 			continue
 		}
 		get(wname).mod = m
@@ -260,7 +260,7 @@ func (v *view) targets(a *Adapter) (map[string]*target, []error) {
 			// with `lora_bias=True` because the base layer has no bias."
 			fail("module %q has %q (lora_bias=True), but %s has no %q to add it to (PEFT cannot merge this either)", m.Name, m.Bias.Name, path, bname)
 		case len(bb.shape) != 1 || bb.shape[0] != m.Bias.Shape[0] || !bb.dtype.IsFloat():
-			fail("tensor %q is %v, but %s's %q is %v %v", m.Bias.Name, m.Bias.Shape, path, bname, bb.dtype, bb.shape)
+			fail("tensor %q is %s, but %s's %q is %v %s", m.Bias.Name, shapeString(m.Bias.Shape), path, bname, bb.dtype, shapeString(bb.shape))
 		default:
 			get(bname).bias = m
 		}

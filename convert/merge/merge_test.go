@@ -1,0 +1,186 @@
+package merge
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
+)
+
+// editConfig copies the llama adapter to a new directory with its
+// adapter_config.json edited by replacing old with new.
+func editConfig(t *testing.T, old, new string) string {
+	t.Helper()
+	src := filepath.Join(peftDir, "llama-adapter")
+	b, err := os.ReadFile(filepath.Join(src, AdapterConfigName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	if !strings.Contains(s, old) {
+		t.Fatalf("adapter_config.json has no %q", old)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, AdapterConfigName), []byte(strings.Replace(s, old, new, 1)), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.ReadFile(filepath.Join(src, AdapterWeightsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, AdapterWeightsName), w, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestRefusals: what cannot be merged is an error that says why, and a
+// harmless look-alike of each is merged.
+func TestRefusals(t *testing.T) {
+	base := filepath.Join(peftDir, "llama-base")
+	llamaAd := loadTensors(t, filepath.Join(peftDir, "llama-adapter", AdapterWeightsName))
+	withTensors := func(edit func(map[string]tensor)) string {
+		ts := map[string]tensor{}
+		for k, v := range llamaAd {
+			ts[k] = v
+		}
+		edit(ts)
+		dir := t.TempDir()
+		writeAdapter(t, dir, filepath.Join(peftDir, "llama-adapter", AdapterConfigName), ts)
+		return dir
+	}
+	for _, tc := range []struct {
+		name, adapter, base, want string
+	}{
+		{"dora", editConfig(t, `"use_dora": false`, `"use_dora": true`), base, "use_dora (DoRA"},
+		{"not lora", editConfig(t, `"peft_type": "LORA"`, `"peft_type": "IA3"`), base, "peft_type IA3 (only LORA adapters"},
+		{"trainable tokens", editConfig(t, `"trainable_token_indices": null`, `"trainable_token_indices": [1, 2]`), base, "trainable_token_indices"},
+		{"rank", editConfig(t, `"down_proj": 4`, `"down_proj": 8`), base, `module "model.layers.0.mlp.down_proj": lora_A.weight is [4, 128] and lora_B.weight is [64, 4], but its rank is 8`},
+		{"other base", filepath.Join(peftDir, "llama-adapter"), filepath.Join(peftDir, "gpt2-base"), `which ../../testdata/peft/gpt2-base does not have`},
+		{"fan_in_fan_out", editConfig(t, `"fan_in_fan_out": false`, `"fan_in_fan_out": true`), base, "[in, out] = [lora_A columns, lora_B rows]"},
+		{"missing B", withTensors(func(m map[string]tensor) {
+			delete(m, "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight")
+		}), base, `module "model.layers.0.mlp.up_proj" has lora_A.weight but no lora_B.weight`},
+		{"dora tensor", withTensors(func(m map[string]tensor) {
+			m["base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector"] = tensor{dtype.F32, []int64{128}, make([]byte, 512)}
+		}), base, "DoRA magnitude vector"},
+		{"whole tensor", withTensors(func(m map[string]tensor) {
+			m["base_model.model.model.layers.0.mlp.up_proj.scale"] = tensor{dtype.F32, []int64{128}, make([]byte, 512)}
+		}), base, `replaces "model.layers.0.mlp.up_proj.scale", which`},
+		{"whole shape", withTensors(func(m map[string]tensor) {
+			m["base_model.model.lm_head.weight"] = tensor{dtype.BF16, []int64{128, 64}, make([]byte, 128*64*2)}
+		}), base, `"base_model.model.lm_head.weight" is BF16 [128, 64], but`},
+		{"nan", withTensors(func(m map[string]tensor) {
+			x := m["base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"]
+			raw := append([]byte(nil), x.raw...)
+			copy(raw[8:], []byte{0, 0, 0xc0, 0x7f})
+			m["base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"] = tensor{x.dtype, x.shape, raw}
+		}), base, `"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": element 2 is NaN`},
+		{"no adapter", base, base, "not a PEFT adapter directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Merge(context.Background(), tc.base, tc.adapter, filepath.Join(t.TempDir(), "out"), Options{Convert: convert.Options{Workers: 2}})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	// Look-alikes that merge: use_dora false written out, an empty
+	// trainable_token_indices list, a rank_pattern that matches nothing.
+	for _, ad := range []string{
+		editConfig(t, `"trainable_token_indices": null`, `"trainable_token_indices": []`),
+		editConfig(t, `"down_proj": 4`, `"down_proj": 4, "nothing_matches": 3`),
+	} {
+		if _, err := Merge(context.Background(), base, ad, filepath.Join(t.TempDir(), "out"), Options{}); err != nil {
+			t.Errorf("look-alike: %v", err)
+		}
+	}
+}
+
+// TestCheckListsAll: Check returns every problem, not just the first.
+func TestCheckListsAll(t *testing.T) {
+	a, err := OpenAdapter(filepath.Join(peftDir, "qwen2-adapter"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ck := openCk(t, filepath.Join(peftDir, "qwen2-base"))
+	errs := Check(ck, a)
+	if len(errs) != 8 { // o_proj, gate, up, down of 2 layers have no bias
+		t.Errorf("%d problems, want 8: %v", len(errs), errs)
+	}
+}
+
+// TestPartsAndResume: a merge split in two parts plus finalize equals a
+// whole one, and a changed adapter is refused by the work directory.
+func TestPartsAndResume(t *testing.T) {
+	base, ad := filepath.Join(peftDir, "llama-base"), filepath.Join(peftDir, "llama-adapter")
+	whole, _ := mergeTo(t, base, ad, Options{Convert: convert.Options{MaxShardSize: 60_000}})
+	dst := filepath.Join(t.TempDir(), "out")
+	co := convert.Options{MaxShardSize: 60_000, Workers: 2}
+	for i := range 2 {
+		o := co
+		o.Part = convert.Part{Index: i, Count: 2}
+		if _, err := Merge(context.Background(), base, ad, dst, Options{Convert: o}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A changed adapter (here: only its modification time) is refused.
+	ad2 := editConfig(t, `"r": 8`, `"r": 8`)
+	o := co
+	o.Finalize = true
+	if _, err := Merge(context.Background(), base, ad2, dst, Options{Convert: o}); err == nil || !strings.Contains(err.Error(), "partial output") {
+		t.Fatalf("finalize with another adapter: %v", err)
+	}
+	if _, err := Merge(context.Background(), base, ad, dst, Options{Convert: o}); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(whole)
+	if len(ents) < 4 {
+		t.Fatalf("want a sharded output, got %d files", len(ents))
+	}
+	for _, e := range ents {
+		a, _ := os.ReadFile(filepath.Join(whole, e.Name()))
+		b, _ := os.ReadFile(filepath.Join(dst, e.Name()))
+		if string(a) != string(b) {
+			t.Errorf("%s differs between the whole and the partitioned merge", e.Name())
+		}
+	}
+}
+
+// TestDType: --dtype f32 writes the merged weights correctly rounded to
+// float32 and the other tensors cast exactly.
+func TestDType(t *testing.T) {
+	base, ad := filepath.Join(peftDir, "llama-base"), filepath.Join(peftDir, "llama-adapter")
+	dst, _ := mergeTo(t, base, ad, Options{Convert: convert.Options{DType: dtype.F32}})
+	got := loadTensors(t, dst)
+	baseT := loadTensors(t, base)
+	conv := map[string]tensor{}
+	for name, x := range baseT {
+		raw := make([]byte, 4*x.n())
+		for i := 0; i < x.n(); i++ {
+			encode(raw[4*i:], x.at(i), dtype.F32)
+		}
+		conv[name] = tensor{dtype.F32, x.shape, raw}
+	}
+	ref := reference(t, conv, loadTensors(t, filepath.Join(ad, AdapterWeightsName)), readRefConfig(t, ad))
+	compare(t, got, ref, nil)
+	if got["model.norm.weight"].dtype != dtype.F32 {
+		t.Errorf("norm is %v, want F32", got["model.norm.weight"].dtype)
+	}
+}
+
+func openCk(t *testing.T, path string) *checkpoint.Checkpoint {
+	t.Helper()
+	ck, err := checkpoint.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ck.Close() })
+	return ck
+}
