@@ -77,11 +77,10 @@ type Summary struct {
 // It is convert's pipeline with a different reader: the merged tensors are
 // computed a sub-chunk at a time as the pipeline reads them, so memory
 // stays bounded as for convert, plus the LoRA factors of the few modules
-// in use at a time (at most 2·Workers+4 modules; a module's factors take
-// 4·r·(rows+cols) + 16·(rows+cols) bytes, 3.8 MB for a 4096×11008 weight at
-// r = 16). Output layout, sharding, config.json, resume and partitioned
-// runs are convert.ConvertSource's. The adapter's files are part of what
-// resume checks.
+// in use at a time (see the package documentation). Output layout,
+// sharding, config.json, resume and partitioned runs are
+// convert.ConvertSource's; the adapter's files are part of what resume
+// checks.
 func Merge(ctx context.Context, base, adapter, dst string, opts Options) (*Summary, error) {
 	ck, err := checkpoint.Open(base)
 	if err != nil {
