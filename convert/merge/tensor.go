@@ -48,7 +48,6 @@ type dequantReader struct {
 type dequantScratch struct {
 	blocks dequant.Blocks
 	vals   []float32
-	out    []byte
 }
 
 func (r *dequantReader) ReadAt(p []byte, off int64) (int, error) {
@@ -291,8 +290,7 @@ func loadFactors(m *Module, transposed bool) (*factors, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := int(m.A.Shape[0])
-	a1, b0 := int(m.A.Shape[1]), int(m.B.Shape[0])
+	r, a1 := int(m.A.Shape[0]), int(m.A.Shape[1])
 	at := make([]float32, len(a)) // Aᵀ [a1, r]
 	for k := 0; k < r; k++ {
 		for j := 0; j < a1; j++ {
@@ -303,7 +301,6 @@ func loadFactors(m *Module, transposed bool) (*factors, error) {
 	if transposed {
 		f.l, f.t = at, b
 	}
-	_ = b0
 	f.lmax = rowStat(f.l, r, func(acc, x float64) float64 { return max(acc, x) })
 	f.rsum = rowStat(f.t, r, func(acc, x float64) float64 { return acc + x })
 	return f, nil
