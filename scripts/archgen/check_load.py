@@ -53,12 +53,16 @@ def main():
         res = {}
         for i, pr in enumerate(procs):
             pr.wait()
+            # Each worker appends a line per family as it goes, so a worker
+            # that crashes loses only the family it was on.
             try:
-                with open(f"{report}.{i}") as f:
-                    res.update(json.load(f))
-                os.remove(f"{report}.{i}")
+                with open(f"{report}.{i}.partial") as f:
+                    for line in f:
+                        res.update(json.loads(line))
             except OSError:
                 pass
+            if pr.returncode != 0:
+                res[f"(worker {i})"] = {"exit": pr.returncode, "logits": "FAIL: worker crashed"}
         summarize(res, report)
         return
     res = {}
@@ -79,14 +83,22 @@ def main():
             res[name] = r
             continue
         r["bytes"] = files_equal(dst, want) or "identical"
+        cls = getattr(transformers, cls_name)
         try:
-            cls = getattr(transformers, cls_name)
-            a, b = logits(cls, dst, ids), logits(cls, want, ids)
-            r["logits"] = "identical" if torch.equal(a, b) else f"max diff {float((a - b).abs().max())}"
-            r["finite"] = bool(torch.isfinite(a).all())
+            b = logits(cls, want, ids)
         except Exception as e:  # noqa: BLE001
-            r["logits"] = f"not run: {type(e).__name__}: {str(e)[:200]}"
+            r["logits"] = f"not runnable from input_ids alone (transformers' own 4-bit model fails too: {type(e).__name__}: {str(e)[:160]})"
+            b = None
+        if b is not None:
+            try:
+                a = logits(cls, dst, ids)
+                r["logits"] = "identical" if torch.equal(a, b) else f"DIFFER: max diff {float((a - b).abs().max())}"
+                r["finite"] = bool(torch.isfinite(a).all())
+            except Exception as e:  # noqa: BLE001
+                r["logits"] = f"FAIL: qconv's output does not run: {type(e).__name__}: {str(e)[:200]}"
         res[name] = r
+        with open(report + ".partial", "a") as f:
+            f.write(json.dumps({name: r}) + "\n")
     summarize(res, report)
 
 
@@ -96,6 +108,9 @@ def summarize(res, report):
     n = len(res)
     ident = sum(1 for r in res.values() if r.get("bytes") == "identical")
     lg = sum(1 for r in res.values() if r.get("logits") == "identical")
+    bad = sorted(k for k, r in res.items() if str(r.get("logits", "")).startswith(("FAIL", "DIFFER")))
+    if bad:
+        print("FAILED:", ", ".join(bad))
     print(f"{n} families: {ident} byte-identical, {lg} with identical logits, "
           f"{sum(1 for r in res.values() if r['exit'] == 2)} refused")
 

@@ -483,6 +483,14 @@ def main():
     meta = {"transformers": transformers.__version__, "torch": torch.__version__,
             "bitsandbytes": bitsandbytes.__version__, "python": sys.version.split()[0],
             "gpu": torch.cuda.get_device_name(0)}
+    table = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "formats", "arch", "table.json")
+    if os.path.exists(table):
+        with open(table) as f:
+            src = json.load(f).get("source", {})
+        if (src.get("transformers"), src.get("bitsandbytes")) != (meta["transformers"], meta["bitsandbytes"]):
+            print(f"NOTE: formats/arch/table.json comes from transformers {src.get('transformers')} / bitsandbytes "
+                  f"{src.get('bitsandbytes')}; this machine has {meta['transformers']} / {meta['bitsandbytes']}: "
+                  "the table is stale, rebuild it from these records (build_table.py)")
     dump_sources(args.out)
     procs = [subprocess.Popen([sys.executable, __file__, args.out, "--workers", str(args.workers),
                                "--deadline", str(args.deadline), "--index", str(i), "--start", str(start)])
