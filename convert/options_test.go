@@ -86,7 +86,10 @@ func TestSelection(t *testing.T) {
 	}{
 		{"model.layers.0.self_attn.q_proj.weight", dtype.BF16, []int64{8, 8}, true},
 		{"model.layers.0.mlp.down_proj.weight", dtype.F32, []int64{8, 8}, true},
-		{"model.layers.0.block_sparse_moe.gate.weight", dtype.F16, []int64{8, 8}, true},
+		{"model.layers.0.block_sparse_moe.gate.weight", dtype.F16, []int64{8, 8}, false}, // a router
+		{"model.layers.0.block_sparse_moe.experts.3.w1.weight", dtype.BF16, []int64{8, 8}, false},
+		{"model.layers.0.mlp.router.weight", dtype.BF16, []int64{8, 8}, false},
+		{"model.layers.0.mlp.gate_proj.weight", dtype.BF16, []int64{8, 8}, true},
 		{"transformer.h.0.attn.c_attn.weight", dtype.F16, []int64{8, 24}, true},
 		{"model.layers.0.self_attn.q_proj.bias", dtype.BF16, []int64{8}, false},
 		{"model.layers.0.input_layernorm.weight", dtype.BF16, []int64{8}, false},

@@ -130,6 +130,15 @@ func nameRule(name string, dt dtype.DType, shape []int64) choice {
 	if r := embeddingOrNorm(m); r != "" {
 		return choice{reason: r}
 	}
+	// transformers 5 fuses the experts of every mixture-of-experts model
+	// it knows into 3-D parameters and keeps them, and its routers are not
+	// nn.Linear: an unknown MoE is safer with both dense.
+	if strings.Contains("."+m+".", ".experts.") {
+		return choice{reason: arch.ReasonExpert}
+	}
+	if last := strings.ToLower(lastComponent(m)); last == "gate" || strings.Contains(last, "router") {
+		return choice{reason: arch.ReasonRouter}
+	}
 	return choice{quantize: true, reason: arch.ReasonFallback, linear: true}
 }
 
