@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"unicode"
@@ -155,7 +157,9 @@ func (f JSONFormatter) Format(w io.Writer, r *Report) error {
 // lists every rule that ran with its documentation and a helpUri into
 // docs/audit-rules.md. Severities map to SARIF levels error, warning and
 // note; the tensor is the result's logical location. Every result has a
-// region (line 1: a finding is about a file or a tensor, not a line) and a
+// region: the line of the tensor's entry in a JSON file (an index's
+// weight_map), else line 1 (a finding is about a file or a tensor, and a
+// .safetensors file has no lines); and a
 // partialFingerprints entry ("qconvFinding/v1", a hash of rule, file and
 // tensor), which GitHub code scanning needs to track a finding across
 // runs. The run's invocation says whether the audit succeeded, and lists
@@ -305,6 +309,7 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 	}
 	run := sarifRun{Tool: sarifTool{Driver: driver}, Invocations: []sarifInvocation{inv}, Results: []sarifResult{}}
 	seen := map[string]int{}
+	lines := &keyLines{files: map[string][]byte{}}
 	for _, d := range r.Findings {
 		res := sarifResult{
 			RuleID:    d.Rule,
@@ -317,7 +322,7 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 		}
 		loc := sarifLocation{PhysicalLocation: sarifPhysical{
 			ArtifactLocation: sarifArtifact{URI: fileURI(d.File)},
-			Region:           &sarifRegion{StartLine: 1},
+			Region:           &sarifRegion{StartLine: lines.line(d.File, d.Tensor)},
 		}}
 		key := d.Rule + "\x00" + filepath.ToSlash(d.File) + "\x00" + d.Tensor
 		seen[key]++
@@ -337,6 +342,50 @@ func (f SARIFFormatter) Format(w io.Writer, r *Report) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(log)
+}
+
+// keyLines finds the line of a tensor's entry in a JSON file (the
+// weight_map of an index), for SARIF regions.
+type keyLines struct {
+	files map[string][]byte // read once each; nil when unreadable
+}
+
+// maxKeyLinesFile bounds the JSON files read for regions (as
+// checkpoint.MaxIndexSize bounds an index).
+const maxKeyLinesFile = 16 << 20
+
+// line returns the 1-based line of file where tensor is a JSON object key
+// (`"name": ...`), or 1: for a finding about no tensor, about a file that
+// is not JSON (a .safetensors file has no lines), or when the key is not
+// there.
+func (k *keyLines) line(file, tensor string) int {
+	if tensor == "" || !strings.HasSuffix(file, ".json") {
+		return 1
+	}
+	b, ok := k.files[file]
+	if !ok {
+		if f, err := os.Open(file); err == nil {
+			b, _ = io.ReadAll(io.LimitReader(f, maxKeyLinesFile))
+			f.Close()
+		}
+		k.files[file] = b
+	}
+	key, err := json.Marshal(tensor)
+	if err != nil {
+		return 1
+	}
+	for off := 0; ; {
+		i := bytes.Index(b[off:], key)
+		if i < 0 {
+			return 1
+		}
+		i += off
+		rest := bytes.TrimLeft(b[i+len(key):], " \t\r\n")
+		if len(rest) > 0 && rest[0] == ':' {
+			return 1 + bytes.Count(b[:i], []byte{'\n'})
+		}
+		off = i + len(key)
+	}
 }
 
 // fileURI turns a path into a relative (or, for an absolute path, file:)

@@ -145,3 +145,29 @@ func TestSARIFSchemaRejects(t *testing.T) {
 		t.Error("a log without version and with startLine 0 passed the schema")
 	}
 }
+
+// A finding about a tensor of an index points at the line of its
+// weight_map entry; findings about no tensor, or about files without
+// lines, at line 1.
+func TestSARIFRegionLines(t *testing.T) {
+	dir := t.TempDir()
+	index := filepath.Join(dir, "model.safetensors.index.json")
+	os.WriteFile(index, []byte("{\n  \"metadata\": {\"total_size\": 8},\n  \"weight_map\": {\n    \"a.weight\": \"model-00001-of-00002.safetensors\",\n    \"b.weight\":\n      \"model-00002-of-00002.safetensors\"\n  }\n}\n"), 0o644)
+	k := &keyLines{files: map[string][]byte{}}
+	for _, c := range []struct {
+		file, tensor string
+		line         int
+	}{
+		{index, "a.weight", 4},
+		{index, "b.weight", 5},
+		{index, "model-00001-of-00002.safetensors", 1}, // a value, not a key
+		{index, "c.weight", 1},
+		{index, "", 1},
+		{filepath.Join(dir, "model.safetensors"), "a.weight", 1},
+		{filepath.Join(dir, "missing.json"), "a.weight", 1},
+	} {
+		if got := k.line(c.file, c.tensor); got != c.line {
+			t.Errorf("line(%s, %q) = %d, want %d", filepath.Base(c.file), c.tensor, got, c.line)
+		}
+	}
+}
