@@ -45,6 +45,8 @@ func TestDequantCLIErrors(t *testing.T) {
 		{[]string{"dequant", filepath.Join(tmp, "none"), filepath.Join(tmp, "c")}, "none"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "-j", "-2"}, "qconv dequant: -j -2: want 0 (all CPUs) or more"},
 		{[]string{"dequant", filepath.Join(models, "tiny-llama-bf16-nf4-u8"), filepath.Join(tmp, "a"), "--dtype", "int4"}, `qconv dequant: --dtype: unknown dtype "int4" (want auto, bf16, f16 or f32)`},
+		{[]string{"dequant", "../../testdata/arch/falcon--FalconForCausalLM/out", filepath.Join(tmp, "d")}, `FalconForCausalLM (model_type "falcon"): transformers quantizes no layer`},
+		{[]string{"verify", "../../testdata/arch/falcon--FalconForCausalLM/src", "../../testdata/arch/falcon--FalconForCausalLM/out"}, `FalconForCausalLM (model_type "falcon"): transformers quantizes no layer`},
 	} {
 		code, _, errOut := qconv(c.args...)
 		if code != exitError || !strings.Contains(errOut, c.msg) {

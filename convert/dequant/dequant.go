@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/convert/internal/outdir"
+	"github.com/qconv/qconv/convert/internal/transpose"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -156,6 +158,10 @@ type item struct {
 	shard  int               // ordinal of the source shard, for the state-dict order
 	file   int               // output file
 	offset int64             // absolute offset of its data in the file
+	// transposed: w's values, in its quant state's [out, in] order, are
+	// written as the [in, out] transpose the source stored (a GPT-2 style
+	// Conv1D weight; shape is [in, out]).
+	transposed bool
 }
 
 type plan struct {
@@ -171,6 +177,10 @@ type plan struct {
 
 // newPlan decides the output tensors, their dtypes and files.
 func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
+	a, err := Architecture(ck)
+	if err != nil {
+		return nil, fmt.Errorf("dequant: %w", err)
+	}
 	ws, err := FindWeights(ck)
 	if err != nil {
 		return nil, err
@@ -203,7 +213,11 @@ func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
 		}
 		it := &item{name: t.Name, shard: shardOrd[t.Shard]}
 		if w := byName[t.Name]; w != nil {
-			it.w, it.dtype, it.shape, it.n = w, w.DType, slices.Clone(w.State.Shape), w.NumElements()
+			shape, transposed, err := SourceShape(a, w)
+			if err != nil {
+				return nil, fmt.Errorf("dequant: %s: %w", ck.Path, err)
+			}
+			it.w, it.dtype, it.shape, it.n, it.transposed = w, w.DType, shape, w.NumElements(), transposed
 			if opts.DType != dtype.Invalid {
 				it.dtype = opts.DType
 			}
@@ -343,8 +357,14 @@ func (p *plan) write(ctx context.Context, work *outdir.Dir, sum *Summary) error 
 			return err
 		}
 		it := j.it
+		var dst io.WriterAt = files[it.file]
 		at := it.offset + j.start*int64(it.dtype.Size())
-		if _, err := files[it.file].WriteAt(b, at); err != nil {
+		if it.transposed {
+			dst = &transpose.Writer{Dst: io.NewOffsetWriter(files[it.file], it.offset),
+				Shape: transpose.Shape{Rows: it.shape[0], Cols: it.shape[1], Size: int64(it.dtype.Size())}}
+			at -= it.offset
+		}
+		if _, err := dst.WriteAt(b, at); err != nil {
 			return fmt.Errorf("dequant: %s: writing tensor %q: %w", p.names[it.file], it.name, err)
 		}
 		if p.opts.Progress != nil {

@@ -11,7 +11,10 @@
 //     "shape"), in the quant state's dtype: dequantize_4bit's float32
 //     values rounded to nearest even, exactly what bitsandbytes returns.
 //     With Options.DType the float32 values are rounded once to that dtype
-//     instead;
+//     instead. A weight that transformers quantized transposed (a GPT-2
+//     style Conv1D, stored [in, out], quantized as [out, in]; formats/arch
+//     says which, from config.json's architecture) is written back
+//     transposed, in the source's [in, out] orientation;
 //   - the quant-state tensors (absmax, quant_map, nested_*, quant_state.*)
 //     dropped;
 //   - the other tensors unchanged (cast, round to nearest even, if
@@ -31,6 +34,9 @@
 //
 // Weight and Blocks give block-level access to one 4-bit weight, which
 // convert/verify uses to measure quantization error.
+//
+// A checkpoint whose architecture transformers cannot quantize (formats/arch's
+// Refuse, such as FalconForCausalLM) is refused.
 //
 // This package does not quantize (see convert) and does not judge the
 // quality of a quantization (see convert/verify).

@@ -17,6 +17,12 @@
 //     neighbouring codes) × the block's absmax, plus |code| × the absmax
 //     rounding bound above.
 //
+// A weight that transformers quantized as the transpose of the original (a
+// GPT-2 style Conv1D weight, stored [in, out] and quantized [out, in];
+// formats/arch says which, from config.json's architecture) is compared
+// with the original transposed. An architecture that transformers cannot
+// quantize (formats/arch's Refuse, such as FalconForCausalLM) is refused.
+//
 // The report gives, per weight, the largest error, RMSE, the signal-to-noise
 // ratio in dB and how much of the bound the worst element used. Dense
 // tensors must be identical to the original after a round-to-nearest-even

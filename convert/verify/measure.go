@@ -1,6 +1,8 @@
 package verify
 
 import (
+	"fmt"
+	"io"
 	"math"
 
 	"github.com/qconv/qconv/convert/dequant"
@@ -26,6 +28,7 @@ const (
 // measure compares the blocks of one quantized weight with the original.
 type measure struct {
 	w      *dequant.Weight
+	orig   io.ReaderAt // the original tensor's values, in the quant state's order
 	code   [16]float64 // value of each 4-bit code (before scaling)
 	cell4  []float64   // halfCells of the 4-bit code book
 	cell8  []float64   // halfCells of the nested 8-bit code book (double quant)
@@ -74,8 +77,8 @@ func (m *measure) blocks(s *scratch, a *acc, o checkpoint.Tensor, b0, count int6
 	e0 := b0 * m.bsize
 	osz := int64(o.DType.Size())
 	s.raw = jobs.Grow(s.raw, n*int(osz))
-	if err := readAt(o, s.raw, e0*osz); err != nil {
-		return err
+	if _, err := m.orig.ReadAt(s.raw, e0*osz); err != nil {
+		return fmt.Errorf("verify: %s: tensor %q: %w", o.Shard.Path, o.Name, err)
 	}
 	s.x = jobs.Grow(s.x, n)
 	s.y = jobs.Grow(s.y, n)

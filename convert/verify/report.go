@@ -110,6 +110,11 @@ type TensorReport struct {
 	OrigDType string  `json:"original_dtype"`
 	Shape     []int64 `json:"shape"`
 	Elements  int64   `json:"elements"`
+	// Transposed reports a 4-bit weight that transformers quantized as
+	// the transpose of the original (a GPT-2 style Conv1D weight, stored
+	// [in, out]; formats/arch says which): Shape is the original's, and
+	// it is compared with the original transposed.
+	Transposed bool `json:"transposed,omitempty"`
 
 	// Quantized weights only.
 	QuantType   string `json:"quant_type"`

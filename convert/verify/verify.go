@@ -14,6 +14,7 @@ import (
 	"github.com/qconv/qconv/convert/dequant"
 	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/jobs"
+	"github.com/qconv/qconv/convert/internal/transpose"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -70,6 +71,18 @@ func CompareCheckpoints(ctx context.Context, orig, quant *checkpoint.Checkpoint,
 	if ws := checkpoint.FindPackedWeights(names(orig)); len(ws) > 0 {
 		return nil, fmt.Errorf("verify: %s: the original checkpoint is quantized (tensor %q is a packed 4-bit weight)", orig.Path, ws[0].Name)
 	}
+	// Which weights were quantized transposed comes from formats/arch,
+	// by the quantized checkpoint's config.json, else the original's; an
+	// architecture that transformers cannot quantize is refused.
+	a, err := dequant.Architecture(quant)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if oa, err := dequant.Architecture(orig); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	} else if a == nil {
+		a = oa
+	}
 	v := &verifier{jobElems: int64(opts.JobElements)}
 	if v.jobElems <= 0 {
 		v.jobElems = DefaultJobElements
@@ -92,9 +105,12 @@ func CompareCheckpoints(ctx context.Context, orig, quant *checkpoint.Checkpoint,
 			tr.fail(StatusInvalid, "%v", err)
 		} else if err != nil {
 			return nil, fmt.Errorf("verify: %w", err)
+		} else if shape, transposed, err := dequant.SourceShape(a, w); err != nil {
+			tr.fail(StatusInvalid, "%v", err)
 		} else {
 			weights = append(weights, w)
 			tr.fill(w)
+			tr.Shape, tr.Transposed = shape, transposed
 		}
 	}
 	byName := map[string]*dequant.Weight{}
@@ -313,8 +329,12 @@ func compareDense(s *scratch, a *acc, o, q checkpoint.Tensor, e0, cnt int64, flo
 // original tensor it was made from.
 func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequant.Weight) {
 	tr.OrigDType = o.DType.String()
-	if !slices.Equal(o.Shape, w.State.Shape) {
-		tr.fail(StatusInvalid, "quant-state shape %v, original %v", w.State.Shape, o.Shape)
+	if !slices.Equal(o.Shape, tr.Shape) {
+		if tr.Transposed {
+			tr.fail(StatusInvalid, "quant-state shape %v (a Conv1D weight, quantized transposed), original %v, want %v", w.State.Shape, o.Shape, tr.Shape)
+		} else {
+			tr.fail(StatusInvalid, "quant-state shape %v, original %v", w.State.Shape, o.Shape)
+		}
 		return
 	}
 	if !o.DType.IsFloat() {
@@ -324,6 +344,11 @@ func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequa
 	unit := int64(bnb.NestedBlocksize)
 	per := max(unit, v.jobElems/int64(w.State.Blocksize)/unit*unit)
 	m := newMeasure(w)
+	m.orig = o.SectionReader()
+	if tr.Transposed {
+		// Read the original [in, out] as the [out, in] that was quantized.
+		m.orig = &transpose.Reader{Src: m.orig, Shape: transpose.Shape{Rows: o.Shape[0], Cols: o.Shape[1], Size: int64(o.DType.Size())}}
+	}
 	bs := int64(w.State.Blocksize)
 	for b0 := int64(0); b0 < w.NumBlocks(); b0 += per {
 		elems := min(per*bs, o.NumElements()-b0*bs)
