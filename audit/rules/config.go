@@ -72,18 +72,19 @@ func byDType(ts []*audit.Tensor) ([]dtype.DType, map[dtype.DType]*tally) {
 	return keys, m
 }
 
-// humanBytes formats n as "512 B", "3.00 KiB", "3.80 GiB".
+// humanBytes formats n in decimal units, as every size qconv prints: "512
+// B", "3.00 kB", "3.80 GB".
 func humanBytes(n int64) string {
-	const unit = 1024
+	const unit = 1000
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
 	}
 	v, i := float64(n)/unit, 0
-	for v >= unit && i < 4 {
+	for v >= unit-0.005 && i < 4 {
 		v /= unit
 		i++
 	}
-	return fmt.Sprintf("%.2f %ciB", v, "KMGTP"[i])
+	return fmt.Sprintf("%.2f %s", v, []string{"kB", "MB", "GB", "TB", "PB"}[i])
 }
 
 // weightsAre returns "1 packed weight is" or "3 packed weights are".

@@ -132,3 +132,12 @@ func TestConfigRules(t *testing.T) {
 	runCases(t, configCases)
 	checkCoverage(t, configCases, "CFG")
 }
+
+// Findings give sizes in the decimal units of the rest of qconv.
+func TestHumanBytes(t *testing.T) {
+	for n, want := range map[int64]string{16: "16 B", 999: "999 B", 1000: "1.00 kB", 999_994: "999.99 kB", 999_995: "1.00 MB", 3_800_000_000: "3.80 GB"} {
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
