@@ -7,7 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"slices"
+	"path/filepath"
 	"time"
 
 	"github.com/qconv/qconv/convert/internal/outdir"
@@ -37,6 +37,9 @@ type Summary struct {
 	// conversion ended (getrusage; 0 where unavailable). It covers the
 	// whole process, not only this conversion.
 	PeakRSSBytes int64
+	// AlreadyComplete is true when dst already held this conversion and
+	// nothing was done.
+	AlreadyComplete bool
 	// Plan is the plan that was carried out.
 	Plan *Plan `json:"-"`
 }
@@ -106,8 +109,20 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 
 // convertSource is Convert once the source is open.
 func convertSource(ctx context.Context, start time.Time, s *settings, in *source, src, dst string) (*Summary, error) {
-	if err := outdir.Check(in.ck, dst, s.force); err != nil {
-		return nil, fmt.Errorf("convert: %w", err)
+	workPath, err := workDirFor(dst)
+	if err != nil {
+		return nil, err
+	}
+	iopts := outdir.InstallOptions{Force: s.force}
+	if s.hooks != nil {
+		iopts.Step = s.hooks.install
+	}
+	// An install into dst that was interrupted is finished first: the
+	// output it installs is complete.
+	if done, err := outdir.Recover(dst, workPath, workKind, iopts); err != nil {
+		return nil, fmt.Errorf("convert: finishing the interrupted install into %s: %w", dst, err)
+	} else if done {
+		fmt.Fprintf(s.log, "qconv: finished the interrupted install of %s\n", dst)
 	}
 	p, err := newPlan(s, in.tensors, in.files, in.config)
 	if err != nil {
@@ -120,12 +135,49 @@ func convertSource(ctx context.Context, start time.Time, s *settings, in *source
 	if err != nil {
 		return nil, err
 	}
+	keyList := fileKeys(p, st)
+	keys := make(map[string]string, len(keyList))
+	for i, f := range p.Files {
+		keys[f.Name] = keyList[i]
+	}
+	rec, err := expectedRecord(p, in, st, keyList)
+	if err != nil {
+		return nil, err
+	}
+	// A dst that holds this very conversion is left as it is; one that
+	// holds a conversion with the same settings from an older source is
+	// replaced; one with other settings needs --force.
+	force := s.force
+	complete, same, err := checkRecord(dst, rec)
+	if err != nil && !force {
+		return nil, fmt.Errorf("convert: %w; use --force to replace it", err)
+	}
+	if complete && !s.restart {
+		sum := &Summary{Src: src, Dst: dst, InputBytes: in.bytes, TensorsQuantized: p.Quantized, TensorsKept: p.Kept, Plan: p, AlreadyComplete: true}
+		for _, f := range p.Files {
+			sum.Files = append(sum.Files, f.Name)
+			if fi, err := os.Lstat(filepath.Join(dst, f.Name)); err == nil {
+				sum.OutputBytes += fi.Size()
+			}
+		}
+		sum.Index = rec.Index
+		sum.Seconds = time.Since(start).Seconds()
+		sum.PeakRSSBytes = peakRSS()
+		return sum, nil
+	}
+	if same {
+		force = true
+	}
+	iopts.Force = force
+	if err := outdir.Check(in.ck, dst, force); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
 	if s.finalize {
 		if err := checkFinalizable(dst); err != nil {
 			return nil, err
 		}
 	}
-	w, err := openWorkDir(dst, st, s.restart)
+	w, err := openWorkDir(dst, st, keys, s.restart, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -163,16 +215,20 @@ func convertSource(ctx context.Context, start time.Time, s *settings, in *source
 			return fail(fmt.Errorf("convert: output file %s is missing or incomplete in %s (has every part of the conversion finished, with the same options?)", f.Name, w.path()))
 		}
 	}
+	if err := w.prune(); err != nil {
+		return fail(err)
+	}
 	if err := finish(ctx, p, in, w.dir, sum); err != nil {
+		return fail(err)
+	}
+	if err := writeRecord(dst, w, rec); err != nil {
 		return fail(err)
 	}
 	if err := w.removeState(sum.Files); err != nil {
 		return fail(err)
 	}
-	err = outdir.Install(w.dir, dst, s.force, append(slices.Clip(sum.Files), sum.Index))
-	w.dir.Close()
-	if err != nil {
-		return nil, fmt.Errorf("convert: %w", err)
+	if err := outdir.Install(w.dir, dst, iopts); err != nil {
+		return nil, fmt.Errorf("convert: installing the output in %s: %w (rerun the same command to finish)", dst, err)
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	sum.PeakRSSBytes = peakRSS()

@@ -58,8 +58,10 @@
 //     closes it and records it as done, with the CRC-32C combined from
 //     the CRCs of the pieces as they were written (state.go). Finally
 //     model.safetensors.index.json (for a sharded output), config.json and
-//     the copied files are written, and the work directory is renamed to
-//     the destination.
+//     the copied files are written, and the work directory becomes the
+//     destination (convert/internal/outdir.Install: one rename, the old
+//     destination moved aside first, so that it never holds a mix of two
+//     outputs; a rerun finishes an interrupted install).
 //
 // With Workers == 1 every job runs in order on the calling goroutine; that
 // is the reference path, and the tests check that any number of workers

@@ -84,7 +84,8 @@ func convertTo(t testing.TB, src string, opts Options) (string, *Summary) {
 	return dst, sum
 }
 
-// readDir returns every file of dir by name.
+// readDir returns every file of dir by name (not those in
+// subdirectories).
 func readDir(t testing.TB, dir string) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
@@ -93,6 +94,9 @@ func readDir(t testing.TB, dir string) map[string][]byte {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)

@@ -36,6 +36,8 @@ type hooks struct {
 	crash bool
 	// job is called when a job starts.
 	job func(tensor string, stats bool)
+	// install is outdir.InstallOptions.Step.
+	install func(step string) error
 }
 
 // runner executes a plan: the statistics pass, the layout of the output

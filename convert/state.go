@@ -2,14 +2,13 @@ package convert
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,23 +30,31 @@ import (
 // through the directory's descriptor without following links; anything
 // else at the name is refused, never reused or written through. It holds:
 //
-//   - .qconv-plan.json: what the output depends on (the options that
-//     change bytes, each source file's name, size and modification time,
-//     and the output file names). Every run compares it with its own and
-//     refuses to go on with a work directory made with other arguments or
-//     from a changed source (Options.Restart discards it instead).
+//   - .qconv-plan.json: the options that change bytes, each source
+//     file's fingerprint (fingerprint.go) and the output file names.
+//     Every run compares it with its own and refuses to go on with a work
+//     directory made with other options (Options.Restart discards it
+//     instead); changed source files are noted and the plan state is
+//     updated;
 //   - the output weight files, written in place under their final names;
-//   - .<file>.done next to each finished file: the plan's fingerprint, the
-//     work directory's identity, the file's size and its CRC-32C, written
-//     (atomically) after the file is synced. A file without a valid marker is incomplete and is
-//     rewritten; a file with one is checked against size and checksum
-//     before it is kept.
+//   - .<file>.done next to each finished file: the file's key (fileKeys:
+//     a hash of the settings, its tensors and the fingerprints of the
+//     source files it is made from), the work directory's identity, the
+//     file's size and its CRC-32C, written (atomically) after the file is
+//     synced. A file without a valid marker is incomplete and is
+//     rewritten; so is one whose key changed (its source changed); a file
+//     with a valid marker is checked against size and checksum before it
+//     is kept.
 //
 // When every file is done, the finishing step (the end of a whole run, or
-// Options.Finalize after a partitioned one) checks them all, writes the
-// index, config.json and the copied files, removes the state files and
-// renames the directory to dst. dst therefore never looks complete unless
-// it is.
+// Options.Finalize after a partitioned one) checks them all, removes
+// files that are not outputs of this plan, writes the index, config.json
+// and the copied files, removes the state files, writes the record of the
+// conversion beside dst (".<dst>.qconv.json": settings, file keys and
+// sizes, see doneRecord) and installs the directory as dst
+// (outdir.Install). dst therefore never looks complete unless it is. A
+// rerun finding a record of the same settings and keys, and dst's files
+// at their sizes, does nothing ("already complete").
 
 const (
 	planStateName = ".qconv-plan.json"
@@ -63,15 +70,19 @@ type planState struct {
 	Files    []string          `json:"files"`
 }
 
+// sourceState is the fingerprint of a source file (see fingerprint.go).
 type sourceState struct {
 	Name    string `json:"name"`
 	Size    int64  `json:"size"`
 	ModTime int64  `json:"mtime_ns"`
+	Change  int64  `json:"ctime_ns,omitempty"`
+	Inode   uint64 `json:"inode,omitempty"`
+	Sample  string `json:"sampled_crc32c"`
 }
 
 // doneState is the content of a .<file>.done marker.
 type doneState struct {
-	Plan   string `json:"plan"` // fingerprint: hex SHA-256 of .qconv-plan.json
+	Plan   string `json:"plan"` // the file's key (fileKeys)
 	Dir    string `json:"dir"`  // the work directory's identity (outdir.Dir.ID)
 	Size   int64  `json:"size"`
 	CRC32C uint32 `json:"crc32c"`
@@ -79,9 +90,9 @@ type doneState struct {
 
 // workDir is an open work directory.
 type workDir struct {
-	dir         *outdir.Dir
-	fingerprint string
-	state       []byte
+	dir  *outdir.Dir
+	keys map[string]string // output file name -> key
+	log  io.Writer
 
 	mu    sync.Mutex
 	fresh map[string]bool // files marked done by this process
@@ -125,18 +136,18 @@ func newPlanState(p *Plan, in *source) (*planState, error) {
 		st.Settings[k] = v
 	}
 	for _, sh := range in.ck.Shards {
-		fi, err := os.Stat(sh.Path)
+		fp, err := fingerprint(sh)
 		if err != nil {
-			return nil, fmt.Errorf("convert: %w", err)
+			return nil, err
 		}
-		st.Sources = append(st.Sources, sourceState{Name: sh.Name, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
+		st.Sources = append(st.Sources, fp)
 	}
 	for _, path := range in.inputs {
-		fi, err := os.Stat(path)
+		fp, err := fingerprintPath(path)
 		if err != nil {
-			return nil, fmt.Errorf("convert: %w", err)
+			return nil, err
 		}
-		st.Sources = append(st.Sources, sourceState{Name: path, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
+		st.Sources = append(st.Sources, fp)
 	}
 	for _, f := range p.Files {
 		st.Files = append(st.Files, f.Name)
@@ -148,7 +159,7 @@ func newPlanState(p *Plan, in *source) (*planState, error) {
 // An existing one made for another plan is an error, or is discarded if
 // restart is set. One that qconv did not make (see outdir.OpenDir) is
 // always an error.
-func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
+func openWorkDir(dst string, st *planState, keys map[string]string, restart bool, log io.Writer) (*workDir, error) {
 	path, err := workDirFor(dst)
 	if err != nil {
 		return nil, err
@@ -158,8 +169,10 @@ func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
 	b = append(b, '\n')
-	sum := sha256.Sum256(b)
-	w := &workDir{fingerprint: hex.EncodeToString(sum[:]), state: b}
+	if log == nil {
+		log = io.Discard
+	}
+	w := &workDir{keys: keys, log: log}
 	d, err := outdir.OpenDir(path, workKind)
 	if err == nil && restart {
 		if err := d.RemoveAll(); err != nil {
@@ -201,8 +214,18 @@ func openWorkDir(dst string, st *planState, restart bool) (*workDir, error) {
 		d.Close()
 		return nil, fmt.Errorf("convert: %w", err)
 	case !bytes.Equal(old, b):
-		d.Close()
-		return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", path, diffStates(old, st))
+		var o planState
+		if json.Unmarshal(old, &o) != nil || o.Version != st.Version || !maps.Equal(o.Settings, st.Settings) {
+			d.Close()
+			return nil, fmt.Errorf("convert: %s holds partial output of a conversion with %s; rerun with the same arguments to continue it, or pass --restart to discard it", path, diffStates(old, st))
+		}
+		// Same options, changed sources: the output files made from
+		// them have other keys and are redone.
+		fmt.Fprintf(log, "qconv: the source changed since the partial output in %s was made (%s); output files made from changed source files are redone\n", path, diffStates(old, st))
+		if err := d.WriteFileAtomic(planStateName, b); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("convert: %w", err)
+		}
 	}
 	return w, nil
 }
@@ -234,8 +257,8 @@ func diffStates(old []byte, st *planState) string {
 			diffs = append(diffs, fmt.Sprintf("no source file %s", s.Name))
 		case os.Size != s.Size:
 			diffs = append(diffs, fmt.Sprintf("source file %s of %d bytes (now %d)", s.Name, os.Size, s.Size))
-		case os.ModTime != s.ModTime:
-			diffs = append(diffs, fmt.Sprintf("source file %s modified since", s.Name))
+		case os != s:
+			diffs = append(diffs, fmt.Sprintf("source file %q modified since", s.Name))
 		}
 	}
 	if len(o.Sources) != len(st.Sources) {
@@ -277,7 +300,7 @@ func (w *workDir) markDone(name string) error {
 // markDoneCRC records that output file name, of the given size and
 // CRC-32C, is complete. The file must be synced.
 func (w *workDir) markDoneCRC(name string, size int64, crc uint32) error {
-	b, err := json.Marshal(doneState{Plan: w.fingerprint, Dir: w.dir.ID(), Size: size, CRC32C: crc})
+	b, err := json.Marshal(doneState{Plan: w.keys[name], Dir: w.dir.ID(), Size: size, CRC32C: crc})
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
 	}
@@ -310,9 +333,10 @@ func (w *workDir) isDone(name string) (bool, error) {
 	}
 	if err == nil {
 		var d doneState
-		if json.Unmarshal(b, &d) == nil && d.Plan == w.fingerprint && d.Dir == w.dir.ID() {
-			size, crc, err := w.fileCRC(name)
-			if err == nil && size == d.Size && crc == d.CRC32C {
+		if json.Unmarshal(b, &d) == nil && d.Dir == w.dir.ID() {
+			if d.Plan != w.keys[name] {
+				fmt.Fprintf(w.log, "qconv: %s in %s was made from other source data; redone\n", name, w.path())
+			} else if size, crc, err := w.fileCRC(name); err == nil && size == d.Size && crc == d.CRC32C {
 				return true, nil
 			}
 		}
@@ -332,6 +356,27 @@ func (w *workDir) anyDone() bool {
 		}
 	}
 	return false
+}
+
+// prune removes the entries of the work directory that are neither
+// output files of the plan, their done markers, the plan state nor the
+// marker: files of an earlier plan (a changed source can change the
+// split into files), which must not be installed with the output.
+func (w *workDir) prune() error {
+	names, err := w.dir.Names()
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	for _, n := range names {
+		base := strings.TrimSuffix(strings.TrimPrefix(n, "."), doneSuffix)
+		if _, ok := w.keys[base]; ok || n == planStateName || n == outdir.MarkerName {
+			continue
+		}
+		if err := os.RemoveAll(w.dir.Join(n)); err != nil {
+			return fmt.Errorf("convert: %w", err)
+		}
+	}
+	return nil
 }
 
 // removeState removes the plan state and the done markers, leaving the

@@ -24,7 +24,7 @@ func TestWorkDirCreateRace(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, errs[k] = openWorkDir(dst, st, false)
+				_, errs[k] = openWorkDir(dst, st, nil, false, nil)
 			}()
 		}
 		wg.Wait()
@@ -44,7 +44,7 @@ func TestWorkDirCreateRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[k] = openWorkDir(dst, st, false)
+			_, errs[k] = openWorkDir(dst, st, nil, false, nil)
 		}()
 	}
 	wg.Wait()

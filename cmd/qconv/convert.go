@@ -113,6 +113,8 @@ type convertSummary struct {
 	// table does not know it; Warnings then says so).
 	Architecture string   `json:"architecture"`
 	Warnings     []string `json:"warnings"`
+	// AlreadyComplete: DST already held this conversion; nothing was done.
+	AlreadyComplete bool `json:"already_complete"`
 }
 
 func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -235,7 +237,7 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
 		TensorsQuantized: sum.TensorsQuantized, TensorsKept: sum.TensorsKept,
 		Files: nonNil(sum.Files), Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
-		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes, Warnings: nonNil(p.Warnings),
+		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes, Warnings: nonNil(p.Warnings), AlreadyComplete: sum.AlreadyComplete,
 	}
 	if p.Arch != nil {
 		js.Architecture = p.Arch.Class
@@ -254,6 +256,10 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if *out.asJSON {
 		return writeJSON("convert", stdout, stderr, js)
+	}
+	if sum.AlreadyComplete {
+		fmt.Fprintf(stdout, "already complete: %s holds this conversion (%d file(s), %s); nothing to do\n", sum.Dst, len(sum.Files), humanBytes(sum.OutputBytes))
+		return exitOK
 	}
 	dq := ""
 	if *doubleQuant {

@@ -28,6 +28,9 @@ import (
 // save_pretrained.
 const DefaultMaxShardSize = 50_000_000_000
 
+// workKind is the kind of dequant's work directories (outdir.MkTemp).
+const workKind = "dequant"
+
 // DefaultJobElements is the number of weight elements one job handles.
 // A job holds at most 14 bytes per element (packed codes, float32 values,
 // output bytes, or the raw and cast bytes of a dense tensor), so at most
@@ -116,7 +119,21 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	if err != nil {
 		return nil, err
 	}
-	work, err := outdir.MkTemp(dst, "dequant")
+	// A dequantization into dst that was killed left its work directory
+	// beside dst, or was killed while installing it: finish the install,
+	// remove the rest.
+	iopts := outdir.InstallOptions{Force: opts.Force}
+	finished, err := outdir.Recover(dst, "", workKind, iopts)
+	if err == nil && !finished {
+		finished, err = outdir.CleanTemps(dst, workKind, iopts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dequant: finishing an interrupted install into %s: %w", dst, err)
+	}
+	if finished {
+		return nil, fmt.Errorf("dequant: finished the install of an earlier dequantization into %s, which was interrupted; run again with --force to redo it", dst)
+	}
+	work, err := outdir.MkTemp(dst, workKind)
 	if err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
@@ -124,8 +141,6 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	defer func() {
 		if !ok {
 			work.RemoveAll()
-		} else {
-			work.Close()
 		}
 	}()
 	sum := &Summary{Src: src, Dst: dst, DType: p.dtype, Weights: p.weights, Kept: len(p.items) - p.weights}
@@ -138,10 +153,10 @@ func Dequantize(ctx context.Context, src, dst string, opts Options) (*Summary, e
 	if err := p.finish(ctx, ck, work, sum); err != nil {
 		return nil, fmt.Errorf("dequant: %w", err)
 	}
-	if err := outdir.Install(work, dst, opts.Force, append(slices.Clip(sum.Files), sum.Index)); err != nil {
-		return nil, fmt.Errorf("dequant: %w", err)
+	ok = true // Install closes work, and a failed install is finished by a rerun
+	if err := outdir.Install(work, dst, iopts); err != nil {
+		return nil, fmt.Errorf("dequant: installing the output in %s: %w (the next dequant into %s finishes it)", dst, err, dst)
 	}
-	ok = true
 	sum.Seconds = time.Since(start).Seconds()
 	return sum, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"slices"
 
@@ -236,3 +237,10 @@ func (f *File) Close() error { return f.f.Close() }
 
 // Name returns the path the file was opened with.
 func (f *File) Name() string { return f.f.Name() }
+
+// Stat returns the FileInfo of the open file.
+func (f *File) Stat() (fs.FileInfo, error) { return f.f.Stat() }
+
+// ReadAt reads the file's bytes at off (header and data alike), as
+// io.ReaderAt.
+func (f *File) ReadAt(b []byte, off int64) (int, error) { return f.f.ReadAt(b, off) }

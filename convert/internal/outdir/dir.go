@@ -55,6 +55,28 @@ type Dir struct {
 	root *os.Root
 	info fs.FileInfo // of the directory when it was opened
 	id   string
+	lock *os.File // the marker, locked (Lock)
+}
+
+// errLocked is returned by Lock when another process holds the lock.
+var errLocked = errors.New("in use by another process")
+
+// Lock takes an exclusive lock on the directory (on its marker, with
+// flock(2)) until Close, without waiting: it fails if another process
+// holds it. A run that may leave its work directory behind when killed
+// holds the lock, so that a later run can tell an abandoned directory
+// (see CleanTemps) from one in use.
+func (d *Dir) Lock() error {
+	f, err := d.Open(MarkerName)
+	if err != nil {
+		return err
+	}
+	if err := flock(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", d.path, err)
+	}
+	d.lock = f
+	return nil
 }
 
 type marker struct {
@@ -70,7 +92,11 @@ const markerMagic = "qconv work directory"
 // directory appears with its marker or not at all: it is made under a
 // temporary name and renamed into place, which fails (with an error
 // wrapping fs.ErrExist) if another process made path first.
-func CreateDir(path, kind string) (*Dir, error) {
+func CreateDir(path, kind string) (*Dir, error) { return createDir(path, kind, false) }
+
+// createDir is CreateDir; with lock, the directory is locked (Lock)
+// before it appears at path.
+func createDir(path, kind string, lock bool) (*Dir, error) {
 	var r [8]byte
 	rand.Read(r[:])
 	tmp := path + ".tmp-" + hex.EncodeToString(r[:])
@@ -99,6 +125,9 @@ func CreateDir(path, kind string) (*Dir, error) {
 	if err == nil {
 		err = d.Sync()
 	}
+	if err == nil && lock {
+		err = d.Lock()
+	}
 	if err == nil {
 		if _, lerr := os.Lstat(path); lerr == nil {
 			err = &fs.PathError{Op: "mkdir", Path: path, Err: fs.ErrExist}
@@ -122,7 +151,11 @@ func CreateDir(path, kind string) (*Dir, error) {
 // returns an error wrapping fs.ErrNotExist if there is none, and one
 // wrapping ErrNotOurs, with the reason, if what is there is not a work
 // directory qconv made for this user.
-func OpenDir(path, kind string) (*Dir, error) {
+func OpenDir(path, kind string) (*Dir, error) { return openDir(path, kind, true) }
+
+// openDir is OpenDir; strict also refuses a directory writable by group
+// or others.
+func openDir(path, kind string, strict bool) (*Dir, error) {
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return nil, err
@@ -137,7 +170,7 @@ func OpenDir(path, kind string) (*Dir, error) {
 		return nil, notOurs("is not a directory")
 	case !ownedByUser(fi):
 		return nil, notOurs(fmt.Sprintf("is owned by another user (%s)", owner(fi)))
-	case writableByOthers(fi):
+	case strict && writableByOthers(fi):
 		return nil, notOurs(fmt.Sprintf("is writable by others (mode %v)", fi.Mode().Perm()))
 	}
 	d, err := openRoot(path)
@@ -186,8 +219,14 @@ func (d *Dir) Path() string { return d.path }
 // ID returns the random identity recorded in the directory's marker.
 func (d *Dir) ID() string { return d.id }
 
-// Close closes the directory.
-func (d *Dir) Close() error { return d.root.Close() }
+// Close closes the directory (and releases its lock).
+func (d *Dir) Close() error {
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
+	return d.root.Close()
+}
 
 // Join returns the path of name (slash-separated, relative) in the
 // directory, for messages.

@@ -78,6 +78,23 @@ var otherWeightExts = []string{".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"
 // Subdirectories are copied with the same rules. A single-file checkpoint
 // has no other files.
 func CopyAux(ctx context.Context, ck *checkpoint.Checkpoint, dir *Dir) (copied, skipped []string, err error) {
+	copied, skipped, err = AuxFiles(ck)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, rel := range copied {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, context.Cause(ctx)
+		}
+		if err := copyFile(dir, rel, filepath.Join(ck.Dir, filepath.FromSlash(rel))); err != nil {
+			return nil, nil, err
+		}
+	}
+	return copied, skipped, nil
+}
+
+// AuxFiles returns the files CopyAux copies and those it leaves out.
+func AuxFiles(ck *checkpoint.Checkpoint) (copied, skipped []string, err error) {
 	if ck.Layout == checkpoint.LayoutFile {
 		return nil, nil, nil
 	}
@@ -129,14 +146,6 @@ func CopyAux(ctx context.Context, ck *checkpoint.Checkpoint, dir *Dir) (copied, 
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing %s: %w", ck.Dir, err)
-	}
-	for _, rel := range copied {
-		if err := ctx.Err(); err != nil {
-			return nil, nil, context.Cause(ctx)
-		}
-		if err := copyFile(dir, rel, filepath.Join(ck.Dir, filepath.FromSlash(rel))); err != nil {
-			return nil, nil, err
-		}
 	}
 	return copied, skipped, nil
 }

@@ -7,12 +7,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/qconv/qconv/formats/checkpoint"
-	"github.com/qconv/qconv/internal/atomicfile"
 )
 
 // Check refuses a destination that is empty, inside the source checkpoint
@@ -108,7 +106,8 @@ func Beside(dst, suffix string) (string, error) {
 
 // MkTemp creates a new work directory (CreateDir) of the given kind
 // beside dst (see Beside), with a random name ending
-// ".qconv-tmp-XXXXXXXX", and the parent directory if needed.
+// ".qconv-tmp-XXXXXXXX", and the parent directory if needed. It is locked
+// (Dir.Lock) until it is closed, so that CleanTemps leaves it alone.
 func MkTemp(dst, kind string) (*Dir, error) {
 	base, err := Beside(dst, TempInfix)
 	if err != nil {
@@ -118,7 +117,7 @@ func MkTemp(dst, kind string) (*Dir, error) {
 		return nil, err
 	}
 	for range 100 {
-		d, err := CreateDir(base+strconv.FormatUint(rand.Uint64()&(1<<40-1), 36), kind)
+		d, err := createDir(base+strconv.FormatUint(rand.Uint64()&(1<<40-1), 36), kind, true)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
@@ -129,100 +128,3 @@ func MkTemp(dst, kind string) (*Dir, error) {
 
 // TempInfix ends the name of a MkTemp directory, before its random part.
 const TempInfix = ".qconv-tmp-"
-
-// staleWeights matches weight files that a new output replaces, as
-// transformers' save_pretrained cleans them.
-var staleWeights = regexp.MustCompile(`^model(-\d{5}-of-\d{5})?\.safetensors$|^model\.safetensors\.index\.json$`)
-
-// Install moves the finished output in work to dst and syncs the
-// directories. A dst that does not exist, or is an empty directory, is
-// replaced by work. Otherwise, with force, the files of work replace those
-// of the same names in dst, one by one, after the weight files of dst that
-// are not among outputs (the new weight files and index: stale shards of
-// an earlier output, or its index) have been removed, so that dst never
-// holds a mix of old and new shards with a matching index; work is then
-// removed. Without force a non-empty dst is an error.
-func Install(wd *Dir, dst string, force bool, outputs []string) error {
-	work := wd.Path()
-	if err := wd.Remove(MarkerName); err != nil {
-		return err
-	}
-	if err := os.Chmod(work, 0o777&^umask); err != nil {
-		return err
-	}
-	fi, err := os.Lstat(dst)
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.Rename(work, dst); err != nil {
-			return err
-		}
-		return atomicfile.SyncDir(filepath.Dir(dst))
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return symlinkDst(dst)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("destination %s exists and is not a directory", dst)
-	}
-	ents, err := os.ReadDir(dst)
-	if err != nil {
-		return err
-	}
-	if len(ents) == 0 {
-		if err := os.Remove(dst); err != nil {
-			return err
-		}
-		if err := os.Rename(work, dst); err != nil {
-			return err
-		}
-		return atomicfile.SyncDir(filepath.Dir(dst))
-	}
-	if !force {
-		return notEmpty(dst)
-	}
-	keep := map[string]bool{}
-	for _, f := range outputs {
-		keep[f] = true
-	}
-	for _, e := range ents {
-		if !e.IsDir() && staleWeights.MatchString(e.Name()) && !keep[e.Name()] {
-			if err := os.Remove(filepath.Join(dst, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	if err := moveTree(work, dst); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(work); err != nil {
-		return err
-	}
-	return atomicfile.SyncDir(dst)
-}
-
-// moveTree renames every file of the tree src into the same place under
-// dst, replacing files there and creating directories as needed.
-func moveTree(src, dst string) error {
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		from, to := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
-		if e.IsDir() {
-			if err := os.MkdirAll(to, 0o777); err != nil {
-				return err
-			}
-			if err := moveTree(from, to); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := os.Rename(from, to); err != nil {
-			return err
-		}
-	}
-	return nil
-}

@@ -2,7 +2,10 @@
 
 package outdir
 
-import "io/fs"
+import (
+	"io/fs"
+	"os"
+)
 
 // ownedByUser reports whether fi belongs to the user; without Unix
 // ownership every file does.
@@ -14,3 +17,9 @@ func owner(fs.FileInfo) string { return "unknown" }
 const umask fs.FileMode = 0o022
 
 func writableByOthers(fs.FileInfo) bool { return false }
+
+// fileID returns zeros: identities are not compared without Unix inodes.
+func fileID(fs.FileInfo) [2]uint64 { return [2]uint64{} }
+
+// flock: without Unix locks, every work directory counts as in use.
+func flock(*os.File) error { return errLocked }

@@ -33,3 +33,21 @@ var umask = func() fs.FileMode {
 
 // writableByOthers reports whether group or others may write to fi.
 func writableByOthers(fi fs.FileInfo) bool { return fi.Mode().Perm()&0o022 != 0 }
+
+// fileID returns the device and inode numbers of fi.
+func fileID(fi fs.FileInfo) [2]uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return [2]uint64{uint64(st.Dev), uint64(st.Ino)}
+	}
+	return [2]uint64{}
+}
+
+// flock takes an exclusive lock on f without waiting; errLocked if
+// another process holds one.
+func flock(f *os.File) error {
+	err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == syscall.EWOULDBLOCK {
+		return errLocked
+	}
+	return err
+}
