@@ -173,8 +173,8 @@ func TestConvertPartsMessages(t *testing.T) {
 	if code, _, errOut := qconv("convert", src, dst, "--finalize"); code != exitOK {
 		t.Errorf("--finalize: exit %d: %s", code, errOut)
 	}
-	if entries, _ := os.ReadDir(tmp); len(entries) != 1 {
-		t.Errorf("after --finalize: %v, want only out", entries)
+	if entries, _ := os.ReadDir(tmp); len(entries) != 2 || entries[0].Name() != ".out.qconv.json" || entries[1].Name() != "out" {
+		t.Errorf("after --finalize: %v, want only out and its record", entries)
 	}
 }
 
