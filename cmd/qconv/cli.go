@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -484,6 +485,37 @@ func startProgress(mode string, w io.Writer, cmd, label string) *progressReporte
 		}
 	}()
 	return r
+}
+
+// logWriter returns a writer for a package's notes to the user (its
+// Options.Log): each line becomes "qconv CMD: line" (a "qconv: " the
+// package put there itself is replaced), written with printLine so that
+// it never lands inside a line drawn in place. Safe for concurrent use.
+func (r *progressReporter) logWriter() io.Writer {
+	return &lineWriter{line: func(l string) {
+		r.printLine("qconv " + r.cmd + ": " + strings.TrimPrefix(l, "qconv: "))
+	}}
+}
+
+// lineWriter calls line with each complete line written to it.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  []byte
+	line func(string)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.line(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
 }
 
 // draw renders the current state once.

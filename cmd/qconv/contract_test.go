@@ -391,3 +391,31 @@ func TestBinarySignals(t *testing.T) {
 		}
 	}
 }
+
+// The convert package's notes come out in the command's style, one line
+// each: "qconv convert: note: ...".
+func TestConvertNotes(t *testing.T) {
+	src := t.TempDir()
+	for _, name := range []string{"model.safetensors", "config.json"} {
+		b, err := os.ReadFile(filepath.Join(models, "tiny-llama-bf16", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(src, name), b, 0o644)
+	}
+	os.WriteFile(filepath.Join(src, "pytorch_model.bin"), []byte("PK"), 0o644)
+	code, _, errOut := qconv("convert", src, filepath.Join(t.TempDir(), "out"))
+	if code != exitOK || errOut != "qconv convert: note: not copied: pytorch_model.bin (weights in another format; the output has the 4-bit safetensors weights)\n" {
+		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestLineWriter(t *testing.T) {
+	var got []string
+	w := &lineWriter{line: func(l string) { got = append(got, l) }}
+	fmt.Fprint(w, "a\nb")
+	fmt.Fprint(w, "c\n\nd")
+	if strings.Join(got, "|") != "a|bc|" {
+		t.Errorf("lines %q", got)
+	}
+}

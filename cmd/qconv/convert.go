@@ -208,7 +208,7 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 	var sum *convert.Summary
 	err = withProgress(*out.progress, "convert", "converting", stderr, func(rep *progressReporter) (err error) {
-		opts.Progress = rep.update
+		opts.Progress, opts.Log = rep.update, rep.logWriter()
 		if *verbose {
 			opts.TensorDone = func(i, n int, t convert.TensorPlan) { rep.printLine(tensorLine(i, n, t)) }
 		}
