@@ -30,7 +30,7 @@ func checkpointArch(c *audit.Checkpoint) (v archView, ok bool) {
 	}
 	v.table = arch.Default()
 	v.classes, v.modelType = arch.ConfigNames(c.Config.Value)
-	v.a = v.table.Lookup(v.classes, v.modelType)
+	v.a = tableArch(c)
 	if s := c.Config.Quantization().Get("llm_int8_skip_modules"); s.Kind() == pyjson.KindArray {
 		v.explicitSkip = true
 		for _, p := range s.Items() {
@@ -40,6 +40,16 @@ func checkpointArch(c *audit.Checkpoint) (v archView, ok bool) {
 		}
 	}
 	return v, true
+}
+
+// tableArch returns formats/arch's entry for the architecture that the
+// checkpoint's config.json names, or nil (no readable config.json, or an
+// architecture the table does not know).
+func tableArch(c *audit.Checkpoint) *arch.Arch {
+	if c.Config == nil || c.Config.Value == nil {
+		return nil
+	}
+	return arch.Default().LookupConfig(c.Config.Value)
 }
 
 // quantizable reports whether transformers, loading this checkpoint with

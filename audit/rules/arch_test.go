@@ -18,7 +18,10 @@ const archRefs = "../../testdata/arch"
 
 // TestArchReferences audits every reference checkpoint that transformers
 // wrote (testdata/arch/*/out) and its bf16 source: transformers' own
-// quantized sets must pass the ARCH rules without a finding.
+// quantized sets must pass the ARCH rules without a finding, and the
+// whole audit without an error or warning, except Falcon's output, which
+// transformers saved with a 4-bit quantization_config and no 4-bit tensor
+// (CFG003).
 func TestArchReferences(t *testing.T) {
 	outs, err := filepath.Glob(filepath.Join(archRefs, "*", "out"))
 	if err != nil || len(outs) < 40 {
@@ -35,7 +38,10 @@ func TestArchReferences(t *testing.T) {
 				t.Errorf("%s: %v", family, e)
 			}
 			for _, d := range rep.Findings {
-				if audit.GroupPrefix(d.Rule) == "ARCH" {
+				if d.Rule == "CFG003" && family == falcon && dir == out {
+					continue
+				}
+				if audit.GroupPrefix(d.Rule) == "ARCH" || d.Severity >= audit.Warning {
 					t.Errorf("%s/%s: %s %s: %s", family, filepath.Base(dir), d.Rule, d.Tensor, d.Message)
 				}
 			}

@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"slices"
+
 	"github.com/qconv/qconv/audit"
 	"github.com/qconv/qconv/formats/dtype"
 )
@@ -17,6 +19,9 @@ twice as large for them as it needs to be; loaders that keep them in
 float32 also waste GPU memory. The message gives the bytes that storing
 them in the model dtype saves. Some architectures deliberately keep a
 few modules in float32 (_keep_in_fp32_modules); then this is expected.
+Tensors that transformers itself saves as float32 in a 16-bit model of
+the architecture (formats/arch's table, such as DeepSeek-V3's
+e_score_correction_bias) are not counted.
 
 Fix: convert those tensors to the model dtype and re-save
 (model.to(torch.bfloat16).save_pretrained(...)).`,
@@ -26,7 +31,18 @@ Fix: convert those tensors to the model dtype and re-save
 			if !ok || !is16(md) {
 				return
 			}
-			_, m := byDType(denseFloats(c))
+			// Tensors that transformers itself stores in float32 for the
+			// architecture (DeepSeek-V3's e_score_correction_bias) are
+			// what a 16-bit save writes.
+			a := tableArch(c)
+			fs := slices.DeleteFunc(denseFloats(c), func(t *audit.Tensor) bool {
+				if a == nil || t.DType != dtype.F32 {
+					return false
+				}
+				d, ok := a.Decide(t.Name)
+				return ok && d.F32
+			})
+			_, m := byDType(fs)
 			t := m[dtype.F32]
 			if t == nil {
 				return
