@@ -255,7 +255,7 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 		}
 		for _, r := range rep.Rules {
 			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("audit: %w", err)
+				return nil, fmt.Errorf("audit: interrupted: %w", err)
 			}
 			m.startRule(r.Deep, bytes)
 			for _, d := range RunRules(c, []*Rule{r}) {
@@ -267,7 +267,7 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 		c.Close()
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, fmt.Errorf("audit: interrupted: %w", err)
 	}
 	sort.SliceStable(rep.Findings, func(i, j int) bool {
 		a, b := rep.Findings[i], rep.Findings[j]

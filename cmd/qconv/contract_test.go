@@ -386,6 +386,9 @@ func TestBinarySignals(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != want {
 			t.Errorf("%v: exit %d, want %d; stderr:\n%s", sig, code, want, errOut.String())
 		}
+		if !strings.Contains(errOut.String(), "qconv audit: interrupted: context canceled\n") {
+			t.Errorf("%v: stderr does not say the audit was interrupted:\n%s", sig, errOut.String())
+		}
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("%v: took %v to stop", sig, d)
 		}

@@ -237,7 +237,7 @@ func (v *verifier) run(ctx context.Context, workers int, progress func(done, tot
 		return nil
 	})
 	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("verify: %w", ctx.Err())
+		return fmt.Errorf("verify: interrupted: %w", ctx.Err())
 	}
 	if err != nil {
 		return err
