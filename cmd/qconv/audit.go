@@ -150,6 +150,12 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return usageError(stderr, "audit", "%s: %s (see qconv audit --list-rules)", f.name, errorLine(err))
 		}
 	}
+	if len(selectIDs) > 0 && !*deep {
+		sel, _ := audit.MatchRules(all, selectIDs)
+		if !slices.ContainsFunc(sel, func(r *audit.Rule) bool { return !r.Deep }) {
+			return usageError(stderr, "audit", "--select %s: only deep rules, which run with --deep; add --deep", selectIDs.String())
+		}
+	}
 	if *force && *fixDst == "" {
 		return usageError(stderr, "audit", "--force goes with --fix DST")
 	}

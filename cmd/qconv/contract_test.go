@@ -280,6 +280,14 @@ func TestAuditCI(t *testing.T) {
 		t.Errorf("--select BNX001: exit %d: %s", code, errOut)
 	}
 
+	code, _, errOut = qconv("audit", "--select", "DEEP", bad)
+	if code != exitError || !strings.Contains(errOut, "--select DEEP: only deep rules, which run with --deep; add --deep") {
+		t.Errorf("--select DEEP without --deep: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut = qconv("audit", "--select", "DEEP", "--deep", bad); code == exitError {
+		t.Errorf("--select DEEP --deep: exit %d: %s", code, errOut)
+	}
+
 	code, out, _ = qconv("audit", "--explain", "ST002", "BNB001,CFG001")
 	if code != exitOK || !strings.HasPrefix(out, "ST002 (error): ") || !strings.Contains(out, "\n\nBNB001 (") || !strings.Contains(out, "\n\nCFG001 (") {
 		t.Errorf("--explain several: exit %d:\n%s", code, out)
