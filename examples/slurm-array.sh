@@ -13,7 +13,8 @@
 # flags. Without arguments SRC and DST come from the environment (sbatch
 # passes it on), else the defaults below, and the flags are
 # --max-shard-size 5GB. qconv must be on PATH on the compute nodes. A task
-# that is rerun (--requeue, or the array resubmitted) resumes its part.
+# that is rerun after a failure (--requeue, or resubmitted) keeps the files
+# of its part that were finished and redoes the rest.
 # scripts/slurm-e2e.sh runs this file, unchanged, on a one-node Slurm.
 #
 #SBATCH --job-name=qconv

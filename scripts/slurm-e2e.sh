@@ -140,6 +140,13 @@ export SBATCH_OUTPUT="$w/slurm-%j.out"
 SRC=testdata/golden/models/tiny-llama-bf16 DST=$w/parts N=3 FLAGS="--max-shard-size 100KB"
 qconv convert "$SRC" "$w/one" $FLAGS --progress never >/dev/null
 
+# The example refuses an array that does not number its tasks 0..N-1.
+if out=$(SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_COUNT=3 SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_MAX=3 \
+  bash examples/slurm-array.sh "$SRC" "$DST" 2>&1); then
+  fail "examples/slurm-array.sh ran with --array=1-3"
+fi
+grep -q -- "--array must be 0-2" <<<"$out" || fail "examples/slurm-array.sh with --array=1-3 said: $out"
+
 # The commands of the example's header (and the README), as they are there.
 for c in 'jid=$(sbatch --parsable --array=0-$((N-1)) examples/slurm-array.sh "$SRC" "$DST" $FLAGS)' \
   'sbatch --parsable --dependency=afterok:$jid --wrap "qconv convert $SRC $DST $FLAGS --finalize"'; do
