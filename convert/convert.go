@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qconv/qconv/convert/internal/outdir"
+	"github.com/qconv/qconv/convert/internal/transpose"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/internal/pyjson"
 )
@@ -250,7 +251,7 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 	for i, it := range p.items {
 		readers[i] = byName[it.src.Name]
 		if it.transposed {
-			readers[i] = &transposedReader{src: readers[i], rows: it.src.Shape[0], cols: it.src.Shape[1], size: int64(it.src.DType.Size())}
+			readers[i] = &transpose.Reader{Src: readers[i], Shape: transpose.Shape{Rows: it.src.Shape[0], Cols: it.src.Shape[1], Size: int64(it.src.DType.Size())}}
 		}
 		if s.hooks != nil && s.hooks.reader != nil {
 			readers[i] = s.hooks.reader(it.src.Name, readers[i])

@@ -2,7 +2,6 @@ package convert
 
 import (
 	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -220,36 +219,6 @@ func TestKnownArchUnknownTensor(t *testing.T) {
 	}
 	if _, err := Convert(t.Context(), mix, filepath.Join(t.TempDir(), "o"), Options{Include: []string{"lm_head"}}); err != nil {
 		t.Errorf("--include lm_head on Mixtral: %v", err)
-	}
-}
-
-func TestTransposedReader(t *testing.T) {
-	const rows, cols, size = 5, 7, 2
-	src := make([]byte, rows*cols*size)
-	for i := range src {
-		src[i] = byte(i)
-	}
-	tr := &transposedReader{src: bytes.NewReader(src), rows: rows, cols: cols, size: size}
-	want := make([]byte, len(src))
-	for c := 0; c < cols; c++ {
-		for r := 0; r < rows; r++ {
-			copy(want[(c*rows+r)*size:], src[(r*cols+c)*size:(r*cols+c+1)*size])
-		}
-	}
-	for off := 0; off < rows*cols; off++ {
-		for n := 1; off+n <= rows*cols; n++ {
-			p := make([]byte, n*size)
-			if got, err := tr.ReadAt(p, int64(off*size)); err != nil || got != len(p) || !bytes.Equal(p, want[off*size:(off+n)*size]) {
-				t.Fatalf("ReadAt(%d elements at %d) = %d, %v", n, off, got, err)
-			}
-		}
-	}
-	p := make([]byte, 4*size)
-	if got, err := tr.ReadAt(p, int64((rows*cols-2)*size)); err != io.EOF || got != 2*size {
-		t.Errorf("read past the end: %d, %v", got, err)
-	}
-	if _, err := tr.ReadAt(p[:3], 0); err == nil {
-		t.Error("unaligned read accepted")
 	}
 }
 

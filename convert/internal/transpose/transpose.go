@@ -1,8 +1,9 @@
 // Package transpose reads and writes a row-major [rows, cols] tensor as
 // its [cols, rows] transpose, in bounded pieces. transformers quantizes a
 // GPT-2 style Conv1D weight, stored [in, out], as its [out, in]
-// transpose (the quant state's shape), so dequant writes such a weight
-// back through a Writer and verify reads the original through a Reader.
+// transpose (the quant state's shape), so convert reads such a weight
+// through a Reader to quantize it, dequant writes it back through a Writer,
+// and verify reads the original through a Reader.
 //
 // Element e of the transpose, e = c*rows + r, is element r*cols + c of the
 // tensor. A piece of n consecutive elements of the transpose touches

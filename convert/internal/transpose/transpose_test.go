@@ -77,6 +77,38 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// Every piece of a small transpose, from every offset (moved here from
+// convert, whose transposedReader this Reader replaced).
+func TestReaderEveryPiece(t *testing.T) {
+	const rows, cols, size = 5, 7, 2
+	src := make([]byte, rows*cols*size)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	tr := &Reader{Src: bytes.NewReader(src), Shape: Shape{Rows: rows, Cols: cols, Size: size}}
+	want := make([]byte, len(src))
+	for c := 0; c < cols; c++ {
+		for r := 0; r < rows; r++ {
+			copy(want[(c*rows+r)*size:], src[(r*cols+c)*size:(r*cols+c+1)*size])
+		}
+	}
+	for off := 0; off < rows*cols; off++ {
+		for n := 1; off+n <= rows*cols; n++ {
+			p := make([]byte, n*size)
+			if got, err := tr.ReadAt(p, int64(off*size)); err != nil || got != len(p) || !bytes.Equal(p, want[off*size:(off+n)*size]) {
+				t.Fatalf("ReadAt(%d elements at %d) = %d, %v", n, off, got, err)
+			}
+		}
+	}
+	p := make([]byte, 4*size)
+	if got, err := tr.ReadAt(p, int64((rows*cols-2)*size)); err != io.EOF || got != 2*size {
+		t.Errorf("read past the end: %d, %v", got, err)
+	}
+	if _, err := tr.ReadAt(p[:3], 0); err == nil {
+		t.Error("unaligned read accepted")
+	}
+}
+
 // A Writer writes only the elements it is given: the bytes around a piece
 // stay as they were.
 func TestWriterTouchesOnlyItsPiece(t *testing.T) {
