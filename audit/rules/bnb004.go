@@ -3,6 +3,7 @@ package rules
 import (
 	"github.com/qconv/qconv/audit"
 	"github.com/qconv/qconv/formats/dtype"
+	"strings"
 )
 
 func bnb004() *audit.Rule {
@@ -32,7 +33,7 @@ blob as json.dumps of QuantState.as_dict(packed=True)'s non-tensor items.`,
 				if g.StateErr == nil || blocksizeError(g) {
 					continue
 				}
-				p.Reportf(s.File.Path, s.Name, "the quant-state JSON is invalid: %v; re-quantize the weight, or rewrite the blob with the keys quant_type, blocksize, dtype, shape (and nested_blocksize, nested_dtype, nested_offset with double quantization)", g.StateErr)
+				p.Reportf(s.File.Path, s.Name, "the quant-state JSON is invalid: %v; re-quantize the weight, or rewrite the blob with the keys quant_type, blocksize, dtype, shape (and nested_blocksize, nested_dtype, nested_offset with double quantization)", strings.TrimPrefix(g.StateErr.Error(), "pyjson: "))
 			}
 		},
 	}

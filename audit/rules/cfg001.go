@@ -2,6 +2,7 @@ package rules
 
 import (
 	"github.com/qconv/qconv/audit"
+	"strings"
 )
 
 func cfg001() *audit.Rule {
@@ -19,7 +20,7 @@ Fix: repair the JSON (python -m json.tool config.json shows the first
 error), or regenerate it with model.config.save_pretrained().`,
 		Run: func(p *audit.Pass) {
 			if c := p.Checkpoint.Config; c != nil && c.Err != nil {
-				p.Reportf(c.Path, "", "cannot read config.json: %v; fix the JSON or regenerate it with config.save_pretrained()", c.Err)
+				p.Reportf(c.Path, "", "cannot read config.json: %s; fix the JSON or regenerate it with config.save_pretrained()", strings.TrimPrefix(c.Err.Error(), "pyjson: "))
 			}
 		},
 	}

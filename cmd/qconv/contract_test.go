@@ -191,8 +191,24 @@ func TestInputHints(t *testing.T) {
 	if code != exitError || !strings.Contains(errOut, "config.json: not a safetensors file (ST002: header length 7165896756295633531") {
 		t.Errorf("exit %d: %s", code, errOut)
 	}
+	// A config.json that is not JSON, as convert and audit say it.
+	badConfig := t.TempDir()
+	b, _ := os.ReadFile(filepath.Join(models, "tiny-llama-bf16", "model.safetensors"))
+	os.WriteFile(filepath.Join(badConfig, "model.safetensors"), b, 0o644)
+	os.WriteFile(filepath.Join(badConfig, "config.json"), []byte(`{"a": 1,,}`), 0o644)
+	_, _, errOut = qconv("convert", badConfig, filepath.Join(t.TempDir(), "o"))
+	if want := "qconv convert: " + filepath.Join(badConfig, "config.json") + ": not valid JSON (offset 8: "; !strings.HasPrefix(errOut, want) {
+		t.Errorf("bad config.json: %q, want %q...", errOut, want)
+	}
+	_, out, _ := qconv("audit", badConfig)
+	if !strings.Contains(out, "CFG001: cannot read config.json: offset 8: ") {
+		t.Errorf("audit of a bad config.json: %q", out)
+	}
+
 	// One line, "qconv CMD: ...", no internal prefixes.
 	for _, args := range [][]string{
+		{"convert", badConfig, filepath.Join(t.TempDir(), "o")},
+		{"inspect", badConfig},
 		{"dequant", "--dtype", "int4", "a", "b"},
 		{"audit", "no-such-path"},
 		{"convert", dir + "/none", filepath.Join(t.TempDir(), "o")},

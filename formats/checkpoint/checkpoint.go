@@ -332,7 +332,7 @@ func (o *opener) loadConfig() {
 	}
 	v, err := pyjson.Parse(b)
 	if err != nil {
-		o.add(&Problem{Code: CodeConfigInvalid, File: path, Msg: strings.TrimPrefix(err.Error(), "pyjson: "), Err: err})
+		o.add(&Problem{Code: CodeConfigInvalid, File: path, Msg: "not valid JSON (" + strings.TrimPrefix(err.Error(), "pyjson: ") + "); fix it, or write it again with config.save_pretrained()", Err: err})
 		return
 	}
 	if v.Kind() != pyjson.KindObject {

@@ -79,7 +79,7 @@ func (ix *Index) FileOf(tensor string) (string, bool) {
 func ParseIndex(b []byte) (*Index, error) {
 	v, err := pyjson.Parse(b)
 	if err != nil {
-		return nil, &Problem{Code: CodeIndexInvalid, Msg: strings.TrimPrefix(err.Error(), "pyjson: "), Err: err}
+		return nil, &Problem{Code: CodeIndexInvalid, Msg: "not valid JSON (" + strings.TrimPrefix(err.Error(), "pyjson: ") + ")", Err: err}
 	}
 	if v.Kind() != pyjson.KindObject {
 		return nil, indexErr("", "index is a JSON %s, not an object", v.Kind())
