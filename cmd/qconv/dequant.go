@@ -21,7 +21,9 @@ SRC is a .safetensors file, or a directory holding model.safetensors or
 model.safetensors.index.json and its shards; any block size, with or
 without double quantization, packed weights stored as U8 or as the
 F32/BF16/F16 of a non-uint8 bnb_4bit_quant_storage. DST is a new (or empty)
-directory. It gets every 4-bit weight in its original shape, the other
+directory. It gets every 4-bit weight in its original shape (a GPT-2
+style Conv1D weight, which transformers quantizes transposed, back in its
+[in, out] orientation: config.json's architecture says which), the other
 tensors as they were, config.json without quantization_config and with
 "dtype" set, and the other small files of SRC. The output is built in a
 temporary directory beside DST and renamed at the end: on an error or
@@ -38,8 +40,9 @@ Examples:
   qconv dequant ./llama-nf4 ./llama-bf16
   qconv dequant ./llama-nf4 ./llama-f32 --dtype f32 -j 8
 
-Exit codes: 0 success, 2 usage error, invalid input or failed
-dequantization, 130/143 interrupted by SIGINT/SIGTERM (after cleaning up).
+Exit codes: 0 success, 2 usage error, invalid input (also a 4-bit
+checkpoint of an architecture transformers cannot quantize, such as
+Falcon) or failed dequantization, 130/143 interrupted by SIGINT/SIGTERM (after cleaning up).
 `
 
 func dequantCommand() *command {

@@ -27,13 +27,20 @@ was made from (ORIGINAL), tensor by tensor:
   - any other tensor must be identical to the original after a
     round-to-nearest-even cast to its dtype.
 
+A weight that transformers quantizes transposed (GPT-2 style Conv1D,
+stored [in, out]; "transposed" in --json) is compared with the original
+transposed; which weights those are comes from config.json's architecture
+(QUANTIZED's, else ORIGINAL's) in the table of what transformers quantizes
+(formats/arch). An architecture transformers cannot quantize (Falcon) is
+refused with exit status 2.
+
 Tensors are listed worst first, then the totals. --json writes one object
 whose every tensor has every field (0, "" or false where a field does not
 apply; snr_db is null where there is no error):
   ok, original, quantized,
   tensors ([{name, kind ("quantized" or "dense"), status ("ok",
     "out-of-bounds", "mismatch", "invalid", "missing", "extra"), message,
-    dtype, original_dtype, shape, elements, quant_type, blocksize,
+    dtype, original_dtype, shape, elements, transposed, quant_type, blocksize,
     double_quant, max_abs_error, rmse, snr_db (null when there is no
     error), bound_ratio, out_of_bounds, bad_absmax_blocks, non_finite,
     differing}]),

@@ -265,3 +265,32 @@ func TestConv1DManyJobs(t *testing.T) {
 		}
 	}
 }
+
+// Without a config.json nothing says which weights are Conv1D: verify
+// fails them, and says what is missing.
+func TestConv1DWithoutConfig(t *testing.T) {
+	ref := filepath.Join(archRefs, "gpt2--GPT2LMHeadModel")
+	var dirs [2]string
+	for i, side := range []string{"src", "out"} {
+		dirs[i] = filepath.Join(t.TempDir(), side)
+		b, err := os.ReadFile(filepath.Join(ref, side, "model.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(dirs[i], 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dirs[i], "model.safetensors"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := compare(t, dirs[0], dirs[1])
+	if rep.OK() {
+		t.Fatal("verify passed GPT-2 without knowing its Conv1D weights")
+	}
+	for _, tr := range rep.Tensors {
+		if tr.Name == "transformer.h.0.attn.c_attn.weight" && (tr.Status != verify.StatusInvalid || !strings.Contains(tr.Message, "Conv1D")) {
+			t.Errorf("%s: %s %q, want invalid, naming Conv1D", tr.Name, tr.Status, tr.Message)
+		}
+	}
+}

@@ -114,7 +114,7 @@ type TensorReport struct {
 	// the transpose of the original (a GPT-2 style Conv1D weight, stored
 	// [in, out]; formats/arch says which): Shape is the original's, and
 	// it is compared with the original transposed.
-	Transposed bool `json:"transposed,omitempty"`
+	Transposed bool `json:"transposed"`
 
 	// Quantized weights only.
 	QuantType   string `json:"quant_type"`

@@ -332,6 +332,8 @@ func (v *verifier) planQuantized(tr *TensorReport, o checkpoint.Tensor, w *dequa
 	if !slices.Equal(o.Shape, tr.Shape) {
 		if tr.Transposed {
 			tr.fail(StatusInvalid, "quant-state shape %v (a Conv1D weight, quantized transposed), original %v, want %v", w.State.Shape, o.Shape, tr.Shape)
+		} else if len(o.Shape) == 2 && len(tr.Shape) == 2 && o.Shape[0] == tr.Shape[1] && o.Shape[1] == tr.Shape[0] {
+			tr.fail(StatusInvalid, "quant-state shape %v, original %v: its transpose, as a GPT-2 style Conv1D weight is quantized, but no config.json names an architecture that says so", w.State.Shape, o.Shape)
 		} else {
 			tr.fail(StatusInvalid, "quant-state shape %v, original %v", w.State.Shape, o.Shape)
 		}
