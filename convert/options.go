@@ -96,9 +96,10 @@ type Options struct {
 	Progress func(done, total int64)
 	// TensorDone, if not nil, is called once the output tensors made of a
 	// source tensor are written, with its position i (0-based) among the
-	// plan's n tensors (Plan.Tensors) and what became of it. It is called
-	// from worker goroutines, possibly concurrently and in any order, and
-	// not for the tensors of output files an earlier run finished.
+	// plan's n tensors (Plan.Tensors) and what became of it. Calls come in
+	// plan order (a tensor is reported once it and all before it are
+	// written), one at a time, from worker goroutines; not for the tensors
+	// of other parts or of output files an earlier run finished.
 	TensorDone func(i, n int, t TensorPlan)
 	// Log receives notes for the user (files not copied, for example).
 	// Nil discards them.

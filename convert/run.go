@@ -82,6 +82,7 @@ type runner struct {
 	fileItems []atomic.Int64
 	fileDone  func(fi int, size int64, crc uint32, crcOK bool) error
 	crcs      []crcRecorder // per output file: the CRCs of what was written
+	order     *tensorOrder  // reports written items to Options.TensorDone; nil without it
 }
 
 // itemState is the state of one item during a pass, shared by its jobs.
@@ -291,6 +292,16 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		}
 	}
 
+	if s.tensorDone != nil {
+		r.order = newTensorOrder(writeItems, func(it *item) {
+			qstateLen := int64(-1)
+			if q := r.qstate[it.index]; q != nil {
+				qstateLen = int64(len(q))
+			}
+			s.tensorDone(it.index, len(p.items), p.tensorPlan(it, qstateLen))
+		})
+	}
+
 	// Output files are laid out once the statistics of the weights whose
 	// quant-state JSON they hold are known (at once without double
 	// quantization), by the worker that finishes the last of them. A file
@@ -398,12 +409,8 @@ func (r *runner) itemFiles(it *item) []int {
 
 // itemDone counts a finished item against its files.
 func (r *runner) itemDone(it *item) error {
-	if r.s.tensorDone != nil {
-		qstateLen := int64(-1)
-		if q := r.qstate[it.index]; q != nil {
-			qstateLen = int64(len(q))
-		}
-		r.s.tensorDone(it.index, len(r.p.items), r.p.tensorPlan(it, qstateLen))
+	if r.order != nil {
+		r.order.finished(it)
 	}
 	for _, fi := range r.itemFiles(it) {
 		if r.fileItems[fi].Add(-1) == 0 {

@@ -1,6 +1,8 @@
 package convert
 
 import (
+	"sync"
+
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 )
@@ -97,4 +99,41 @@ func PlanOnly(src string, opts Options) (*Plan, error) {
 	}
 	p.InputBytes = in.bytes
 	return p, nil
+}
+
+// tensorOrder reports the items a run writes in the run's order (the
+// state dict's), each once it and every item before it are written, so
+// that convert -v prints its lines in order although workers finish items
+// out of order. Reports are serialized; at most the items finished ahead
+// of the oldest unfinished one wait (the job window bounds them).
+type tensorOrder struct {
+	mu     sync.Mutex
+	pos    map[int]int // Plan.items index -> position in items
+	items  []*item
+	done   []bool
+	next   int // the oldest item not reported
+	report func(*item)
+}
+
+func newTensorOrder(items []*item, report func(*item)) *tensorOrder {
+	o := &tensorOrder{pos: make(map[int]int, len(items)), items: items, done: make([]bool, len(items)), report: report}
+	for i, it := range items {
+		o.pos[it.index] = i
+	}
+	return o
+}
+
+// finished records that it is written and reports what is now in order.
+func (o *tensorOrder) finished(it *item) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	i, ok := o.pos[it.index]
+	if !ok || o.done[i] {
+		return
+	}
+	o.done[i] = true
+	for o.next < len(o.items) && o.done[o.next] {
+		o.report(o.items[o.next])
+		o.next++
+	}
 }

@@ -89,22 +89,23 @@ func TestProgressDisplay(t *testing.T) {
 // whole model's bits per weight, the same number inspect gives.
 func TestConvertVerbose(t *testing.T) {
 	dst := filepath.Join(t.TempDir(), "out")
-	code, out, errOut := qconv("convert", filepath.Join(models, "tiny-llama-bf16"), dst, "-v", "-j", "0")
+	code, out, errOut := qconv("convert", filepath.Join(models, "tiny-llama-bf16"), dst, "-v", "-j", "4")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	line := regexp.MustCompile(`^\[ ?(\d+)/21\] (\S+) \[[0-9, ]+\] bf16 -> (nf4|bf16), [0-9.]+ [kM]?B -> [0-9.]+ [kM]?B$`)
-	seen := map[string]bool{}
+	var order []string
 	for _, l := range strings.Split(strings.TrimSpace(errOut), "\n") {
 		m := line.FindStringSubmatch(l)
 		if m == nil {
 			t.Errorf("not a -v line: %q", l)
 			continue
 		}
-		seen[m[1]] = true
+		order = append(order, m[1])
 	}
-	if len(seen) != 21 {
-		t.Errorf("%d distinct tensor lines, want 21:\n%s", len(seen), errOut)
+	// One line per tensor, in order, although workers finish them in any.
+	if got := strings.Join(order, ","); got != "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21" {
+		t.Errorf("tensor lines %s, want 1 to 21 in order:\n%s", got, errOut)
 	}
 	// The source's down_proj is bf16 [128, 352]: 90112 bytes.
 	if !strings.Contains(errOut, "] model.layers.0.mlp.down_proj.weight [128, 352] bf16 -> nf4, 90.11 kB -> ") {
@@ -431,7 +432,7 @@ func TestConvertNotes(t *testing.T) {
 		os.WriteFile(filepath.Join(src, name), b, 0o644)
 	}
 	os.WriteFile(filepath.Join(src, "pytorch_model.bin"), []byte("PK"), 0o644)
-	code, _, errOut := qconv("convert", src, filepath.Join(t.TempDir(), "out"))
+	code, _, errOut := qconv("convert", src, filepath.Join(t.TempDir(), "out"), "-j", "0")
 	if code != exitOK || errOut != "qconv convert: note: not copied: pytorch_model.bin (weights in another format; the output has the 4-bit safetensors weights)\n" {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
