@@ -64,7 +64,7 @@ for model in tiny-llama-bf16-nf4-dq-f32storage tiny-llama-bf16-nf4-dq-u8; do
 
   # GitHub Actions
   expect $gate qconv audit --format github .
-  [ "$(grep -c '^::error file=model.safetensors,title=BNB001::' "$w/out" || true)" = $n ] ||
+  [ "$(grep -c '^::error file=model\.safetensors[,:].*BNB001' "$w/out" || true)" = $n ] ||
     { cat "$w/out"; fail "$model: want $n ::error annotations"; }
   expect 0 sh -c 'qconv audit --format sarif --fail-on never . > qconv.sarif'
   report qconv.sarif sarif $n

@@ -177,7 +177,7 @@ done
 states=$(field "$jid" JobState | sort | uniq -c | tr -s ' \n' ' ')
 [ "$(field "$jid" JobState | grep -cx COMPLETED)" = "$N" ] || { logs; fail "array tasks: $states, want $N COMPLETED"; }
 for i in $(seq 0 $((N - 1))); do
-  grep -l "converted part $i/$N" "$w"/slurm-*.out >/dev/null || { logs; fail "no task log says \"converted part $i/$N\""; }
+  grep -l "part $i/$N" "$w"/slurm-*.out >/dev/null || { logs; fail "no task log says \"part $i/$N\""; }
 done
 diff -r "$w/one" "$DST" || fail "the Slurm array + finalize result differs from a one-process conversion"
 say "OK: $N array tasks + afterok finalize, byte-identical to one process ($(ls "$DST" | wc -l) files) in $((SECONDS - t0)) s"
