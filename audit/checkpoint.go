@@ -15,6 +15,7 @@ import (
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
 	"github.com/qconv/qconv/internal/pyjson"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // Well-known file names in a checkpoint directory.
@@ -187,8 +188,12 @@ func load(path string) (*Checkpoint, error) {
 	for _, e := range entries {
 		name := e.Name()
 		full := filepath.Join(path, name)
-		fi, err := os.Stat(full) // follows symlinks (Hub caches link to blobs)
-		if err != nil || !fi.Mode().IsRegular() {
+		// Stat follows symlinks (Hub caches link to blobs). A FIFO, a
+		// device or a socket under a checkpoint's file name is kept, so
+		// that opening it reports "not a regular file" (a FIFO shard is
+		// not "missing", a /dev/zero config.json is an error).
+		fi, err := os.Stat(full)
+		if err != nil || fi.IsDir() {
 			continue
 		}
 		switch {
@@ -239,14 +244,8 @@ func load(path string) (*Checkpoint, error) {
 
 func openFile(path string) *File {
 	f := &File{Path: path, Name: filepath.Base(path)}
-	osf, err := os.Open(path)
+	osf, st, err := regular.Open(path)
 	if err != nil {
-		f.Err = err
-		return f
-	}
-	st, err := osf.Stat()
-	if err != nil {
-		osf.Close()
 		f.Err = err
 		return f
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/qconv/qconv/formats/safetensors"
 	"github.com/qconv/qconv/internal/atomicfile"
 	"github.com/qconv/qconv/internal/pyjson"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // FixResult says what [Fix] changed.
@@ -288,7 +289,7 @@ func rewriteRetyped(out string, f *File, names map[string]bool) error {
 }
 
 func copyFile(out, in string) error {
-	r, err := os.Open(in)
+	r, _, err := regular.Open(in)
 	if err != nil {
 		return err
 	}

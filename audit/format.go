@@ -8,9 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qconv/qconv/internal/regular"
 	"io"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"unicode"
@@ -364,7 +364,7 @@ func (k *keyLines) line(file, tensor string) int {
 	}
 	b, ok := k.files[file]
 	if !ok {
-		if f, err := os.Open(file); err == nil {
+		if f, _, err := regular.Open(file); err == nil {
 			b, _ = io.ReadAll(io.LimitReader(f, maxKeyLinesFile))
 			f.Close()
 		}

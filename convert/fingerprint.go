@@ -9,9 +9,9 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
-	"os"
 
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // Source fingerprints.
@@ -47,18 +47,11 @@ func fingerprint(sh *checkpoint.Shard) (sourceState, error) {
 // fingerprintPath returns the fingerprint of the other input file path
 // (Source.Inputs), whose first fingerprintHeaderBytes count as its header.
 func fingerprintPath(path string) (sourceState, error) {
-	f, err := os.Open(path)
+	f, fi, err := regular.Open(path)
 	if err != nil {
 		return sourceState{}, fmt.Errorf("convert: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return sourceState{}, fmt.Errorf("convert: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return sourceState{}, fmt.Errorf("convert: %s: not a regular file", path)
-	}
 	return fingerprintFile(path, path, f, fi, fingerprintHeaderBytes)
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // doneRecord is what the record beside a finished dst holds (see
@@ -110,12 +111,7 @@ func checkRecord(dst string, want *doneRecord) (complete, sameSettings bool, err
 		}
 	}
 	if got.Config != "" {
-		path := filepath.Join(dst, checkpoint.ConfigFileName)
-		fi, err := os.Lstat(path)
-		if err != nil || !fi.Mode().IsRegular() {
-			return false, true, nil
-		}
-		cfg, err := os.ReadFile(path)
+		cfg, err := regular.ReadFile(filepath.Join(dst, checkpoint.ConfigFileName), checkpoint.MaxConfigSize)
 		sum := sha256.Sum256(cfg)
 		if err != nil || hex.EncodeToString(sum[:]) != got.Config {
 			return false, true, nil

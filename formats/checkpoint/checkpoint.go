@@ -41,6 +41,7 @@ import (
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
 	"github.com/qconv/qconv/internal/pyjson"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // File names of a checkpoint directory.
@@ -512,8 +513,12 @@ func exists(path string) bool {
 // without reading further when it is larger. Use it with MaxConfigSize and
 // MaxIndexSize for config.json and index files: parsing them takes up to
 // about 60 times the file size (see pyjson.Parse).
+//
+// A path that is not a regular file (a FIFO, a device such as /dev/zero,
+// a directory) is an error wrapping regular.ErrNotRegular, found without
+// blocking.
 func ReadFileLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, _, err := regular.Open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // MaxHeaderLen is the largest header, in bytes, that a file may declare.
@@ -211,18 +212,9 @@ type File struct {
 // Open opens and validates the safetensors file at path. Errors name the
 // path, and wrap a *FormatError for format problems.
 func Open(path string) (*File, error) {
-	f, err := os.Open(path)
+	f, fi, err := regular.Open(path)
 	if err != nil {
-		return nil, err // *PathError already names the file
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s: safetensors: not a regular file", path)
+		return nil, err // names the file
 	}
 	r, err := NewReader(f, fi.Size())
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // WriteIndex checks the output weight files, in dir, by reopening them,
@@ -153,14 +154,11 @@ func AuxFiles(ck *checkpoint.Checkpoint) (copied, skipped []string, err error) {
 // copyFile copies the regular file src to the file name of dir and syncs
 // it.
 func copyFile(dir *Dir, name, src string) (err error) {
-	in, err := os.Open(src)
+	in, _, err := regular.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	if fi, err := in.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return fmt.Errorf("copying %s: not a regular file", src)
-	}
 	out, err := dir.Create(name)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/qconv/qconv/internal/atomicfile"
+	"github.com/qconv/qconv/internal/regular"
 )
 
 // Records of finished outputs.
@@ -69,7 +70,7 @@ func ReadRecord(dst string) ([]byte, error) {
 	if _, err := os.Lstat(filepath.Join(dst, journalName)); !errors.Is(err, fs.ErrNotExist) {
 		return nil, none
 	}
-	b, err := os.ReadFile(path)
+	b, err := regular.ReadFile(path, 64<<20)
 	if err != nil {
 		return nil, none
 	}
