@@ -17,7 +17,9 @@ import (
 // to "minor" and info to "info". Checkpoint files have no lines, so
 // lines.begin is 1. The fingerprint is the SHA-256 of rule, file, tensor
 // and message, so the same finding keeps it from run to run and GitLab can
-// tell new findings from fixed ones. A clean report is "[]".
+// tell new findings from fixed ones. A path that could not be audited is
+// an issue of severity "blocker" with check_name "qconv-audit-path". A
+// clean report is "[]".
 type GitLabFormatter struct{}
 
 type gitlabIssue struct {
@@ -60,6 +62,18 @@ func (GitLabFormatter) Format(w io.Writer, r *Report) error {
 			Fingerprint: hex.EncodeToString(h.Sum(nil)),
 			Severity:    gitlabSeverity[d.Severity],
 			Location:    gitlabLocation{Path: d.File, Lines: gitlabLines{Begin: 1}},
+		})
+	}
+	// A path that could not be audited is a blocker: the report is
+	// incomplete, whatever it says about the others.
+	for _, e := range pathErrors(r) {
+		sum := sha256.Sum256([]byte("qconv-audit-path\x00" + e.Path + "\x00" + e.Message))
+		issues = append(issues, gitlabIssue{
+			Description: "could not be audited: " + e.Message,
+			CheckName:   "qconv-audit-path",
+			Fingerprint: hex.EncodeToString(sum[:]),
+			Severity:    "blocker",
+			Location:    gitlabLocation{Path: e.Path, Lines: gitlabLines{Begin: 1}},
 		})
 	}
 	enc := json.NewEncoder(w)

@@ -254,6 +254,10 @@ func TestAuditCI(t *testing.T) {
 	if code != exitError || !strings.HasPrefix(out, "::error file=") {
 		t.Errorf("github: exit %d: %s", code, out)
 	}
+	code, out, _ = qconv("audit", "--format", "gitlab", missing)
+	if code != exitError || !strings.Contains(out, `"check_name": "qconv-audit-path"`) || !strings.Contains(out, `"path": "`+missing+`"`) {
+		t.Errorf("gitlab: exit %d: %s", code, out)
+	}
 	// The text summary says the audit is incomplete; -q leaves it out.
 	_, _, errOut = qconv("audit", missing)
 	if !strings.Contains(errOut, "1 path could not be audited, so the audit is incomplete") {
