@@ -11,7 +11,7 @@
 //   - qconv convert with default flags (NF4, blocksize 64, double quant)
 //     into a fresh directory,
 //   - qconv audit of the input,
-//   - the host's own yardsticks (issue 15): -readers goroutines reading
+//   - the host's own yardsticks: -readers goroutines reading
 //     the input from the page cache (pread, 256 KiB at a time), and
 //     writing as many bytes as the output has into one file (pwrite, 512
 //     KiB at a time, early writeback, fsync), and for comparison into one

@@ -168,3 +168,21 @@ func TestReportWording(t *testing.T) {
 		t.Errorf("report mentions an issue:\n%s", b.String())
 	}
 }
+
+// The benchmark's documentation and messages speak of the project, not of
+// its issue tracker.
+func TestNoIssueWording(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := strings.Index(strings.ToLower(string(b)), "issue"); i >= 0 {
+			t.Errorf("%s mentions an issue: %q", f, string(b)[max(0, i-40):min(len(b), i+20)])
+		}
+	}
+}
