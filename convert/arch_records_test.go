@@ -59,18 +59,23 @@ func readRecords(t *testing.T, path string) []record {
 }
 
 // TestArchRecords plans the conversion of every model the generator built
-// (two sets: 2 layers / hidden 64 and 4 layers / hidden 128 with 8 experts,
-// other seeds) from its tensor headers and config.json alone, and checks the
+// (three sets: 2 layers / hidden 64, 4 layers / hidden 128 and 6 layers /
+// hidden 192 with 8 experts, other seeds) from its tensor headers and config.json alone, and checks the
 // plan against what transformers + bitsandbytes did: the quantized set, the
 // quant-state (logical) shapes, the dtype of every kept tensor, and the
 // whole config.json. Architectures the table refuses must be refused.
 func TestArchRecords(t *testing.T) {
 	var recs []record
-	for _, f := range []string{"arch-records.jsonl.gz", "arch-records-wide.jsonl.gz"} {
+	for _, f := range []string{"arch-records.jsonl.gz", "arch-records-wide.jsonl.gz", "arch-records-deep.jsonl.gz"} {
 		recs = append(recs, readRecords(t, filepath.Join(archRefs, f))...)
 	}
-	if len(recs) < 700 {
+	if len(recs) < 1100 {
 		t.Fatalf("%d records", len(recs))
+	}
+	if extra := os.Getenv("QCONV_ARCH_RECORDS"); extra != "" {
+		// Records of models the table was not made from (a new
+		// gen_arch.py run): how well the table generalizes.
+		recs = readRecords(t, extra)
 	}
 	s, err := (&Options{}).settings()
 	if err != nil {

@@ -147,7 +147,8 @@ func TestTableIsGenerated(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "table.json")
 	cmd := exec.Command(py, filepath.Join(root, "scripts", "archgen", "build_table.py"), out,
 		filepath.Join(root, "testdata", "arch", "arch-records.jsonl.gz"),
-		filepath.Join(root, "testdata", "arch", "arch-records-wide.jsonl.gz"))
+		filepath.Join(root, "testdata", "arch", "arch-records-wide.jsonl.gz"),
+		filepath.Join(root, "testdata", "arch", "arch-records-deep.jsonl.gz"))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build_table.py: %v\n%s", err, b)
 	}

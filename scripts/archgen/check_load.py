@@ -47,7 +47,9 @@ def main():
     workers = int(os.environ.get("CHECK_WORKERS", "8"))
     index = int(os.environ.get("CHECK_INDEX", "-1"))
     if index < 0 and workers > 1:
-        procs = [subprocess.Popen([sys.executable, __file__, qconv, refs, f"{report}.{i}"],
+        scratch = tempfile.mkdtemp(prefix="check-load-")
+        part = os.path.join(scratch, "report")
+        procs = [subprocess.Popen([sys.executable, __file__, qconv, refs, f"{part}.{i}"],
                                   env=dict(os.environ, CHECK_INDEX=str(i)), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL) for i in range(workers)]
         res = {}
@@ -56,7 +58,7 @@ def main():
             # Each worker appends a line per family as it goes, so a worker
             # that crashes loses only the family it was on.
             try:
-                with open(f"{report}.{i}.partial") as f:
+                with open(f"{part}.{i}.partial") as f:
                     for line in f:
                         res.update(json.loads(line))
             except OSError:
