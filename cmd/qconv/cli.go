@@ -221,6 +221,9 @@ func errorLine(err error) string {
 		var fe *safetensors.FormatError
 		if errors.As(p.Err, &fe) {
 			msg, tensor = formatErrorLine(fe), fe.Tensor
+			if notSafetensors(fe) && isLFSPointer(p.File) {
+				msg = "a Git LFS pointer, not the file itself; fetch it (git lfs pull, or huggingface-cli download)"
+			}
 		}
 		parts := make([]string, 0, 3)
 		if p.File != "" {
@@ -267,6 +270,23 @@ func notSafetensors(fe *safetensors.FormatError) bool {
 		return fe.Offset <= 8
 	}
 	return false
+}
+
+// lfsPointerPrefix starts a Git LFS pointer file (Git LFS specification,
+// "The pointer file").
+const lfsPointerPrefix = "version https://git-lfs.github.com/spec/"
+
+// isLFSPointer reports whether the file at path is a Git LFS pointer: what
+// a clone without git-lfs leaves in place of a large file.
+func isLFSPointer(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, len(lfsPointerPrefix))
+	_, err = io.ReadFull(f, b)
+	return err == nil && string(b) == lfsPointerPrefix
 }
 
 // tensorName returns name as is when it is plain, quoted otherwise.

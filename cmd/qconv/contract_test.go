@@ -192,6 +192,14 @@ func TestInputHints(t *testing.T) {
 	if code != exitError || !strings.Contains(errOut, "config.json: not a safetensors file (ST002: header length 7165896756295633531") {
 		t.Errorf("exit %d: %s", code, errOut)
 	}
+	// A Git LFS pointer left by a clone without git-lfs.
+	lfs := filepath.Join(t.TempDir(), "model.safetensors")
+	os.WriteFile(lfs, []byte("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 4080218931\n"), 0o644)
+	code, _, errOut = qconv("convert", lfs, filepath.Join(t.TempDir(), "o"))
+	if code != exitError || errOut != "qconv convert: "+lfs+": a Git LFS pointer, not the file itself; fetch it (git lfs pull, or huggingface-cli download)\n" {
+		t.Errorf("LFS pointer: exit %d: %q", code, errOut)
+	}
+
 	// A config.json that is not JSON, as convert and audit say it.
 	badConfig := t.TempDir()
 	b, _ := os.ReadFile(filepath.Join(models, "tiny-llama-bf16", "model.safetensors"))
