@@ -16,6 +16,9 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 // A sample is one timed run of a command.
@@ -121,6 +124,18 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "qconv-bench: input %s: %s of %s weights in %d files + index, %d tensors (%d Llama-7B layers)\n",
 			src, mb(inBytes), c.dtype, files, tensorCount(layers), layers)
 		fmt.Fprintln(stdout, src)
+		if c.loraRank > 0 {
+			d, err := convert.ParseDType(c.dtype)
+			if err != nil {
+				return err
+			}
+			ad := fmt.Sprintf("%s-lora-r%d", src, c.loraRank)
+			fmt.Fprintf(stderr, "qconv-bench: writing a rank-%d LoRA adapter on every Linear weight to %s\n", c.loraRank, ad)
+			if err := synth.WriteLoRA(ad, synth.Llama7B(layers, d), c.loraRank, 2); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, ad)
+		}
 		return nil
 	}
 	qconv := c.qconv

@@ -88,6 +88,7 @@ type config struct {
 	regen      bool
 	cpuprofile string
 	genOnly    bool
+	loraRank   int64
 	// Scaling: -jobs, the yardsticks, the profiles.
 	jobsArg      string
 	jobs         []int // qconv convert -j values; nil: qconv's default
@@ -121,6 +122,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&c.clean, "clean", false, "remove the input at the end")
 	fs.BoolVar(&c.regen, "regen", false, "regenerate the input even if a complete one exists")
 	fs.BoolVar(&c.genOnly, "generate-only", false, "only generate (or reuse) the input, print its directory on stdout and exit: nothing is built or timed")
+	fs.Int64Var(&c.loraRank, "lora-rank", 0, "with -generate-only: also write a PEFT LoRA adapter of this rank on every Linear weight of the input (for qconv merge), and print its directory on a second line")
 	fs.StringVar(&c.cpuprofile, "cpuprofile", "", "after the timed runs, profile one library convert of the input and write the CPU profile here")
 	fs.StringVar(&c.jobsArg, "jobs", "", "comma-separated qconv convert -j values to time each (default: qconv's default, one worker per CPU)")
 	fs.BoolVar(&c.yardstick, "yardstick", true, "also time the host's own limits: parallel reads of the input from the page cache, and parallel writes of the output's size (+ fsync)")

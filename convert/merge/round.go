@@ -93,6 +93,38 @@ func formatOf(d dtype.DType) format {
 // (±Inf on overflow). Only a tie of x itself needs e: x+e is then on the
 // side of the tie that e's sign says.
 func roundTo(x, e float64, f format) float64 {
+	// The common case, x in f's normal range: round the float64's
+	// significand to f.p bits in place (a carry into the exponent is
+	// right, and one beyond emax is the overflow checked below).
+	bits := math.Float64bits(x)
+	if exp := int(bits>>52&0x7ff) - 1023; exp >= f.emin && exp <= f.emax {
+		shift := uint(52 - (f.p - 1))
+		mask := uint64(1)<<shift - 1
+		half := uint64(1) << (shift - 1)
+		rem, base := bits&mask, bits&^mask
+		up := rem > half
+		if rem == half {
+			if e != 0 {
+				up = (e > 0) == (x > 0) // a tie of x, broken by e
+			} else {
+				up = base>>shift&1 == 1 // ties to even
+			}
+		}
+		if up {
+			base += 1 << shift
+		}
+		r := math.Float64frombits(base)
+		if math.Abs(r) >= math.Ldexp(1, f.emax+1) {
+			return math.Inf(int(math.Copysign(1, x)))
+		}
+		return r
+	}
+	return roundSlow(x, e, f)
+}
+
+// roundSlow is roundTo for x outside f's normal range: zero, ±Inf, NaN,
+// and values that round to f's subnormals (or to zero).
+func roundSlow(x, e float64, f format) float64 {
 	if x == 0 || math.IsInf(x, 0) || math.IsNaN(x) {
 		return x
 	}

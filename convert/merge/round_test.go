@@ -89,12 +89,12 @@ func TestDeltaKernel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, r := range []int{1, 2, 7, 16, 64} {
 		rows, cols := 3, 50
-		f := &factors{r: r, l: make([]float32, rows*r), t: make([]float32, cols*r)}
+		f := &factors{r: r, l: make([]float64, rows*r), t: make([]float64, cols*r)}
 		for i := range f.l {
-			f.l[i] = float32(rng.NormFloat64() * 0.05)
+			f.l[i] = float64(float32(rng.NormFloat64() * 0.05))
 		}
 		for i := range f.t {
-			f.t[i] = float32(rng.NormFloat64() * 0.05)
+			f.t[i] = float64(float32(rng.NormFloat64() * 0.05))
 		}
 		// Row 2 (r >= 3): L = [1, 1, 1, 0...] and column c: R = [m, h,
 		// ±t, 0...] with m a float32, h half its ulp and t far below
@@ -107,12 +107,12 @@ func TestDeltaKernel(t *testing.T) {
 			}
 			f.l[2*r], f.l[2*r+1], f.l[2*r+2] = 1, 1, 1
 			for c := 0; c < cols; c++ {
-				m := float32(1 + rng.Float64())
+				m := float64(float32(1 + rng.Float64()))
 				for k := range r {
 					f.t[c*r+k] = 0
 				}
 				f.t[c*r], f.t[c*r+1] = m, 0x1p-24
-				f.t[c*r+2] = []float32{0x1p-80, -0x1p-80, 0}[c%3]
+				f.t[c*r+2] = []float64{0x1p-80, -0x1p-80, 0}[c%3]
 			}
 		}
 		f.lmax = rowStat(f.l, r, func(acc, x float64) float64 { return max(acc, x) })

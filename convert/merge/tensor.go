@@ -147,10 +147,11 @@ func (m *mergedTensor) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // factors are a module's LoRA factors laid out for the kernel: element
-// (i, j) of the delta, before scaling, is Σ_k L[i·r+k]·R[j·r+k].
+// (i, j) of the delta, before scaling, is Σ_k L[i·r+k]·R[j·r+k]. The
+// values are float32 (or bf16/f16) ones held in float64.
 type factors struct {
 	r    int
-	l, t []float32 // L [rows, r], R [cols, r]
+	l, t []float64 // L [rows, r], R [cols, r]: float32 values
 	lmax []float64 // per row: max_k |L[i,k]|
 	rsum []float64 // per column: Σ_k |R[j,k]|
 }
@@ -158,7 +159,7 @@ type factors struct {
 // mergeInto writes to p the merged values of elements [start, start+len(w))
 // of a tensor with cols columns whose base values are w.
 func (f *factors) mergeInto(p []byte, w []float32, start, cols int64, s float32, out dtype.DType, exact *atomic.Int64) error {
-	r := f.r
+	r := int64(f.r)
 	osz := out.Size()
 	of := formatOf(out)
 	sd := float64(s)
@@ -166,37 +167,56 @@ func (f *factors) mergeInto(p []byte, w []float32, start, cols int64, s float32,
 	c := 2 * float64(r+1) * unit * math.Abs(sd)
 	const tiny = 0x1p-1070
 	var nExact int64
-	for idx := range w {
-		e := start + int64(idx)
-		i, j := e/cols, e%cols
-		lrow := f.l[i*int64(r) : (i+1)*int64(r)]
-		rrow := f.t[j*int64(r) : (j+1)*int64(r)]
-		var sum float64
-		for k, lv := range lrow {
-			sum += float64(lv) * float64(rrow[k])
-		}
-		d := sum * sd
-		bound := c*f.lmax[i]*f.rsum[j] + tiny
-		lo, hi := float32(d-bound), float32(d+bound)
-		var delta float32
-		if lo == hi {
-			delta = lo
-		} else {
-			l64 := make([]float64, r)
-			r64 := make([]float64, r)
-			for k := range lrow {
-				l64[k], r64[k] = float64(lrow[k]), float64(rrow[k])
+	for idx := int64(0); idx < int64(len(w)); {
+		e := start + idx
+		i, j0 := e/cols, e%cols
+		n := min(cols-j0, int64(len(w))-idx)
+		lrow := f.l[i*r : (i+1)*r]
+		ci := c * f.lmax[i]
+		rsum := f.rsum[j0 : j0+n]
+		ws := w[idx : idx+n]
+		ps := p[int(idx)*osz:]
+		for jj := range ws {
+			j := j0 + int64(jj)
+			rrow := f.t[j*r : (j+1)*r]
+			d := dot(lrow, rrow) * sd
+			bound := ci*rsum[jj] + tiny
+			delta := float32(d - bound)
+			if delta != float32(d+bound) {
+				delta = exactDelta(sd, lrow, rrow)
+				nExact++
 			}
-			delta = exactRound32(sd, l64, r64)
-			nExact++
+			encode(ps[jj*osz:], addRounded(float64(ws[jj]), delta, of), out)
 		}
-		encode(p[idx*osz:], addRounded(float64(w[idx]), delta, of), out)
+		idx += n
 	}
 	if nExact > 0 && exact != nil {
 		exact.Add(nExact)
 	}
 	return nil
 }
+
+// dot returns Σ_k l[k]·r[k] in float64: each product of two float32 is
+// exact, and the sum has the error bound of round.go whatever its order
+// (four partial sums here, for speed).
+func dot(l, r []float64) float64 {
+	r = r[:len(l)]
+	var s0, s1, s2, s3 float64
+	k := 0
+	for ; k+4 <= len(l); k += 4 {
+		s0 += l[k] * r[k]
+		s1 += l[k+1] * r[k+1]
+		s2 += l[k+2] * r[k+2]
+		s3 += l[k+3] * r[k+3]
+	}
+	for ; k < len(l); k++ {
+		s0 += l[k] * r[k]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// exactDelta is round32(s · Σ_k l[k]·r[k]) computed exactly (the fallback).
+func exactDelta(s float64, l, r []float64) float32 { return exactRound32(s, l, r) }
 
 // A factorSource loads a module's factors on first use and keeps them in
 // a cache shared by the tensors of a merge.
@@ -259,19 +279,22 @@ func (c *factorCache) get(key string, load func() (*factors, error)) (*factors, 
 	return e.f, e.err
 }
 
-// readFloats reads a float tensor of the adapter as float32 values (exact:
-// F32, BF16 and F16 widen exactly) and checks that they are finite.
-func readFloats(t checkpoint.Tensor) ([]float32, error) {
+// readFloats reads a float tensor of the adapter as float64 values (exact:
+// F32, BF16 and F16 widen exactly; float64 saves the kernel a conversion
+// per product) and checks that they are finite.
+func readFloats(t checkpoint.Tensor) ([]float64, error) {
 	b, err := t.ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("merge: %s: tensor %q: %w", t.Shard.Path, t.Name, err)
 	}
-	v := make([]float32, t.NumElements())
-	cast.Decode(v, b, t.DType, t.DType)
-	for i, x := range v {
+	v32 := make([]float32, t.NumElements())
+	cast.Decode(v32, b, t.DType, t.DType)
+	v := make([]float64, len(v32))
+	for i, x := range v32 {
 		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
 			return nil, fmt.Errorf("merge: %s: tensor %q: element %d is %v (a LoRA factor must be finite)", t.Shard.Path, t.Name, i, x)
 		}
+		v[i] = float64(x)
 	}
 	return v, nil
 }
@@ -291,7 +314,7 @@ func loadFactors(m *Module, transposed bool) (*factors, error) {
 		return nil, err
 	}
 	r, a1 := int(m.A.Shape[0]), int(m.A.Shape[1])
-	at := make([]float32, len(a)) // Aᵀ [a1, r]
+	at := make([]float64, len(a)) // Aᵀ [a1, r]
 	for k := 0; k < r; k++ {
 		for j := 0; j < a1; j++ {
 			at[j*r+k] = a[k*a1+j]
@@ -313,19 +336,19 @@ func biasFactors(t checkpoint.Tensor) (*factors, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &factors{r: 1, l: []float32{1}, t: v}
+	f := &factors{r: 1, l: []float64{1}, t: v}
 	f.lmax = []float64{1}
 	f.rsum = rowStat(v, 1, func(acc, x float64) float64 { return acc + x })
 	return f, nil
 }
 
 // rowStat folds |x| over each row of r values of v.
-func rowStat(v []float32, r int, fold func(acc, x float64) float64) []float64 {
+func rowStat(v []float64, r int, fold func(acc, x float64) float64) []float64 {
 	out := make([]float64, len(v)/r)
 	for i := range out {
 		var acc float64
 		for _, x := range v[i*r : (i+1)*r] {
-			acc = fold(acc, math.Abs(float64(x)))
+			acc = fold(acc, math.Abs(x))
 		}
 		out[i] = acc
 	}
