@@ -54,6 +54,9 @@ type Checkpoint struct {
 	// (adapter_config.json, or a file named adapter_model.safetensors),
 	// not a full model.
 	Adapter bool
+	// Base is, for an adapter, the base model to check it against
+	// (Options.Base), or "".
+	Base string
 
 	tensors []*Tensor
 	byName  map[string][]*Tensor

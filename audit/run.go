@@ -28,6 +28,10 @@ type Options struct {
 	// each of the n deep rules counts its reads at 1/n, so that every input
 	// byte counts once however many rules read it.
 	Progress func(done, total int64)
+	// Base is the base model (a checkpoint path, dense or 4-bit) that the
+	// LORA rules check PEFT adapter paths against; "" skips those checks.
+	// It applies to adapter paths only.
+	Base string
 }
 
 // Report is the result of an audit.
@@ -146,6 +150,7 @@ var groups = []struct{ Prefix, Title string }{
 	{"ARCH", "What the architecture quantizes (transformers' table)"},
 	{"CFG", "config.json"},
 	{"NAME", "Tensor names"},
+	{"LORA", "PEFT LoRA adapters (qconv merge)"},
 	{"DEEP", "Tensor data (--deep only)"},
 }
 
@@ -235,6 +240,9 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 		if err != nil {
 			rep.PathErrors = append(rep.PathErrors, err)
 			continue
+		}
+		if c.Adapter {
+			c.Base = opts.Base
 		}
 		cks = append(cks, c)
 		if len(deep) > 0 {

@@ -41,7 +41,7 @@ func TestDocs(t *testing.T) {
 	}
 }
 
-var idPattern = regexp.MustCompile(`^(ST|IX|BNB|ARCH|CFG|NAME|DEEP)[0-9]{3}$`)
+var idPattern = regexp.MustCompile(`^(ST|IX|BNB|ARCH|CFG|NAME|LORA|DEEP)[0-9]{3}$`)
 
 // TestRuleValues checks the rules' documentation and metadata.
 func TestRuleValues(t *testing.T) {

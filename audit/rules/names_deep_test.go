@@ -16,7 +16,7 @@ func f32t(name string, shape []int64, vals ...float32) tensorFix {
 func adapterDir(ts ...tensorFix) func(t *testing.T, dir string) string {
 	return func(t *testing.T, dir string) string {
 		writeST(t, filepath.Join(dir, "adapter_model.safetensors"), pt, ts)
-		writeJSON(t, filepath.Join(dir, "adapter_config.json"), map[string]any{"peft_type": "LORA", "r": 8})
+		writeJSON(t, filepath.Join(dir, "adapter_config.json"), map[string]any{"peft_type": "LORA", "r": 1})
 		return dir
 	}
 }

@@ -6,7 +6,7 @@
 // ID groups: ST structure of one safetensors file, IX sharded index, BNB
 // bitsandbytes 4-bit tensors, ARCH which tensors the architecture lets
 // transformers quantize (formats/arch), CFG config.json, NAME tensor
-// names, DEEP checks of tensor data (run only with --deep). IDs are never renumbered
+// names, LORA PEFT LoRA adapters, DEEP checks of tensor data (run only with --deep). IDs are never renumbered
 // or reused; a retired rule keeps its number out of use.
 //
 // This package is NOT a framework: the driver, the checkpoint view and the
@@ -28,6 +28,7 @@ func All() []*audit.Rule {
 		arch001(), arch002(), arch003(),
 		cfg001(), cfg002(), cfg003(), cfg004(), cfg005(), cfg006(), cfg007(), cfg008(), cfg009(), cfg010(), cfg011(),
 		name001(), name002(), name003(),
+		lora001(), lora002(), lora003(), lora004(), lora005(), lora006(), lora007(),
 		deep001(), deep002(), deep003(), deep004(), deep005(),
 	}
 	audit.SortRules(rs)

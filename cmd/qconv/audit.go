@@ -94,6 +94,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.Var(&disable, "disable", "do not run the rules of these comma-separated `IDs` or ID prefixes (repeatable)")
 	listRules := fs.Bool("list-rules", false, "list the rules and exit")
 	fs.Var(&explain, "explain", "print the documentation of the rules `ID` (IDs or prefixes; more may follow as arguments) and exit")
+	base := fs.String("base", "", "check PEFT adapter PATHs against this base model (`BASE`: a checkpoint, dense or 4-bit): modules, shapes, target_modules, base_model_name_or_path (LORA rules)")
 	fixDst := fs.String("fix", "", "write a repaired (or, with nothing to repair, unchanged) copy of PATH to the directory `DST`, then audit it")
 	force := fs.Bool("force", false, "with --fix: replace an existing DST")
 	changed := fs.Bool("changed-files", false, "audit the checkpoint directory of each FILE once (for pre-commit)")
@@ -182,7 +183,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 
 	var rep *audit.Report
-	opts := audit.Options{Rules: all, Select: selectIDs, Disable: disable, Deep: *deep}
+	opts := audit.Options{Rules: all, Select: selectIDs, Disable: disable, Deep: *deep, Base: *base}
 	err = withProgress(*progress, "audit", "auditing", stderr, func(pr *progressReporter) (err error) {
 		opts.Progress = pr.update
 		rep, err = audit.RunContext(ctx, pos, opts)
