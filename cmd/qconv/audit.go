@@ -56,7 +56,8 @@ Output: --format text writes one finding a line on stdout and a summary
 line on stderr (-q leaves the summary out); json adds "errors" for paths
 that could not be audited; sarif (SARIF 2.1.0, for GitHub code scanning)
 reports them in invocations[0] (executionSuccessful false,
-toolExecutionNotifications); github writes workflow annotations.
+toolExecutionNotifications); github writes workflow annotations; gitlab
+writes a GitLab Code Quality report (artifacts:reports:codequality).
 
 Exit codes: 0 no finding at or above --fail-on; 1 findings; 2 usage error,
 a PATH that does not exist or holds no checkpoint, or a failed --fix
