@@ -459,3 +459,37 @@ func TestLineWriter(t *testing.T) {
 		t.Errorf("lines %q", got)
 	}
 }
+
+// FuzzParseFlags: whatever the arguments (NUL-separated in the input),
+// parseFlags does not panic, and on success returns the arguments that
+// are not flags or flag values, in order.
+func FuzzParseFlags(f *testing.F) {
+	for _, s := range []string{"a\x00--json\x00b", "-o\x00x", "--o=y\x00-json=false", "--\x00-o", "-j\x00-1", "--jsn", "-", "--=x", "---x", "-h"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		args := strings.Split(s, "\x00")
+		fs := newFlagSet("fuzz")
+		fs.Bool("json", false, "")
+		fs.String("o", "", "")
+		fs.Int("j", 0, "")
+		pos, code, ok := parseFlags(fs, "usage: fuzz", args, io.Discard, io.Discard)
+		if !ok {
+			if code != exitOK && code != exitError {
+				t.Errorf("%q: code %d", args, code)
+			}
+			return
+		}
+		// Every positional is one of the arguments, in order.
+		i := 0
+		for _, p := range pos {
+			for i < len(args) && args[i] != p {
+				i++
+			}
+			if i == len(args) {
+				t.Fatalf("%q: positional %q not among the arguments in order (%q)", args, p, pos)
+			}
+			i++
+		}
+	})
+}
