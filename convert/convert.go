@@ -12,6 +12,7 @@ import (
 
 	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/convert/internal/transpose"
+	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/internal/pyjson"
 )
@@ -96,6 +97,7 @@ func openSource(path string) (*source, error) {
 // Options.Finalize finishes the conversion once all parts are done.
 func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, error) {
 	start := time.Now()
+	go bnb.Prepare() // the kernels' tables, while the headers are read and planned
 	s, err := opts.settings()
 	if err != nil {
 		return nil, err

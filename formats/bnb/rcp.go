@@ -99,3 +99,17 @@ func rcpApproxT(t *[rcpTableLen / 4]byte, x float32) float32 {
 	}
 	return math.Float32frombits(uint32(int32(y) + rcpDelta(t, u&0x7fffff)))
 }
+
+// Prepare builds the tables that the kernels share (the reciprocal table
+// above, the code tables, the 8-bit double-quant table: about 20 ms of
+// CPU, once per process), so that a caller can have it done ahead of time,
+// in parallel with other work. Without it the first kernel call builds
+// them, and every goroutine that calls a kernel meanwhile waits. It is
+// safe for concurrent use.
+func Prepare() {
+	rcpTable()
+	codeTables()
+	dynamicQuantizer()
+	bf16Rcp()
+	f16Rcp()
+}
