@@ -16,6 +16,7 @@ import (
 	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/convert/internal/outdir"
 	"github.com/qconv/qconv/convert/internal/transpose"
+	"github.com/qconv/qconv/formats/arch"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -188,6 +189,7 @@ type plan struct {
 	weights  int
 	dtype    dtype.DType // config dtype
 	jobElems int64
+	arch     *arch.Arch // the table's entry for the architecture, or nil
 }
 
 // newPlan decides the output tensors, their dtypes and files.
@@ -203,7 +205,7 @@ func newPlan(ck *checkpoint.Checkpoint, opts Options) (*plan, error) {
 	if len(ws) == 0 {
 		return nil, fmt.Errorf("dequant: %s: no bitsandbytes 4-bit weights (no tensor has a quant_state.bitsandbytes__nf4 or __fp4 sibling)", ck.Path)
 	}
-	p := &plan{opts: opts, ck: ck, weights: len(ws), jobElems: int64(opts.JobElements)}
+	p := &plan{opts: opts, ck: ck, weights: len(ws), jobElems: int64(opts.JobElements), arch: a}
 	if p.jobElems == 0 {
 		p.jobElems = DefaultJobElements
 	}
@@ -452,7 +454,7 @@ func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work *outd
 		return err
 	}
 	if ck.Config != nil {
-		if err := work.WriteFile(checkpoint.ConfigFileName, ConfigJSON(ck.Config, p.dtype)); err != nil {
+		if err := work.WriteFile(checkpoint.ConfigFileName, ConfigJSON(ck.Config, p.dtype, p.arch)); err != nil {
 			return err
 		}
 	}
@@ -464,14 +466,27 @@ func (p *plan) finish(ctx context.Context, ck *checkpoint.Checkpoint, work *outd
 // cfg without "quantization_config", with "dtype" (and the legacy
 // "torch_dtype", if present) set to d unless d is Invalid, written as
 // transformers writes it (json.dumps(indent=2, sort_keys=True) and a
-// newline).
-func ConfigJSON(cfg *pyjson.Value, d dtype.DType) []byte {
+// newline). The "dtype" of the sub-configs into which transformers writes
+// the model dtype (a's SubconfigDType, for vision-language models; a may
+// be nil) is set to d too, where the sub-config has one.
+func ConfigJSON(cfg *pyjson.Value, d dtype.DType, a *arch.Arch) []byte {
 	out := cfg.Clone()
 	out.Delete("quantization_config")
 	if name := d.TorchName(); name != "" {
 		out.Set("dtype", pyjson.String(name))
 		if out.Has("torch_dtype") {
 			out.Set("torch_dtype", pyjson.String(name))
+		}
+		if a != nil {
+			for _, path := range a.SubconfigDType {
+				sub := out
+				for _, k := range strings.Split(path, ".") {
+					sub = sub.Get(k)
+				}
+				if sub.Kind() == pyjson.KindObject && sub.Has("dtype") {
+					sub.Set("dtype", pyjson.String(name))
+				}
+			}
 		}
 	}
 	return append(out.MarshalIndentSorted(), '\n')

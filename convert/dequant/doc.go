@@ -19,7 +19,9 @@
 //     dropped;
 //   - the other tensors unchanged (cast, round to nearest even, if
 //     Options.DType is set);
-//   - config.json without quantization_config and with "dtype" set;
+//   - config.json without quantization_config and with "dtype" set (also
+//     in the sub-configs where transformers writes it, for vision-language
+//     models);
 //     the other files of the directory (tokenizer, generation_config.json,
 //     ...) copied;
 //   - model.safetensors laid out as transformers' save_pretrained writes

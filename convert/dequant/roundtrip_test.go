@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/qconv/qconv/convert/verify"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
+	"github.com/qconv/qconv/formats/dtype"
 )
 
 const models = "../../testdata/golden/models"
@@ -291,6 +293,37 @@ func TestConv1DWithoutConfig(t *testing.T) {
 	for _, tr := range rep.Tensors {
 		if tr.Name == "transformer.h.0.attn.c_attn.weight" && (tr.Status != verify.StatusInvalid || !strings.Contains(tr.Message, "Conv1D")) {
 			t.Errorf("%s: %s %q, want invalid, naming Conv1D", tr.Name, tr.Status, tr.Message)
+		}
+	}
+}
+
+// A vision-language model's config.json has "dtype" in its sub-configs
+// too (transformers writes them: formats/arch's SubconfigDType); dequant
+// --dtype sets them with the top-level one.
+func TestSubconfigDType(t *testing.T) {
+	out := filepath.Join(archRefs, "qwen2_vl--Qwen2VLForConditionalGeneration", "out")
+	for _, c := range []struct {
+		opt  dequant.Options
+		want string
+	}{{dequant.Options{}, "bfloat16"}, {dequant.Options{DType: dtype.F32}, "float32"}} {
+		dst := filepath.Join(t.TempDir(), "d")
+		if _, err := dequant.Dequantize(context.Background(), out, dst, c.opt); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dst, "config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct {
+			DType  string                 `json:"dtype"`
+			Text   struct{ DType string } `json:"text_config"`
+			Vision struct{ DType string } `json:"vision_config"`
+		}
+		if err := json.Unmarshal(b, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.DType != c.want || cfg.Text.DType != c.want || cfg.Vision.DType != c.want {
+			t.Errorf("--dtype %v: dtype %q, text_config %q, vision_config %q; want %q in all", c.opt.DType, cfg.DType, cfg.Text.DType, cfg.Vision.DType, c.want)
 		}
 	}
 }
