@@ -164,7 +164,9 @@ var archCases = []ruleCase{
 		quantize("model.layers.0.mlp.experts.2.down_proj.weight"), quantize("model.layers.0.mlp.gate.weight")),
 		want: []string{"ARCH001 model.layers.0.mlp.experts.2.down_proj.weight", "ARCH001 model.layers.0.mlp.gate.weight"}},
 	{rule: "ARCH001", name: "llama-norm-include", build: refCopy(llama, nil, quantize("model.norm.weight"), quantize("model.layers.1.input_layernorm.weight")),
-		want: []string{"ARCH001 model.layers.1.input_layernorm.weight", "ARCH001 model.norm.weight"}},
+		want: []string{"ARCH001 model.layers.1.input_layernorm.weight", "ARCH001 model.norm.weight",
+			// A 1-D quant state in a model is invalid in itself (formats/bnb.CheckShape).
+			"BNB004 model.layers.1.input_layernorm.weight.quant_state.bitsandbytes__nf4", "BNB004 model.norm.weight.quant_state.bitsandbytes__nf4"}},
 	{rule: "ARCH001", name: "llama-embedding", build: refCopy(llama, nil, quantize("model.embed_tokens.weight")),
 		want: []string{"ARCH001 model.embed_tokens.weight"}},
 	{rule: "ARCH001", name: "llama-lm-head", build: refCopy(llama, nil, quantize("lm_head.weight")),
@@ -186,7 +188,7 @@ var archCases = []ruleCase{
 		c["architectures"] = []string{"NoSuchForCausalLM"}
 		c["model_type"] = "no_such"
 	}, quantize("model.norm.weight")),
-		want: []string{"ARCH003"}},
+		want: []string{"ARCH003", "BNB004 model.norm.weight.quant_state.bitsandbytes__nf4"}},
 
 	// ARCH002: Linear weights left dense.
 	{rule: "ARCH002", name: "llama-dense-linear", build: refCopy(llama, nil, densify("model.layers.0.mlp.down_proj.weight")),

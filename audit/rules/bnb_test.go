@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/binary"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -242,6 +243,18 @@ var bnbCases = []ruleCase{
 		build: quantFile(set(stateNF4, stateBlob("", `{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [64, 96], "nested_blocksize": 128, "nested_dtype": "float32", "nested_offset": 0.5}`)), std)},
 	{rule: "BNB011", name: "blocksize-32", lookalike: true, build: quantFile(nil, with(std, func(q *qspec) { q.blocksize = 32 }))},
 	{rule: "BNB012", name: "orphans", want: []string{"BNB012 " + qw}, build: quantFile(drop(qw), std)},
+	{rule: "BNB013", name: "nan-absmax", want: []string{"BNB013 " + qw + ".absmax"},
+		build: quantFile(set(qw+".absmax", tensorFix{DType: dtype.F32, Shape: []int64{96}, Data: f32bytes(append(make([]float32, 95), float32(math.NaN())))}), with(std, func(q *qspec) { q.dq = false }))},
+	{rule: "BNB013", name: "negated-nested-absmax", want: []string{"BNB013 " + qw + ".nested_absmax"},
+		build: quantFile(set(qw+".nested_absmax", tensorFix{DType: dtype.F32, Shape: []int64{1}, Data: f32bytes([]float32{-0.25})}), std)},
+	{rule: "BNB013", name: "zero-stats", lookalike: true,
+		build: quantFile(set(qw+".absmax", tensorFix{DType: dtype.F32, Shape: []int64{96}}), with(std, func(q *qspec) { q.dq = false }))},
+	{rule: "BNB004", name: "3d-shape-in-model", want: []string{"BNB004 " + stateNF4},
+		build: inModel(quantFile(set(stateNF4, stateBlob("", `{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [2, 32, 96], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5}`)), std))},
+	{rule: "BNB004", name: "1d-shape-in-model", want: []string{"BNB004 " + stateNF4},
+		build: inModel(quantFile(set(stateNF4, stateBlob("", `{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [6144], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5}`)), std))},
+	{rule: "BNB004", name: "1d-shape-bare-file", lookalike: true,
+		build: quantFile(set(stateNF4, stateBlob("", `{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [6144]}`)), with(std, func(q *qspec) { q.dq = false }))},
 	{rule: "BNB012", name: "dense-absmax-name", lookalike: true,
 		build: file(pt, tensorFix{Name: "model.router.absmax_scale", DType: dtype.F32, Shape: []int64{4}})},
 }
@@ -249,4 +262,18 @@ var bnbCases = []ruleCase{
 func TestBNBRules(t *testing.T) {
 	runCases(t, bnbCases)
 	checkCoverage(t, bnbCases, "BNB")
+}
+
+// inModel turns a one-file fixture into a model directory: the file as
+// model.safetensors beside the golden NF4 model's config.json.
+func inModel(build func(t *testing.T, dir string) string) func(t *testing.T, dir string) string {
+	return func(t *testing.T, dir string) string {
+		build(t, dir)
+		cfg, err := os.ReadFile(filepath.Join("..", "..", "testdata", "golden", "models", "tiny-llama-bf16-nf4-dq-u8", "config.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, "config.json"), cfg)
+		return dir
+	}
 }

@@ -80,8 +80,8 @@ var deepCases = []ruleCase{
 	{rule: "DEEP001", name: "nan-not-deep", lookalike: true, build: file(pt, f32t("w", []int64{2, 2}, 1, nan, 3, 4))},
 	{rule: "DEEP002", name: "zero-matrix", deep: true, want: []string{"DEEP002 w"}, build: file(pt, f32t("w", []int64{2, 2}, 0, 0, 0, 0))},
 	{rule: "DEEP002", name: "zero-bias", deep: true, lookalike: true, build: file(pt, f32t("w.bias", []int64{2}, 0, 0), f32t("w", []int64{1, 2}, 0, 1))},
-	{rule: "DEEP003", name: "inf-absmax", deep: true, want: []string{"DEEP003 " + qw + ".absmax"}, build: quantFile(absmaxEdit(1, inf, 1, 1), small)},
-	{rule: "DEEP003", name: "inf-nested-absmax", deep: true, want: []string{"DEEP003 " + qw + ".absmax"},
+	{rule: "DEEP003", name: "inf-absmax", deep: true, want: []string{"BNB013 " + qw + ".absmax", "DEEP003 " + qw + ".absmax"}, build: quantFile(absmaxEdit(1, inf, 1, 1), small)},
+	{rule: "DEEP003", name: "inf-nested-absmax", deep: true, want: []string{"BNB013 " + qw + ".nested_absmax", "DEEP003 " + qw + ".absmax"},
 		build: quantFile(func(ts []tensorFix) []tensorFix {
 			for i := range ts {
 				if ts[i].Name == qw+".nested_absmax" {

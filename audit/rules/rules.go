@@ -24,7 +24,7 @@ func All() []*audit.Rule {
 		st015(), st016(), st017(), st018(), st019(), st020(), st021(),
 		st022(),
 		ix001(), ix002(), ix003(), ix004(), ix005(), ix006(), ix007(), ix008(), ix009(),
-		bnb001(), bnb002(), bnb003(), bnb004(), bnb005(), bnb006(), bnb007(), bnb008(), bnb009(), bnb010(), bnb011(), bnb012(),
+		bnb001(), bnb002(), bnb003(), bnb004(), bnb005(), bnb006(), bnb007(), bnb008(), bnb009(), bnb010(), bnb011(), bnb012(), bnb013(),
 		arch001(), arch002(), arch003(),
 		cfg001(), cfg002(), cfg003(), cfg004(), cfg005(), cfg006(), cfg007(), cfg008(), cfg009(), cfg010(), cfg011(),
 		name001(), name002(), name003(),

@@ -3,7 +3,7 @@ package dequant
 import (
 	"errors"
 	"fmt"
-	"math"
+	"strings"
 
 	"github.com/qconv/qconv/convert/internal/cast"
 	"github.com/qconv/qconv/convert/internal/jobs"
@@ -87,7 +87,11 @@ func FindWeights(c *checkpoint.Checkpoint) ([]*Weight, error) {
 		names = append(names, t.Name)
 	}
 	var ws []*Weight
-	for _, pw := range checkpoint.FindPackedWeights(names) {
+	pws := checkpoint.FindPackedWeights(names)
+	if err := CheckOrphans(c, pws); err != nil {
+		return nil, err
+	}
+	for _, pw := range pws {
 		w, err := LoadWeight(c, pw)
 		if err != nil {
 			return nil, err
@@ -95,6 +99,42 @@ func FindWeights(c *checkpoint.Checkpoint) ([]*Weight, error) {
 		ws = append(ws, w)
 	}
 	return ws, nil
+}
+
+// statSuffixes are the names of the quant-state tensors bitsandbytes saves
+// beside a packed weight W (W.absmax, ...), other than its JSON blob.
+var statSuffixes = []string{".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map"}
+
+// CheckOrphans returns a *WeightError for a quant-state tensor of c
+// (W.absmax, W.quant_map, W.nested_absmax, W.nested_quant_map, or a
+// W.quant_state.* blob) that belongs to none of the packed weights pws:
+// the quant-state JSON of W was deleted, or W itself (audit's BNB003 and
+// BNB012). Such a checkpoint cannot be dequantized or loaded.
+func CheckOrphans(c *checkpoint.Checkpoint, pws []checkpoint.PackedWeight) error {
+	owned := map[string]bool{}
+	for _, pw := range pws {
+		owned[pw.Name] = true
+		for _, n := range pw.Companions {
+			owned[n] = true
+		}
+	}
+	for _, t := range c.Tensors() {
+		if owned[t.Name] {
+			continue
+		}
+		if i := strings.LastIndex(t.Name, ".quant_state."); i > 0 {
+			return &WeightError{Path: c.Path, Tensor: t.Name[:i], Msg: fmt.Sprintf("quant state %q belongs to no packed weight (the weight is missing, or it has several quant states)", t.Name)}
+		}
+		for _, suf := range statSuffixes {
+			if base, ok := strings.CutSuffix(t.Name, suf); ok && base != "" {
+				if _, isT := c.Tensor(base); isT {
+					return &WeightError{Path: c.Path, Tensor: base, Msg: fmt.Sprintf("has quantization statistics (%q) but no quant_state.bitsandbytes__nf4/fp4 tensor: its quant state was deleted; the weight cannot be dequantized", t.Name)}
+				}
+				return &WeightError{Path: c.Path, Tensor: base, Msg: fmt.Sprintf("quantization statistics %q exist but the weight does not (a missing shard?)", t.Name)}
+			}
+		}
+	}
+	return nil
 }
 
 // LoadWeight reads the quant state of the packed weight pw of c (the JSON
@@ -143,16 +183,18 @@ func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, 
 		// (and the output could not be written in another dtype).
 		return nil, errf("quant state has unsupported dtype %q (want float32, bfloat16 or float16)", st.DType)
 	}
-	w.n = 1
-	for _, d := range st.Shape {
-		if d != 0 && w.n > math.MaxInt64/4/d {
-			return nil, errf("quant-state shape %v is too large", st.Shape)
-		}
-		w.n *= d
+	// The checks audit makes too (formats/bnb's judgement of a stored
+	// weight): a 2-D shape, exactly the packed bytes it needs, finite
+	// statistics.
+	if w.n, err = bnb.CheckShape(st.Shape, c.Config != nil); err != nil {
+		return nil, errf("%v", err)
 	}
 	w.nblocks = bnb.NumBlocks(w.n, st.Blocksize)
-	if need := bnb.PackedBytes(w.n); w.Packed.Size() < need {
-		return nil, errf("packed data holds %d bytes, but shape %v needs %d", w.Packed.Size(), st.Shape, need)
+	if err := bnb.CheckPackedBytes(w.n, w.Packed.Size()); err != nil {
+		return nil, errf("%v", err)
+	}
+	if err := bnb.CheckOffset(*st); err != nil {
+		return nil, errf("%v", err)
 	}
 	if w.absmax, err = get(".absmax"); err != nil {
 		return nil, err
@@ -171,8 +213,19 @@ func LoadWeight(c *checkpoint.Checkpoint, pw checkpoint.PackedWeight) (*Weight, 
 	if w.nestedAbsmax, err = get(".nested_absmax"); err != nil {
 		return nil, err
 	}
-	if nn := bnb.NumBlocks(w.nblocks, bnb.NestedBlocksize); w.nestedAbsmax.DType != dtype.F32 || w.nestedAbsmax.NumElements() != nn {
+	nn := bnb.NumBlocks(w.nblocks, bnb.NestedBlocksize)
+	if w.nestedAbsmax.DType != dtype.F32 || w.nestedAbsmax.NumElements() != nn {
 		return nil, errf("nested_absmax is %v %v, want F32 [%d]", w.nestedAbsmax.DType, w.nestedAbsmax.Shape, nn)
+	}
+	// nested_absmax is small (4 bytes per 256 blocks): check it now.
+	nraw, err := w.nestedAbsmax.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("dequant: %s: %w", c.Path, err)
+	}
+	nested := make([]float32, nn)
+	cast.Decode(nested, nraw, dtype.F32, dtype.F32)
+	if err := bnb.CheckStats(w.nestedAbsmax.Name, nested); err != nil {
+		return nil, errf("%v", err)
 	}
 	nm, err := get(".nested_quant_map")
 	if err != nil {
@@ -245,6 +298,9 @@ func (w *Weight) ReadBlocks(b *Blocks, first, count int64) error {
 		}
 		cast.Decode(b.Absmax, b.raw, dtype.F32, dtype.F32)
 		b.Codes, b.Nested = b.Codes[:0], b.Nested[:0]
+		if err := bnb.CheckStats(w.absmax.Name, b.Absmax); err != nil {
+			return &WeightError{Path: w.Packed.Shard.Path, Tensor: w.Name, Msg: err.Error()}
+		}
 		return nil
 	}
 	b.Codes = jobs.Grow(b.Codes, int(count))

@@ -73,6 +73,18 @@ func (k Kind) rank() int {
 	return 1
 }
 
+// Float is a measurement. JSON writes a NaN or an infinity as null, so
+// that the report is always valid JSON.
+type Float float64
+
+// MarshalJSON writes f, or null if it is not finite.
+func (f Float) MarshalJSON() ([]byte, error) {
+	if math.IsInf(float64(f), 0) || math.IsNaN(float64(f)) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(f))
+}
+
 // Decibels is a signal-to-noise ratio in dB. It is +Inf when there is no
 // error at all; JSON writes that as null.
 type Decibels float64
@@ -121,12 +133,12 @@ type TensorReport struct {
 	Blocksize   int    `json:"blocksize"`
 	DoubleQuant bool   `json:"double_quant"`
 
-	MaxAbsError float64  `json:"max_abs_error"`
-	RMSE        float64  `json:"rmse"`
+	MaxAbsError Float    `json:"max_abs_error"`
+	RMSE        Float    `json:"rmse"`
 	SNR         Decibels `json:"snr_db"`
 	// BoundRatio is the largest element error as a fraction of its
 	// bound (at most 1 when within bounds). Quantized weights only.
-	BoundRatio float64 `json:"bound_ratio"`
+	BoundRatio Float `json:"bound_ratio"`
 	// OutOfBounds counts elements whose error exceeds their bound,
 	// BadAbsmax blocks whose stored absmax is off by more than its
 	// rounding allows, NonFinite elements not checked because their block
@@ -151,8 +163,8 @@ type Totals struct {
 	// Elements, MaxAbsError, RMSE and SNR are over the elements of all
 	// quantized weights that were compared.
 	Elements    int64    `json:"elements"`
-	MaxAbsError float64  `json:"max_abs_error"`
-	RMSE        float64  `json:"rmse"`
+	MaxAbsError Float    `json:"max_abs_error"`
+	RMSE        Float    `json:"rmse"`
 	SNR         Decibels `json:"snr_db"`
 }
 
@@ -209,10 +221,10 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		bound, maxErr, rmse, snr := "-", "-", "-", "-"
 		if t.Kind == KindQuantized && t.Status != StatusInvalid && t.Status != StatusMissing && t.Status != StatusExtra {
-			bound = strconv.FormatFloat(t.BoundRatio, 'f', 3, 64)
+			bound = strconv.FormatFloat(float64(t.BoundRatio), 'f', 3, 64)
 		}
 		if t.Status == StatusOK || t.Status == StatusOutOfBounds || t.Status == StatusMismatch && t.Differing > 0 {
-			maxErr, rmse, snr = fmtG(t.MaxAbsError), fmtG(t.RMSE), t.SNR.String()
+			maxErr, rmse, snr = fmtG(float64(t.MaxAbsError)), fmtG(float64(t.RMSE)), t.SNR.String()
 		}
 		if t.Kind == KindDense && t.Status == StatusOK {
 			maxErr, rmse, snr = "0", "0", "identical"
@@ -241,7 +253,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		_, err = fmt.Fprintf(w, "no 4-bit weights in %s\n", r.Quantized)
 	} else {
 		_, err = fmt.Fprintf(w, "quantized weights: %d elements, max |err| %s, RMSE %s, SNR %s dB\n",
-			tt.Elements, fmtG(tt.MaxAbsError), fmtG(tt.RMSE), tt.SNR)
+			tt.Elements, fmtG(float64(tt.MaxAbsError)), fmtG(float64(tt.RMSE)), tt.SNR)
 	}
 	return err
 }

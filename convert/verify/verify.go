@@ -94,17 +94,22 @@ func CompareCheckpoints(ctx context.Context, orig, quant *checkpoint.Checkpoint,
 	packed := map[string]*TensorReport{}
 	companion := map[string]bool{}
 	var weights []*dequant.Weight
-	for _, pw := range checkpoint.FindPackedWeights(names(quant)) {
+	// A broken 4-bit weight (what audit calls an error: formats/bnb's
+	// judgement, through dequant.LoadWeight and CheckOrphans) cannot be
+	// measured: it is an error, not a finding.
+	pws := checkpoint.FindPackedWeights(names(quant))
+	if err := dequant.CheckOrphans(quant, pws); err != nil {
+		return nil, weightError(err)
+	}
+	for _, pw := range pws {
 		for _, c := range pw.Companions {
 			companion[c] = true
 		}
 		tr := &TensorReport{Name: pw.Name, Kind: KindQuantized, QuantType: pw.QuantType}
 		packed[pw.Name] = tr
 		w, err := dequant.LoadWeight(quant, pw)
-		if errors.Is(err, dequant.ErrWeight) {
-			tr.fail(StatusInvalid, "%v", err)
-		} else if err != nil {
-			return nil, fmt.Errorf("verify: %w", err)
+		if err != nil {
+			return nil, weightError(err)
 		} else if shape, transposed, err := dequant.SourceShape(a, w); err != nil {
 			tr.fail(StatusInvalid, "%v", err)
 		} else {
@@ -393,7 +398,7 @@ func (r *Report) summarize() {
 		}
 	}
 	t.Elements = all.n
-	t.MaxAbsError, t.RMSE, t.SNR = all.maxErr, all.rmse(), all.snr()
+	t.MaxAbsError, t.RMSE, t.SNR = Float(all.maxErr), Float(all.rmse()), all.snr()
 	// Failures first, the furthest out of bounds first; then quantized
 	// weights by increasing SNR; then dense tensors.
 	slices.SortStableFunc(r.Tensors, func(a, b *TensorReport) int {
@@ -414,7 +419,7 @@ func (r *Report) summarize() {
 // finish turns a tensor's accumulated statistics into its report fields.
 func (tr *TensorReport) finish() {
 	a := &tr.acc
-	tr.MaxAbsError, tr.RMSE, tr.SNR = a.maxErr, a.rmse(), a.snr()
+	tr.MaxAbsError, tr.RMSE, tr.SNR = Float(a.maxErr), Float(a.rmse()), a.snr()
 	if tr.Kind == KindDense {
 		tr.Differing = a.diff
 		if a.diff > 0 {
@@ -426,7 +431,7 @@ func (tr *TensorReport) finish() {
 		return
 	}
 	tr.OutOfBounds, tr.BadAbsmax, tr.NonFinite = a.out, a.badBlocks, a.nonFinite
-	tr.BoundRatio = a.worst
+	tr.BoundRatio = Float(a.worst)
 	switch {
 	case a.badBlocks > 0:
 		tr.fail(StatusOutOfBounds, "%d of %d block absmax values off by more than their rounding allows (first: block %d, absmax %g, want %g)",
@@ -435,4 +440,13 @@ func (tr *TensorReport) finish() {
 		tr.fail(StatusOutOfBounds, "%d of %d elements out of bounds (first: element %d, error %.4g > bound %.4g)",
 			a.out, a.n+a.nonFinite, a.firstOut, a.outErr, a.outBound)
 	}
+}
+
+// weightError turns an error of dequant.LoadWeight into verify's.
+func weightError(err error) error {
+	var we *dequant.WeightError
+	if errors.As(err, &we) {
+		return fmt.Errorf("verify: %s: tensor %q: %s", we.Path, we.Tensor, we.Msg)
+	}
+	return fmt.Errorf("verify: %w", err)
 }
