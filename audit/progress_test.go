@@ -29,6 +29,24 @@ func TestDeepProgress(t *testing.T) {
 	}
 }
 
+// With several paths the progress runs over all of them once.
+func TestDeepProgressPaths(t *testing.T) {
+	path := filepath.Join("..", "testdata", "golden", "models", "tiny-llama-bf16")
+	var last, total int64
+	_, err := RunContext(context.Background(), []string{path, "no-such-path", path}, Options{Rules: deepTestRules(), Deep: true, Progress: func(d, tot int64) {
+		if d < last || d > tot {
+			t.Errorf("progress %d / %d after %d", d, tot, last)
+		}
+		last, total = d, tot
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != 2*1000704 || total != 2*1000704 {
+		t.Errorf("progress ended at %d / %d, want %d", last, total, 2*1000704)
+	}
+}
+
 // A cancelled context stops a deep audit with the context's error.
 func TestDeepCancel(t *testing.T) {
 	path := filepath.Join("..", "testdata", "golden", "models", "tiny-llama-bf16")

@@ -271,7 +271,7 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 			}
 			m.endRule()
 		}
-		m.endCheckpoint()
+		m.endCheckpoint(bytes)
 		c.Close()
 	}
 	if err := ctx.Err(); err != nil {
@@ -319,6 +319,7 @@ func (m *meter) startRule(deep bool, bytes int64) {
 	m.read.Store(0)
 }
 
+// endRule ends the rule that startRule started.
 func (m *meter) endRule() {
 	if m.counting {
 		m.ruleN++
@@ -328,8 +329,9 @@ func (m *meter) endRule() {
 	m.counting = false
 }
 
-func (m *meter) endCheckpoint() {
-	m.base += m.bytes
+// endCheckpoint ends a checkpoint of the given tensor bytes.
+func (m *meter) endCheckpoint(bytes int64) {
+	m.base += bytes
 	m.ruleN = 0
 	if m.progress != nil && m.total > 0 {
 		m.progress(m.base, m.total)
