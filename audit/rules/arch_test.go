@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/qconv/qconv/audit"
+	"github.com/qconv/qconv/formats/arch"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -233,4 +234,24 @@ var archCases = []ruleCase{
 func TestArchRules(t *testing.T) {
 	runCases(t, archCases)
 	checkCoverage(t, archCases, "ARCH")
+}
+
+// The ARCH rules' documentation names the transformers and bitsandbytes
+// versions the table came from; a regenerated table must update it.
+func TestArchDocsNameTableVersions(t *testing.T) {
+	tb := arch.Default()
+	minor := func(v string) string { // "5.17.0" -> "5.17"
+		parts := strings.SplitN(v, ".", 3)
+		return strings.Join(parts[:min(2, len(parts))], ".")
+	}
+	for _, r := range All() {
+		if audit.GroupPrefix(r.ID) != "ARCH" {
+			continue
+		}
+		for _, want := range []string{"transformers " + minor(tb.Transformers), "bitsandbytes " + minor(tb.Bitsandbytes)} {
+			if !strings.Contains(strings.Join(strings.Fields(r.Doc), " "), want) {
+				t.Errorf("%s: documentation does not name %q, the table's source", r.ID, want)
+			}
+		}
+	}
 }
