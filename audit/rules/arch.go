@@ -16,8 +16,8 @@ type archView struct {
 	table        *arch.Table
 	classes      []string
 	modelType    string
-	skip         []string // llm_int8_skip_modules
-	explicitSkip bool     // llm_int8_skip_modules is a list, not null
+	skip         *arch.SkipList // llm_int8_skip_modules
+	explicitSkip bool           // llm_int8_skip_modules is a list, not null
 }
 
 // checkpointArch returns the architecture view of a 4-bit checkpoint with a
@@ -33,11 +33,13 @@ func checkpointArch(c *audit.Checkpoint) (v archView, ok bool) {
 	v.a = tableArch(c)
 	if s := c.Config.Quantization().Get("llm_int8_skip_modules"); s.Kind() == pyjson.KindArray {
 		v.explicitSkip = true
+		var patterns []string
 		for _, p := range s.Items() {
 			if str, isStr := p.AsString(); isStr {
-				v.skip = append(v.skip, str)
+				patterns = append(patterns, str)
 			}
 		}
+		v.skip = arch.NewSkipList(patterns)
 	}
 	return v, true
 }
@@ -58,7 +60,7 @@ func tableArch(c *audit.Checkpoint) *arch.Arch {
 // only by transformers' default skips (which an explicit
 // llm_int8_skip_modules replaces), unless llm_int8_skip_modules names it.
 func (v archView) quantizable(tensor string, d arch.Decision) bool {
-	if v.explicitSkip && arch.SkipsModule(arch.Module(tensor), v.skip) {
+	if v.explicitSkip && v.skip.Skips(arch.Module(tensor)) {
 		return false
 	}
 	return d.Quantized() || (v.explicitSkip && d.DefaultSkip())

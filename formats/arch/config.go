@@ -48,31 +48,47 @@ func Module(tensor string) string {
 	return ""
 }
 
-// SkipsModule reports whether transformers keeps module dense because of
-// patterns, the modules_to_not_convert it got from quantization_config's
-// llm_int8_skip_modules: transformers 5.17's
-// quantizers_utils.should_convert_module, negated. A module is skipped if a
-// pattern, as a Python regular expression anchored at the start of the
-// module name, matches it followed by a dot or on its own, or if the
-// module name ends with the pattern. A pattern that Go's regexp cannot
-// compile (Python-only syntax) is taken literally, as a prefix or suffix,
-// as scripts/archgen/build_table.py does.
-func SkipsModule(module string, patterns []string) bool {
-	for _, p := range patterns {
-		if strings.HasSuffix(module, p) {
-			return true
-		}
+// A SkipList is the modules_to_not_convert that transformers gets from
+// quantization_config's llm_int8_skip_modules, compiled once. The zero
+// value skips nothing.
+type SkipList struct {
+	patterns []string
+	res      []*regexp.Regexp // nil where Go's regexp cannot compile the pattern
+}
+
+// NewSkipList compiles patterns, llm_int8_skip_modules' entries.
+func NewSkipList(patterns []string) *SkipList {
+	l := &SkipList{patterns: patterns, res: make([]*regexp.Regexp, len(patterns))}
+	for i, p := range patterns {
 		// re.match(p + r"\.", m) or re.match(p, m): a match of the first
 		// is one of the second, and Python's re.match anchors the whole
 		// pattern (alternatives included) at the start.
-		re, err := regexp.Compile("^(?:" + p + ")")
-		if err != nil {
-			if strings.HasPrefix(module, p) {
+		l.res[i], _ = regexp.Compile("^(?:" + p + ")")
+	}
+	return l
+}
+
+// Skips reports whether transformers keeps module dense because of the
+// list: transformers 5.17's quantizers_utils.should_convert_module,
+// negated. A module is skipped if a pattern, as a Python regular
+// expression anchored at the start of the module name, matches it
+// followed by a dot or on its own, or if the module name ends with the
+// pattern. A pattern that Go's regexp cannot compile (Python-only syntax)
+// is taken literally, as a prefix or suffix, as
+// scripts/archgen/build_table.py does.
+func (l *SkipList) Skips(module string) bool {
+	if l == nil {
+		return false
+	}
+	for i, p := range l.patterns {
+		if strings.HasSuffix(module, p) {
+			return true
+		}
+		if re := l.res[i]; re != nil {
+			if re.MatchString(module) {
 				return true
 			}
-			continue
-		}
-		if re.MatchString(module) {
+		} else if strings.HasPrefix(module, p) {
 			return true
 		}
 	}

@@ -48,9 +48,16 @@ func TestSkipsModule(t *testing.T) {
 		{"(?<=x)model.a", []string{"(?<=x)model"}, true},
 		{"lm_head_2", []string{"lm_head"}, true}, // re.match is a prefix match
 	} {
-		if got := SkipsModule(tc.module, tc.patterns); got != tc.want {
-			t.Errorf("SkipsModule(%q, %q) = %v, want %v", tc.module, tc.patterns, got, tc.want)
+		if got := NewSkipList(tc.patterns).Skips(tc.module); got != tc.want {
+			t.Errorf("NewSkipList(%q).Skips(%q) = %v, want %v", tc.patterns, tc.module, got, tc.want)
 		}
+	}
+}
+
+func TestSkipListZero(t *testing.T) {
+	var nilList *SkipList
+	if nilList.Skips("lm_head") || (&SkipList{}).Skips("lm_head") {
+		t.Error("an empty skip list skips")
 	}
 }
 
