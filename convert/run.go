@@ -293,7 +293,13 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	}
 
 	if s.tensorDone != nil {
-		r.order = newTensorOrder(writeItems, func(it *item) {
+		var reported []*item // the items this run writes to some file
+		for _, it := range writeItems {
+			if len(r.itemFiles(it)) > 0 {
+				reported = append(reported, it)
+			}
+		}
+		r.order = newTensorOrder(reported, func(it *item) {
 			qstateLen := int64(-1)
 			if q := r.qstate[it.index]; q != nil {
 				qstateLen = int64(len(q))

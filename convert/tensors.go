@@ -115,11 +115,18 @@ type tensorOrder struct {
 	report func(*item)
 }
 
+// newTensorOrder returns a tensorOrder over items. Empty items have no
+// jobs, so they count as written from the start: the leading ones are
+// reported at once, the others right after the item before them.
 func newTensorOrder(items []*item, report func(*item)) *tensorOrder {
 	o := &tensorOrder{pos: make(map[int]int, len(items)), items: items, done: make([]bool, len(items)), report: report}
 	for i, it := range items {
 		o.pos[it.index] = i
+		o.done[i] = it.numElements() == 0
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flush()
 	return o
 }
 
@@ -132,6 +139,12 @@ func (o *tensorOrder) finished(it *item) {
 		return
 	}
 	o.done[i] = true
+	o.flush()
+}
+
+// flush reports the items written and not reported, up to the first one
+// not written. o.mu must be held.
+func (o *tensorOrder) flush() {
 	for o.next < len(o.items) && o.done[o.next] {
 		o.report(o.items[o.next])
 		o.next++
