@@ -110,7 +110,7 @@ func (t *Tensor) Section() *io.SectionReader {
 	if t.File.meter == nil {
 		return sr
 	}
-	return io.NewSectionReader(meteredReader{sr, t.File.meter}, 0, sr.Size())
+	return io.NewSectionReader(meteredReader{sr, t, t.File.meter}, 0, sr.Size())
 }
 
 // Config is config.json.

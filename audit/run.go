@@ -6,7 +6,7 @@ import (
 	"io"
 	"sort"
 	"strings"
-	"sync/atomic"
+	"sync"
 )
 
 // Options configure [Run]. The zero value runs no rules; pass
@@ -24,9 +24,9 @@ type Options struct {
 	// it an audit reads only headers and quant-state tensors.
 	Deep bool
 	// Progress, if not nil, is called as the deep rules read tensor data,
-	// with done growing to total, the bytes of the tensors of every path:
-	// each of the n deep rules counts its reads at 1/n, so that every input
-	// byte counts once however many rules read it.
+	// with done growing to total, the bytes of the tensors of every path.
+	// Each byte counts once, when a deep rule first reads it, however many
+	// rules read it.
 	Progress func(done, total int64)
 	// Base is the base model (a checkpoint path, dense or 4-bit) that the
 	// LORA rules check PEFT adapter paths against; "" skips those checks.
@@ -234,7 +234,7 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 			c.Close()
 		}
 	}()
-	m := &meter{ctx: ctx, progress: opts.Progress, rules: int64(max(len(deep), 1))}
+	m := &meter{ctx: ctx, progress: opts.Progress}
 	for _, p := range paths {
 		c, err := load(p)
 		if err != nil {
@@ -265,11 +265,10 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 			if err := ctx.Err(); err != nil {
 				return nil, fmt.Errorf("audit: interrupted: %w", err)
 			}
-			m.startRule(r.Deep, bytes)
+			m.startRule(r.Deep)
 			for _, d := range RunRules(c, []*Rule{r}) {
 				add(d)
 			}
-			m.endRule()
 		}
 		m.endCheckpoint(bytes)
 		c.Close()
@@ -297,59 +296,80 @@ func RunContext(ctx context.Context, paths []string, opts Options) (*Report, err
 }
 
 // meter counts the tensor bytes that deep rules read, for
-// Options.Progress, and fails reads once its context is cancelled. Rules
-// run one at a time, so only read counts are atomic.
+// Options.Progress, and fails reads once its context is cancelled. Each
+// byte of a tensor counts once, when a rule first reads it: the first deep
+// rule that scans a tensor moves the progress, and a later rule reading
+// the same bytes again (from the page cache, and usually stopping early)
+// does not count them twice.
 type meter struct {
 	ctx      context.Context
 	progress func(done, total int64)
-	rules    int64 // deep rules per checkpoint
 	total    int64 // tensor bytes of every checkpoint
 
-	base     int64        // progress of the checkpoints finished
-	ruleN    int64        // deep rules finished on the current checkpoint
-	bytes    int64        // tensor bytes of the current checkpoint
-	counting bool         // the current rule is deep
-	read     atomic.Int64 // bytes read by the current rule
+	mu       sync.Mutex
+	base     int64               // tensor bytes of the checkpoints finished
+	counted  int64               // bytes counted in the current checkpoint
+	read     map[tensorKey]int64 // per tensor: how far its bytes are counted
+	counting bool                // the current rule is deep
 }
 
-// startRule starts a rule on a checkpoint of the given tensor bytes; only
-// a deep rule's reads count.
-func (m *meter) startRule(deep bool, bytes int64) {
-	m.bytes, m.counting = bytes, deep
-	m.read.Store(0)
+// startRule starts a rule; only a deep rule's reads count.
+func (m *meter) startRule(deep bool) {
+	m.mu.Lock()
+	m.counting = deep
+	m.mu.Unlock()
 }
 
-// endRule ends the rule that startRule started.
-func (m *meter) endRule() {
-	if m.counting {
-		m.ruleN++
-		m.read.Store(0)
-		m.report(0)
-	}
-	m.counting = false
-}
-
-// endCheckpoint ends a checkpoint of the given tensor bytes.
+// endCheckpoint ends a checkpoint of the given tensor bytes: whatever its
+// rules did not read counts as done too.
 func (m *meter) endCheckpoint(bytes int64) {
+	m.mu.Lock()
 	m.base += bytes
-	m.ruleN = 0
+	m.counted = 0
+	m.read = nil
+	done := m.base
+	m.mu.Unlock()
 	if m.progress != nil && m.total > 0 {
-		m.progress(m.base, m.total)
+		m.progress(done, m.total)
 	}
 }
 
-// report reports the progress after n more bytes were read.
-func (m *meter) report(n int64) {
-	if m.progress == nil || m.total == 0 || !m.counting {
+// count counts a read of n bytes at offset off of t.
+func (m *meter) count(t *Tensor, off int64, n int) {
+	if m.progress == nil || m.total == 0 || n <= 0 {
 		return
 	}
-	read := min(m.read.Add(n), m.bytes)
-	m.progress(m.base+(m.ruleN*m.bytes+read)/m.rules, m.total)
+	m.mu.Lock()
+	if !m.counting {
+		m.mu.Unlock()
+		return
+	}
+	if m.read == nil {
+		m.read = map[tensorKey]int64{}
+	}
+	k := tensorKey{t.File, t.Begin}
+	end := off + int64(n)
+	hw := m.read[k]
+	if end > hw {
+		m.counted += end - max(hw, off)
+		m.read[k] = end
+	}
+	done := min(m.base+m.counted, m.total)
+	m.mu.Unlock()
+	m.progress(done, m.total)
 }
 
-// meteredReader is an io.ReaderAt whose reads a meter counts.
+// tensorKey names a tensor's bytes: its file and where they begin.
+type tensorKey struct {
+	f     *File
+	begin int64
+}
+
+// meteredReader is an io.ReaderAt over the bytes of t whose reads a meter
+// counts.
 type meteredReader struct {
 	r io.ReaderAt
+	t *Tensor
 	m *meter
 }
 
@@ -358,7 +378,7 @@ func (r meteredReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	n, err := r.r.ReadAt(p, off)
-	r.m.report(int64(n))
+	r.m.count(r.t, off, n)
 	return n, err
 }
 
