@@ -59,7 +59,8 @@ type SourceTensor struct {
 
 // ConvertSource is Convert (see there) with the tensors of src instead of
 // those of a checkpoint on disk. dst, opts and the returned Summary are as
-// for Convert; Summary.Src is src.Checkpoint.Path.
+// for Convert; Summary.Src is src.Checkpoint.Path and Summary.InputBytes
+// the size of its weight files.
 func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (*Summary, error) {
 	start := time.Now()
 	s, err := opts.settings()
@@ -76,6 +77,7 @@ func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (
 	}
 	for _, sh := range ck.Shards {
 		in.files = append(in.files, sh.Name)
+		in.bytes += sh.Size()
 	}
 	for _, t := range src.Tensors {
 		if t.Shard < 0 || t.Shard >= len(in.files) {
@@ -90,7 +92,6 @@ func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (
 		}
 		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType})
 		in.readers = append(in.readers, t.Data)
-		in.bytes += info.End
 	}
 	return convertSource(ctx, start, s, in, ck.Path, dst)
 }

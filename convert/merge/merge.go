@@ -11,6 +11,7 @@ import (
 
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/convert/dequant"
+	"github.com/qconv/qconv/formats/arch"
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -147,6 +148,14 @@ func newView(ck *checkpoint.Checkpoint) (*view, error) {
 	shardOf := map[*checkpoint.Shard]int{}
 	for i, sh := range ck.Shards {
 		shardOf[sh] = i
+	}
+	a := arch.Default().LookupConfig(ck.Config)
+	for _, w := range ws {
+		if _, transposed, err := dequant.SourceShape(a, w); err != nil || transposed {
+			// Its dense form is the transpose of the packed order, which
+			// a streaming reader cannot produce a sub-chunk at a time.
+			return nil, fmt.Errorf("merge: %s: tensor %q is a 4-bit Conv1D weight, quantized transposed; qconv merge does not merge into 4-bit GPT-2 style bases: dequantize the base first (qconv dequant) and merge into the dense checkpoint", ck.Path, w.Name)
+		}
 	}
 	for _, t := range ck.Tensors() {
 		if companion[t.Name] {
@@ -350,14 +359,18 @@ func prepare(ck *checkpoint.Checkpoint, a *Adapter, opts Options) (*prepared, er
 		workers = runtime.NumCPU()
 	}
 	cache := newFactorCache(2*workers + 4)
+	adDir, err := filepath.Abs(a.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("merge: %w", err)
+	}
 	pr.src = &convert.Source{
 		Checkpoint: ck,
 		Config:     cfg,
 		State: map[string]string{
-			"merge-adapter":  a.Dir,
+			"merge-adapter":  adDir,
 			"merge-numerics": "1", // round.go's definition; change it when that changes
 		},
-		Inputs: []string{filepath.Join(a.Dir, AdapterConfigName), a.Weights.Path},
+		Inputs: []string{filepath.Join(adDir, AdapterConfigName), filepath.Join(adDir, AdapterWeightsName)},
 	}
 	for _, bt := range v.tensors {
 		st := convert.SourceTensor{Name: bt.name, DType: bt.dtype, Shape: bt.shape, Shard: bt.shard, Data: bt.data}

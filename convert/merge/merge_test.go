@@ -184,3 +184,16 @@ func openCk(t *testing.T, path string) *checkpoint.Checkpoint {
 	t.Cleanup(func() { ck.Close() })
 	return ck
 }
+
+// TestQuantizedConv1DBase: a 4-bit GPT-2 base (its Conv1D weights are
+// quantized transposed) is refused with the way out.
+func TestQuantizedConv1DBase(t *testing.T) {
+	q := filepath.Join(t.TempDir(), "gpt2-nf4")
+	if _, err := convert.Convert(context.Background(), filepath.Join(peftDir, "gpt2-base"), q, convert.Options{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Merge(context.Background(), q, filepath.Join(peftDir, "gpt2-adapter"), filepath.Join(t.TempDir(), "out"), Options{})
+	if err == nil || !strings.Contains(err.Error(), "is a 4-bit Conv1D weight, quantized transposed") || !strings.Contains(err.Error(), "qconv dequant") {
+		t.Fatalf("got %v", err)
+	}
+}
