@@ -25,7 +25,9 @@ import (
 //
 // with s = float32(scaling), the number torch multiplies by (scaling is a
 // Python float, lora_alpha / r or lora_alpha / sqrt(r); torch converts a
-// Python scalar to the tensor's dtype). Both roundings are to nearest,
+// Python scalar to the tensor's dtype). PEFT's Embedding.merge differs
+// from Linear's: it adds delta.to(W's dtype), a second rounding that qconv
+// does not copy. Both roundings are to nearest,
 // ties to even, and both are correct for every input: this is the merge
 // PEFT would compute with exact arithmetic inside each of its two steps.
 // It differs from PEFT's bytes only where PEFT's float32 matmul, or its
@@ -45,8 +47,9 @@ import (
 // (a factor 2 of margin covers the rounding of D±E itself and the
 // higher-order terms). Rounding to nearest is monotonic, so if
 // float32(D-E) == float32(D+E), that float32 is the correctly rounded
-// delta. Otherwise (about one element in 10^7 for random factors) the
-// delta is computed exactly with math/big (exactRound32).
+// delta. Otherwise (5,791 of 1.07·10^9 elements when a rank-16 adapter
+// is merged into the 2 GB benchmark model) the delta is computed exactly
+// with math/big (exactRound32).
 //
 // How the sum is rounded correctly. W and delta are exact in float64;
 // their sum is x + e exactly, with x = fl(W + delta) and e from TwoSum.
