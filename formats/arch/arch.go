@@ -116,13 +116,19 @@ type Arch struct {
 	tails   map[string]*Decision
 }
 
-// Table is the whole table.
+// Table is the whole table. Its entries are decoded when first asked for
+// (Default is on the start-up path of every convert, dequant, verify and
+// audit, and a checkpoint needs one entry of several hundred).
 type Table struct {
 	// Transformers and Bitsandbytes are the versions the table came from.
 	Transformers, Bitsandbytes string
-	archs                      map[string]*Arch
-	byModelType                map[string][]*Arch
-	unbuilt                    map[string]string
+
+	raw        map[string]json.RawMessage // entry key -> undecoded entry
+	rawUnbuilt map[string]json.RawMessage
+
+	mu          sync.Mutex
+	archs       map[string]*Arch // decoded entries
+	byModelType map[string][]*Arch
 }
 
 type rawTable struct {
@@ -130,20 +136,19 @@ type rawTable struct {
 		Transformers string `json:"transformers"`
 		Bitsandbytes string `json:"bitsandbytes"`
 	} `json:"source"`
-	Architectures map[string]struct {
-		ModelType       string            `json:"model_type"`
-		ConfigModelType string            `json:"config_model_type"`
-		Kind            string            `json:"kind"`
-		OutputEmbedding string            `json:"output_embedding"`
-		SubconfigDType  []string          `json:"subconfig_dtype"`
-		Refuse          string            `json:"refuse"`
-		Tensors         map[string]string `json:"tensors"`
-		Exact           map[string]string `json:"exact"`
-	} `json:"architectures"`
-	Unbuilt map[string]struct {
-		ModelType string `json:"model_type"`
-		Error     string `json:"error"`
-	} `json:"unbuilt"`
+	Architectures map[string]json.RawMessage `json:"architectures"`
+	Unbuilt       map[string]json.RawMessage `json:"unbuilt"`
+}
+
+type rawArch struct {
+	ModelType       string            `json:"model_type"`
+	ConfigModelType string            `json:"config_model_type"`
+	Kind            string            `json:"kind"`
+	OutputEmbedding string            `json:"output_embedding"`
+	SubconfigDType  []string          `json:"subconfig_dtype"`
+	Refuse          string            `json:"refuse"`
+	Tensors         map[string]string `json:"tensors"`
+	Exact           map[string]string `json:"exact"`
 }
 
 // ParseDecision parses the table's encoding of a decision: "q", "t",
@@ -169,49 +174,108 @@ func ParseDecision(s string) (Decision, error) {
 	return d, nil
 }
 
-// Parse reads a table in table.json's format.
+// Parse reads a table in table.json's format and decodes every entry,
+// reporting the first malformed one.
 func Parse(data []byte) (*Table, error) {
+	t, err := parseLazy(data)
+	if err != nil {
+		return nil, err
+	}
+	for key := range t.raw {
+		if _, err := t.entry(key); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+// parseLazy reads the table's layout, leaving its entries undecoded.
+func parseLazy(data []byte) (*Table, error) {
 	var raw rawTable
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("arch: table: %v", err)
 	}
-	t := &Table{
+	return &Table{
 		Transformers: raw.Source.Transformers, Bitsandbytes: raw.Source.Bitsandbytes,
-		archs: make(map[string]*Arch, len(raw.Architectures)), byModelType: map[string][]*Arch{},
-		unbuilt: make(map[string]string, len(raw.Unbuilt)),
+		raw: raw.Architectures, rawUnbuilt: raw.Unbuilt, archs: make(map[string]*Arch),
+	}, nil
+}
+
+// entry decodes the entry key (once), or returns nil if there is none.
+func (t *Table) entry(key string) (*Arch, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.entryLocked(key)
+}
+
+func (t *Table) entryLocked(key string) (*Arch, error) {
+	if a, ok := t.archs[key]; ok {
+		return a, nil
 	}
-	for key, ra := range raw.Architectures {
-		class, _, _ := strings.Cut(key, "@")
-		a := &Arch{Class: class, ModelType: ra.ModelType, Kind: ra.Kind, OutputEmbedding: ra.OutputEmbedding,
-			SubconfigDType: ra.SubconfigDType, ConfigModelType: ra.ConfigModelType, Refuse: ra.Refuse,
-			tensors: make(map[string]Decision, len(ra.Tensors)), exact: make(map[string]Decision, len(ra.Exact))}
-		for n, s := range ra.Tensors {
-			d, err := ParseDecision(s)
-			if err != nil {
-				return nil, fmt.Errorf("%v (architecture %s, tensor %q)", err, class, n)
-			}
-			a.tensors[n] = d
+	data, ok := t.raw[key]
+	if !ok {
+		return nil, nil
+	}
+	var ra rawArch
+	if err := json.Unmarshal(data, &ra); err != nil {
+		return nil, fmt.Errorf("arch: table: entry %s: %v", key, err)
+	}
+	class, _, _ := strings.Cut(key, "@")
+	a := &Arch{Class: class, ModelType: ra.ModelType, Kind: ra.Kind, OutputEmbedding: ra.OutputEmbedding,
+		SubconfigDType: ra.SubconfigDType, ConfigModelType: ra.ConfigModelType, Refuse: ra.Refuse,
+		tensors: make(map[string]Decision, len(ra.Tensors)), exact: make(map[string]Decision, len(ra.Exact))}
+	for n, s := range ra.Tensors {
+		d, err := ParseDecision(s)
+		if err != nil {
+			return nil, fmt.Errorf("%v (architecture %s, tensor %q)", err, key, n)
 		}
-		for n, s := range ra.Exact {
-			d, err := ParseDecision(s)
-			if err != nil {
-				return nil, fmt.Errorf("%v (architecture %s, tensor %q)", err, class, n)
-			}
-			a.exact[n] = d
+		a.tensors[n] = d
+	}
+	for n, s := range ra.Exact {
+		d, err := ParseDecision(s)
+		if err != nil {
+			return nil, fmt.Errorf("%v (architecture %s, tensor %q)", err, key, n)
 		}
-		a.buildTails()
-		t.archs[key] = a
-		t.byModelType[a.ModelType] = append(t.byModelType[a.ModelType], a)
+		a.exact[n] = d
 	}
-	for mt := range t.byModelType {
-		sort.Slice(t.byModelType[mt], func(i, j int) bool {
-			return kindRank(t.byModelType[mt][i].Kind) < kindRank(t.byModelType[mt][j].Kind)
-		})
+	a.buildTails()
+	t.archs[key] = a
+	return a, nil
+}
+
+// must returns the entry key of the embedded table, whose every entry the
+// package's tests decode.
+func (t *Table) must(key string) *Arch {
+	a, err := t.entry(key)
+	if err != nil {
+		panic(err)
 	}
-	for class, u := range raw.Unbuilt {
-		t.unbuilt[class] = u.Error
+	return a
+}
+
+// byType returns the entries of a model_type, causal LMs first.
+func (t *Table) byType(modelType string) []*Arch {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byModelType == nil {
+		t.byModelType = map[string][]*Arch{}
+		for key := range t.raw {
+			a, err := t.entryLocked(key)
+			if err != nil {
+				panic(err)
+			}
+			t.byModelType[a.ModelType] = append(t.byModelType[a.ModelType], a)
+		}
+		for _, as := range t.byModelType {
+			sort.Slice(as, func(i, j int) bool {
+				if ri, rj := kindRank(as[i].Kind), kindRank(as[j].Kind); ri != rj {
+					return ri < rj
+				}
+				return as[i].Class < as[j].Class
+			})
+		}
 	}
-	return t, nil
+	return t.byModelType[modelType]
 }
 
 func kindRank(k string) int {
@@ -231,7 +295,7 @@ var (
 
 // Default returns the table embedded in qconv (parsed once).
 func Default() *Table {
-	defaultOnce.Do(func() { defaultTable, defaultErr = Parse(tableJSON) })
+	defaultOnce.Do(func() { defaultTable, defaultErr = parseLazy(tableJSON) })
 	if defaultErr != nil {
 		// The embedded table is checked by the package's tests.
 		panic(defaultErr)
@@ -242,17 +306,17 @@ func Default() *Table {
 // Len is the number of entries of the table: architecture classes, and
 // classes that another model_type reuses with other tensors or config
 // ("GPT2LMHeadModel@gpt-sw3").
-func (t *Table) Len() int { return len(t.archs) }
+func (t *Table) Len() int { return len(t.raw) }
 
 // Arch returns the entry of the given class (the class's own model_type),
 // or nil.
-func (t *Table) Arch(class string) *Arch { return t.archs[class] }
+func (t *Table) Arch(class string) *Arch { return t.must(class) }
 
 // Keys returns the table's entry keys ("Class" or "Class@model_type"),
 // sorted.
 func (t *Table) Keys() []string {
-	out := make([]string, 0, len(t.archs))
-	for c := range t.archs {
+	out := make([]string, 0, len(t.raw))
+	for c := range t.raw {
 		out = append(out, c)
 	}
 	sort.Strings(out)
@@ -262,8 +326,15 @@ func (t *Table) Keys() []string {
 // Unbuilt returns why the generator could not build class, if it tried
 // and failed (such classes are unknown to the table).
 func (t *Table) Unbuilt(class string) (string, bool) {
-	e, ok := t.unbuilt[class]
-	return e, ok
+	data, ok := t.rawUnbuilt[class]
+	if !ok {
+		return "", false
+	}
+	var u struct {
+		Error string `json:"error"`
+	}
+	json.Unmarshal(data, &u) // the embedded table is valid JSON
+	return u.Error, true
 }
 
 // Lookup finds the architecture of a checkpoint from its config.json's
@@ -274,15 +345,15 @@ func (t *Table) Unbuilt(class string) (string, bool) {
 // the table does not know the model.
 func (t *Table) Lookup(architectures []string, modelType string) *Arch {
 	for _, c := range architectures {
-		if a := t.archs[c+"@"+modelType]; a != nil {
+		if a := t.must(c + "@" + modelType); a != nil {
 			return a
 		}
-		if a := t.archs[c]; a != nil {
+		if a := t.must(c); a != nil {
 			return a
 		}
 	}
 	if len(architectures) == 0 {
-		if as := t.byModelType[modelType]; len(as) > 0 {
+		if as := t.byType(modelType); len(as) > 0 {
 			return as[0]
 		}
 	}

@@ -11,6 +11,9 @@ import (
 )
 
 func TestDefaultParses(t *testing.T) {
+	if _, err := Parse(tableJSON); err != nil {
+		t.Fatalf("embedded table: %v", err)
+	}
 	tb := Default()
 	if tb.Transformers == "" || tb.Bitsandbytes == "" {
 		t.Fatalf("table names no versions: %q %q", tb.Transformers, tb.Bitsandbytes)
@@ -183,6 +186,30 @@ func TestReferencesMatchTableVersion(t *testing.T) {
 		}
 		if cfg.Version != tb.Transformers {
 			t.Errorf("%s was written by transformers %s, the table comes from %s: stale", p, cfg.Version, tb.Transformers)
+		}
+	}
+}
+
+// BenchmarkLookup is what a command pays for the table at start-up: the
+// table's layout, then one architecture's entry.
+func BenchmarkLookup(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		tb, err := parseLazy(tableJSON)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if tb.Lookup([]string{"LlamaForCausalLM"}, "llama") == nil {
+			b.Fatal("no llama")
+		}
+	}
+}
+
+func BenchmarkParseAll(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(tableJSON); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
