@@ -54,6 +54,15 @@
 //     a file's weights follows the first closely (the page cache likely
 //     still holds it). A single output file (the default below 50 GB of
 //     output) gets all its statistics first.
+//   - Kept tensors do not wait for the statistics: every offset in a file
+//     only grows with the quant-state JSONs' lengths, which lie within 21
+//     bytes of their shortest, and the kept tensors (F32/BF16/F16) come
+//     before the 4-bit ones (U8) in a file, so their offsets come out the
+//     same with every JSON at its shortest and at its longest, and hence
+//     whatever the statistics find (placeEarly). Their files are created
+//     before the statistics pass, and their jobs are handed out among the
+//     statistics jobs, so that the output's writes (and the disk) start
+//     while the weights are being read; the layout checks their offsets.
 //   - The worker that writes the last bytes of an output file syncs and
 //     closes it and records it as done, with the CRC-32C combined from
 //     the CRCs of the pieces as they were written (state.go). Finally

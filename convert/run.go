@@ -58,6 +58,10 @@ type runner struct {
 	// statsReady is closed, per item of the statistics pass, once its
 	// nested offset is known.
 	statsReady []chan struct{}
+	// early marks the kept items placed before the statistics pass (see
+	// placeEarly): their offsets are set and their files created before
+	// any job runs, and they are copied while the statistics pass runs.
+	early []bool
 
 	done, total atomic.Int64
 
@@ -199,19 +203,65 @@ func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
 // statistics of file k+1 while they quantize the tensors of file k, and
 // the page cache likely still holds what the statistics pass read when it
 // is read again. It stops early when ctx is cancelled.
+//
+// The kept items placed early (placeEarly) are handed out among the
+// statistics jobs, in step with them by bytes, so that the output's first
+// writes overlap the statistics pass's reads.
 func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.Seq[job] {
 	return func(yield func(job) bool) {
+		var statTotal, earlyTotal float64
+		for _, it := range statItems {
+			statTotal += float64(it.src.Size())
+		}
+		for _, it := range writeItems {
+			if r.early[it.index] {
+				earlyTotal += float64(it.src.Size())
+			}
+		}
+		early, stop := iter.Pull(func(yield func(job) bool) {
+			for _, it := range writeItems {
+				if r.early[it.index] && !r.itemJobs(it, false, yield) {
+					return
+				}
+			}
+		})
+		defer stop()
+		var statDone, earlyDone float64 // bytes handed out
+		// earlyUpTo hands out early jobs while their bytes are below share
+		// of earlyTotal: before each statistics job, share is that of
+		// the statistics bytes up to and including it, so the last early
+		// job goes out before the last statistics job.
+		earlyUpTo := func(share float64) bool {
+			for earlyDone < share*earlyTotal {
+				j, ok := early()
+				if !ok {
+					return true
+				}
+				earlyDone += float64(j.n * int64(j.it.src.DType.Size()))
+				if !yield(j) {
+					return false
+				}
+			}
+			return true
+		}
+		statYield := func(j job) bool {
+			statDone += float64(j.n * int64(j.it.src.DType.Size()))
+			return earlyUpTo(statDone/statTotal) && yield(j)
+		}
 		next := 0 // statItems[next:] have not been handed out
 		for _, it := range writeItems {
 			files := r.itemFiles(it)
-			if len(files) == 0 {
+			if len(files) == 0 || r.early[it.index] {
 				continue
 			}
 			last := slices.Max(files)
 			for ; next < len(statItems) && statItems[next].entry(entryQuantState).file <= last+1; next++ {
-				if !r.itemJobs(statItems[next], true, yield) {
+				if !r.itemJobs(statItems[next], true, statYield) {
 					return
 				}
+			}
+			if next == len(statItems) && !earlyUpTo(1) {
+				return
 			}
 			for _, fi := range files {
 				select {
@@ -232,10 +282,11 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 			}
 		}
 		for _, it := range statItems[next:] {
-			if !r.itemJobs(it, true, yield) {
+			if !r.itemJobs(it, true, statYield) {
 				return
 			}
 		}
+		earlyUpTo(1)
 	}
 }
 
@@ -264,6 +315,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	r.qstate = make([][]byte, len(p.items))
 	r.offset = make([]float32, len(p.items))
 	r.statsReady = make([]chan struct{}, len(p.items))
+	r.early = make([]bool, len(p.items))
 	cb := bnb.CodeBook(s.quant)
 	r.quantMap = cast.F32Bytes(cb[:])
 	dm := bnb.DynamicMap()
@@ -360,6 +412,9 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 			}
 		}
 	}
+	if err := r.placeEarly(writeItems); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -450,9 +505,9 @@ func (r *runner) finishFile(fi int) error {
 	return nil
 }
 
-// layout computes the exact layout of output file fi; every quant-state
-// JSON of the file must be known.
-func (r *runner) layout(fi int) error {
+// plan lays out output file fi with quant-state JSONs of qlen bytes, and
+// returns the entry of each of its tensors, in the plan's order.
+func (r *runner) plan(fi int, qlen func(it *item) (int64, error)) (*safetensors.Plan, []entryRef, error) {
 	fp := &r.p.Files[fi]
 	specs := make([]safetensors.TensorSpec, 0, len(fp.entries))
 	byName := make(map[string]entryRef, len(fp.entries))
@@ -461,31 +516,137 @@ func (r *runner) layout(fi int) error {
 		e := &it.entries[ref.entry]
 		shape := e.shape
 		if e.kind == entryQuantState {
-			q := r.qstate[it.index]
-			if q == nil {
-				return fmt.Errorf("convert: internal error: quant state of %q unknown at layout", it.src.Name)
+			n, err := qlen(it)
+			if err != nil {
+				return nil, nil, err
 			}
-			shape = []int64{int64(len(q))}
-			e.shape = shape
+			shape = []int64{n}
 		}
 		specs = append(specs, safetensors.TensorSpec{Name: e.name, DType: e.dtype, Shape: shape})
 		byName[e.name] = ref
 	}
 	plan, err := safetensors.NewPlan(map[string]string{"format": "pt"}, specs)
 	if err != nil {
-		return fmt.Errorf("convert: %s: %w", fp.Name, err)
+		return nil, nil, fmt.Errorf("convert: %s: %w", fp.Name, err)
 	}
-	for _, t := range plan.Tensors {
-		ref := byName[t.Name]
-		r.off[ref.item][ref.entry] = plan.DataOffset() + t.Begin
+	refs := make([]entryRef, len(plan.Tensors))
+	for i, t := range plan.Tensors {
+		refs[i] = byName[t.Name]
+	}
+	return plan, refs, nil
+}
+
+// layout computes the exact layout of output file fi; every quant-state
+// JSON of the file must be known. The offsets of early items were set by
+// placeEarly and must come out the same.
+func (r *runner) layout(fi int) error {
+	plan, refs, err := r.plan(fi, func(it *item) (int64, error) {
+		q := r.qstate[it.index]
+		if q == nil {
+			return 0, fmt.Errorf("convert: internal error: quant state of %q unknown at layout", it.src.Name)
+		}
+		return int64(len(q)), nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, t := range plan.Tensors {
+		ref := refs[i]
+		it := r.p.items[ref.item]
+		if e := &it.entries[ref.entry]; e.kind == entryQuantState {
+			e.shape = t.Shape
+		}
+		off := plan.DataOffset() + t.Begin
+		if r.early[ref.item] {
+			if r.off[ref.item][ref.entry] != off {
+				return fmt.Errorf("convert: internal error: %s: tensor %q placed at %d before the statistics pass, laid out at %d", r.p.Files[fi].Name, t.Name, r.off[ref.item][ref.entry], off)
+			}
+			continue
+		}
+		r.off[ref.item][ref.entry] = off
 	}
 	r.layouts[fi] = plan
 	return nil
 }
 
-// create creates output file fi in dir at its final size (its blocks
-// allocated where the file system can), with its header.
-func (r *runner) create(fi int, dir *outdir.Dir) error {
+// placeEarly places, before the statistics pass, the kept tensors that it
+// cannot move. The quant-state JSONs whose lengths the statistics decide
+// are 3 to 24 bytes longer than with a nested offset of 0 (the length of
+// Python's repr of a float32); every byte offset in a file is a
+// non-decreasing function of those lengths (the data before it, and the
+// header: digits of offsets and shapes, padding to 8 bytes). So a tensor
+// whose offset is the same with every JSON at its shortest and at its
+// longest has that offset whatever the statistics find. Kept tensors come
+// before the 4-bit ones in a file (F32 and BF16/F16 sort before U8), so
+// that is true of nearly all of them. Their files are created (at the
+// shortest size) and they are copied while the statistics pass runs,
+// instead of waiting for it with the disk idle; layout checks their
+// offsets.
+func (r *runner) placeEarly(writeItems []*item) error {
+	p := r.p
+	short := func(it *item) (int64, error) { return int64(len(p.quantState(it, 0).MarshalPython())), nil }
+	long := func(it *item) (int64, error) { return p.maxQuantStateLen(it), nil }
+	fixed := make(map[entryRef]int64)
+	minSize := make(map[int]int64)
+	for fi := range p.Files {
+		if !r.inPart[fi] || r.pendingStats[fi].Load() == 0 {
+			continue
+		}
+		lo, refs, err := r.plan(fi, short)
+		if err != nil {
+			return err
+		}
+		hi, _, err := r.plan(fi, long)
+		if err != nil {
+			return err
+		}
+		for i, t := range lo.Tensors {
+			if off := lo.DataOffset() + t.Begin; off == hi.DataOffset()+hi.Tensors[i].Begin {
+				fixed[refs[i]] = off
+			}
+		}
+		minSize[fi] = lo.FileSize()
+	}
+	if len(fixed) == 0 {
+		return nil
+	}
+	files := make(map[int]bool)
+	for _, it := range writeItems {
+		if it.quantize || it.numElements() == 0 {
+			continue
+		}
+		ok := true
+		for j := range it.entries {
+			e := &it.entries[j]
+			_, isFixed := fixed[entryRef{it.index, j}]
+			if r.inPart[e.file] && (!isFixed || r.pendingStats[e.file].Load() == 0) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		r.early[it.index] = true
+		for j := range it.entries {
+			if off, isFixed := fixed[entryRef{it.index, j}]; isFixed {
+				r.off[it.index][j] = off
+				files[it.entries[j].file] = true
+			}
+		}
+	}
+	for fi := range p.Files {
+		if files[fi] {
+			if err := r.open(fi, r.dir, minSize[fi]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// open creates output file fi in dir with size bytes (its blocks allocated
+// where the file system can).
+func (r *runner) open(fi int, dir *outdir.Dir, size int64) error {
 	name := r.p.Files[fi].Name
 	f, err := dir.Create(name)
 	if err != nil {
@@ -497,10 +658,25 @@ func (r *runner) create(fi int, dir *outdir.Dir) error {
 		w = r.s.hooks.writer(name, f)
 	}
 	r.outs[fi] = w
-	plan := r.layouts[fi]
-	if err := allocate(f, plan.FileSize()); err != nil {
+	if err := allocate(f, size); err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
+	return nil
+}
+
+// create brings output file fi to its final size (creating it unless
+// placeEarly did) and writes its header.
+func (r *runner) create(fi int, dir *outdir.Dir) error {
+	name := r.p.Files[fi].Name
+	plan := r.layouts[fi]
+	if r.files[fi] == nil {
+		if err := r.open(fi, dir, plan.FileSize()); err != nil {
+			return err
+		}
+	} else if err := allocate(r.files[fi], plan.FileSize()); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
+	}
+	w := r.outs[fi]
 	if _, err := w.WriteAt(plan.Header, 0); err != nil {
 		return fmt.Errorf("convert: %s: writing header: %w", name, err)
 	}

@@ -71,7 +71,7 @@ func TestStagedJobOrder(t *testing.T) {
 			f := qsFile(it)
 			next := -1
 			for _, r2 := range order[i+1:] {
-				if !r2.stats {
+				if !r2.stats && byName[r2.name].quantize {
 					_, next = files(byName[r2.name])
 					break
 				}
@@ -80,6 +80,11 @@ func TestStagedJobOrder(t *testing.T) {
 				t.Errorf("job %d: statistics of %s (file %d) run before the quantization of a weight that ends in file %d", i, r.name, f, next)
 			}
 			statsDone[f]++
+			continue
+		}
+		if !it.quantize {
+			// Kept tensors that the statistics cannot move are copied
+			// while the statistics pass runs (TestKeptDuringStats).
 			continue
 		}
 		lo, hi := files(it)
@@ -122,6 +127,43 @@ func TestStagedFailure(t *testing.T) {
 					t.Fatal("the conversion hangs")
 				}
 			})
+		}
+	}
+}
+
+// TestKeptDuringStats: kept tensors, whose offsets the statistics cannot
+// change, are copied while the statistics pass runs (so that the output's
+// writes start before the layout is known), spread among the statistics
+// jobs; and the bytes are those of the golden model.
+func TestKeptDuringStats(t *testing.T) {
+	src := filepath.Join(goldenModels, "tiny-llama-bf16")
+	for _, w := range []int{1, 3} {
+		var mu sync.Mutex
+		var order []string // "s" statistics, "k" kept, "q" quantization
+		o := Options{Workers: w, jobElements: testJobElems, hooks: &hooks{job: func(name string, stats bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case stats:
+				order = append(order, "s")
+			case strings.Contains(name, "_proj"):
+				order = append(order, "q")
+			default:
+				order = append(order, "k")
+			}
+		}}}
+		dir, _ := convertTo(t, src, o)
+		sameFiles(t, readDir(t, dir), readDir(t, filepath.Join(goldenModels, "tiny-llama-bf16-nf4-dq-u8")), "the golden output")
+		seq := strings.Join(order, "")
+		lastStats := strings.LastIndex(seq, "s")
+		if w == 1 && strings.Contains(seq[lastStats:], "k") {
+			t.Errorf("-j 1: kept tensors copied after the statistics pass: %s", seq)
+		}
+		if first := strings.Index(seq, "k"); first < 0 || first > lastStats {
+			t.Errorf("-j %d: no kept tensor copied during the statistics pass: %s", w, seq)
+		}
+		if w == 1 && strings.Index(seq, "s") > strings.LastIndex(seq, "k") {
+			t.Errorf("-j 1: kept tensors all copied before the statistics pass: %s", seq)
 		}
 	}
 }
