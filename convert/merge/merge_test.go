@@ -10,6 +10,7 @@ import (
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/synth"
 )
 
 // editConfig copies the llama adapter to a new directory with its
@@ -196,4 +197,33 @@ func TestQuantizedConv1DBase(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "is a 4-bit Conv1D weight, quantized transposed") || !strings.Contains(err.Error(), "qconv dequant") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// TestShardedBase: the golden tiny Llama as one bf16 file and as ten f32
+// shards (the same values) merge with the same adapter into the same
+// bytes (--dtype bf16 for the f32 one): sharded input, dtype resolution
+// and the cast of unmerged tensors go through the pipeline.
+func TestShardedBase(t *testing.T) {
+	const models = "../../testdata/golden/models"
+	ck := openCk(t, filepath.Join(models, "tiny-llama-bf16"))
+	var base []synth.Tensor
+	for _, x := range ck.Tensors() {
+		base = append(base, synth.Tensor{Name: x.Name, DType: x.DType, Shape: x.Shape})
+	}
+	ad := filepath.Join(t.TempDir(), "adapter")
+	if err := synth.WriteLoRA(ad, base, 4, 7); err != nil {
+		t.Fatal(err)
+	}
+	a, sa := mergeTo(t, filepath.Join(models, "tiny-llama-bf16"), ad, Options{})
+	b, sb := mergeTo(t, filepath.Join(models, "tiny-llama-f32"), ad, Options{Convert: convert.Options{DType: dtype.BF16}})
+	if sa.Modules != 14 || sb.Modules != 14 || len(sb.Files) != 1 {
+		t.Fatalf("modules %d and %d, files %v", sa.Modules, sb.Modules, sb.Files)
+	}
+	x, _ := os.ReadFile(filepath.Join(a, "model.safetensors"))
+	y, _ := os.ReadFile(filepath.Join(b, "model.safetensors"))
+	if len(x) == 0 || string(x) != string(y) {
+		t.Error("the merges of the bf16 file and of the f32 shards differ")
+	}
+	ref := reference(t, loadTensors(t, filepath.Join(models, "tiny-llama-bf16")), loadTensors(t, filepath.Join(ad, AdapterWeightsName)), readRefConfig(t, ad))
+	compare(t, loadTensors(t, a), ref, nil)
 }
