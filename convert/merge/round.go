@@ -125,6 +125,34 @@ func roundTo(x, e float64, f format) float64 {
 	return roundSlow(x, e, f)
 }
 
+// bf16Bits is roundTo(x, e, fmtBF16) as bfloat16 bits, for x whose
+// rounding stays in bf16's normal range; ok is false otherwise (then use
+// roundTo).
+func bf16Bits(x, e float64) (b uint16, ok bool) {
+	bits := math.Float64bits(x)
+	exp := int(bits>>52&0x7ff) - 1023
+	if exp < -126 || exp > 126 {
+		return 0, false
+	}
+	const shift = 52 - 7
+	rem := bits & (1<<shift - 1)
+	base := bits >> shift // sign, exponent, 7 fraction bits
+	up := rem > 1<<(shift-1)
+	if rem == 1<<(shift-1) {
+		if e != 0 {
+			up = (e > 0) == (x > 0)
+		} else {
+			up = base&1 == 1
+		}
+	}
+	if up {
+		base++ // a carry into the exponent is right (exp <= 126: no overflow)
+	}
+	sign := uint16(base>>(63-shift)) << 15
+	e64 := int(base>>7&0x7ff) - 1023 + 127
+	return sign | uint16(e64)<<7 | uint16(base&0x7f), true
+}
+
 // roundSlow is roundTo for x outside f's normal range: zero, ±Inf, NaN,
 // and values that round to f's subnormals (or to zero).
 func roundSlow(x, e float64, f format) float64 {

@@ -57,6 +57,13 @@ func TestAddRounded(t *testing.T) {
 				bad++
 				t.Errorf("%v: round(%v + %v) = %v, want %v", tc.d, w, delta, got, want)
 			}
+			if tc.d == dtype.BF16 {
+				x, e := twoSum(w, float64(delta))
+				if b, ok := bf16Bits(x, e); ok && b != uint16(math.Float32bits(float32(want))>>16) && bad < 5 {
+					bad++
+					t.Errorf("bf16Bits(%v + %v) = %#04x, want %v", w, delta, b, want)
+				}
+			}
 		}
 		for range 30000 {
 			// w in the output format, delta any float32, similar or
@@ -178,6 +185,11 @@ func TestRoundToTie(t *testing.T) {
 	} {
 		if got := roundTo(tc.x, tc.e, tc.f); got != tc.want {
 			t.Errorf("roundTo(%v, %v, %v) = %v, want %v", tc.x, tc.e, tc.f, got, tc.want)
+		}
+		if tc.f == fmtBF16 {
+			if b, ok := bf16Bits(tc.x, tc.e); !ok || b != uint16(math.Float32bits(float32(tc.want))>>16) {
+				t.Errorf("bf16Bits(%v, %v) = %#04x, %v; want %v", tc.x, tc.e, b, ok, tc.want)
+			}
 		}
 	}
 }

@@ -167,6 +167,7 @@ func (f *factors) mergeInto(p []byte, w []float32, start, cols int64, s float32,
 	c := 2 * float64(r+1) * unit * math.Abs(sd)
 	const tiny = 0x1p-1070
 	var nExact int64
+	bf16 := out == dtype.BF16
 	for idx := int64(0); idx < int64(len(w)); {
 		e := start + idx
 		i, j0 := e/cols, e%cols
@@ -185,6 +186,15 @@ func (f *factors) mergeInto(p []byte, w []float32, start, cols int64, s float32,
 			if delta != float32(d+bound) {
 				delta = exactDelta(sd, lrow, rrow)
 				nExact++
+			}
+			if bf16 {
+				// The common case inline: bf16 bits straight from the
+				// float64 bits of the sum (see roundTo).
+				x, e := twoSum(float64(ws[jj]), float64(delta))
+				if b, ok := bf16Bits(x, e); ok {
+					ps[2*jj], ps[2*jj+1] = byte(b), byte(b>>8)
+					continue
+				}
 			}
 			encode(ps[jj*osz:], addRounded(float64(ws[jj]), delta, of), out)
 		}
