@@ -601,7 +601,9 @@ func (r *runner) placeEarly(writeItems []*item) error {
 			return err
 		}
 		for i, t := range lo.Tensors {
-			if off := lo.DataOffset() + t.Begin; off == hi.DataOffset()+hi.Tensors[i].Begin {
+			// (Tensors are sorted by dtype and name, so i is the same
+			// tensor in both plans.)
+			if off := lo.DataOffset() + t.Begin; off == hi.DataOffset()+hi.Tensors[i].Begin && t.Name == hi.Tensors[i].Name {
 				fixed[refs[i]] = off
 			}
 		}

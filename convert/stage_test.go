@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -164,6 +165,59 @@ func TestKeptDuringStats(t *testing.T) {
 		}
 		if w == 1 && strings.Index(seq, "s") > strings.LastIndex(seq, "k") {
 			t.Errorf("-j 1: kept tensors all copied before the statistics pass: %s", seq)
+		}
+	}
+}
+
+// TestEarlyOffsetsFixed checks the argument of placeEarly: a tensor whose
+// offset is the same with every quant-state JSON at its shortest and at
+// its longest has that offset with any lengths in between. Kept tensors
+// must be among those (else nothing would be placed early).
+func TestEarlyOffsetsFixed(t *testing.T) {
+	src := writeSynth(t, boundaryTensors(), 1<<40, "")
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, maxShard := range []int64{1 << 40, 60_000} {
+		_, sum := convertTo(t, src, Options{MaxShardSize: maxShard, jobElements: testJobElems})
+		p := sum.Plan
+		r := &runner{p: p}
+		short := func(it *item) (int64, error) { return int64(len(p.quantState(it, 0).MarshalPython())), nil }
+		long := func(it *item) (int64, error) { return p.maxQuantStateLen(it), nil }
+		between := func(it *item) (int64, error) {
+			a, _ := short(it)
+			b, _ := long(it)
+			return a + rng.Int64N(b-a+1), nil
+		}
+		keptFixed := 0
+		for fi := range p.Files {
+			lo, refs, err := r.plan(fi, short)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hi, _, err := r.plan(fi, long)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, ti := range lo.Tensors {
+				off := lo.DataOffset() + ti.Begin
+				if off != hi.DataOffset()+hi.Tensors[i].Begin {
+					continue
+				}
+				if !p.items[refs[i].item].quantize {
+					keptFixed++
+				}
+				for range 50 {
+					mid, _, err := r.plan(fi, between)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := mid.DataOffset() + mid.Tensors[i].Begin; got != off || mid.Tensors[i].Name != ti.Name {
+						t.Fatalf("max shard %d, file %d: %s at %d with lengths in between, %d at both ends", maxShard, fi, ti.Name, got, off)
+					}
+				}
+			}
+		}
+		if keptFixed == 0 {
+			t.Errorf("max shard %d: no kept tensor has a fixed offset", maxShard)
 		}
 	}
 }
