@@ -51,7 +51,7 @@ type source struct {
 	ck      *checkpoint.Checkpoint
 	tensors []srcTensor
 	files   []string      // shard names by ordinal
-	readers []io.ReaderAt // per srcTensor (same order as tensors)
+	readers []io.ReaderAt // per srcTensor (same order as tensors); nil: ck's tensors, read through reader
 	bytes   int64
 	config  *pyjson.Value // the config.json to start from (ck.Config, or a Source's)
 
@@ -59,6 +59,15 @@ type source struct {
 	// Source.State and Source.Inputs).
 	state  map[string]string
 	inputs []string
+}
+
+// reader returns a reader of the bytes of tensors[i]. For a checkpoint on
+// disk it is made when asked (not kept per tensor: 64 bytes a tensor).
+func (in *source) reader(i int) io.ReaderAt {
+	if in.readers != nil {
+		return in.readers[i]
+	}
+	return in.ck.Tensors()[i].SectionReader()
 }
 
 func openSource(path string) (*source, error) {
@@ -73,9 +82,9 @@ func openSource(path string) (*source, error) {
 		src.files = append(src.files, sh.Name)
 		src.bytes += sh.Size()
 	}
-	for _, t := range ck.Tensors() {
-		src.tensors = append(src.tensors, srcTensor{TensorInfo: t.TensorInfo, shard: ordinal[t.Shard]})
-		src.readers = append(src.readers, t.SectionReader())
+	src.tensors = make([]srcTensor, 0, len(ck.Tensors()))
+	for i, t := range ck.Tensors() {
+		src.tensors = append(src.tensors, srcTensor{TensorInfo: t.TensorInfo, shard: ordinal[t.Shard], input: i})
 	}
 	return src, nil
 }
@@ -245,21 +254,19 @@ func convertSource(ctx context.Context, start time.Time, s *settings, in *source
 // already complete in w.
 func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Summary) error {
 	s := p.s
-	byName := make(map[string]io.ReaderAt, len(in.tensors))
-	for i, t := range in.tensors {
-		byName[t.Name] = in.readers[i]
-	}
-	readers := make([]io.ReaderAt, len(p.items))
-	for i, it := range p.items {
-		readers[i] = byName[it.src.Name]
+	// A reader per job, made when the job reads (no reader per tensor
+	// is kept: see source.reader).
+	src := func(it *item) io.ReaderAt {
+		r := in.reader(it.src.input)
 		if it.transposed {
-			readers[i] = &transpose.Reader{Src: readers[i], Shape: transpose.Shape{Rows: it.src.Shape[0], Cols: it.src.Shape[1], Size: int64(it.src.DType.Size())}}
+			r = &transpose.Reader{Src: r, Shape: transpose.Shape{Rows: it.src.Shape[0], Cols: it.src.Shape[1], Size: int64(it.src.DType.Size())}}
 		}
 		if s.hooks != nil && s.hooks.reader != nil {
-			readers[i] = s.hooks.reader(it.src.Name, readers[i])
+			r = s.hooks.reader(it.src.Name, r)
 		}
+		return r
 	}
-	r := &runner{p: p, s: s, src: readers, inPart: make([]bool, len(p.Files))}
+	r := &runner{p: p, s: s, src: src, inPart: make([]bool, len(p.Files))}
 	for i, f := range p.Files {
 		if !s.part.has(i) {
 			continue

@@ -22,6 +22,7 @@ type srcTensor struct {
 	// ownDType keeps the tensor in its own dtype whatever the model
 	// dtype (SourceTensor.OwnDType).
 	ownDType bool
+	input    int // index in source.tensors (and its readers)
 }
 
 // entryKind says what one output tensor holds.

@@ -46,8 +46,8 @@ type hooks struct {
 type runner struct {
 	p      *Plan
 	s      *settings
-	src    []io.ReaderAt // per item: the tensor's bytes
-	inPart []bool        // per output file: written by this run
+	src    func(*item) io.ReaderAt // a reader of the item's bytes (made per read)
+	inPart []bool                  // per output file: written by this run
 
 	files   []*os.File    // per output file: open while being written, else nil
 	outs    []io.WriterAt // per output file: where writes go
@@ -721,7 +721,7 @@ func (r *runner) writeback(it *item, k entryKind, at, n int64) {
 func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 	size := int64(it.src.DType.Size())
 	w.raw = jobs.Grow(w.raw, int(n*size))
-	got, err := r.src[it.index].ReadAt(w.raw, start*size)
+	got, err := r.src(it).ReadAt(w.raw, start*size)
 	if got == len(w.raw) {
 		err = nil
 	} else if err == nil || errors.Is(err, io.EOF) {

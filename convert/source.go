@@ -90,7 +90,7 @@ func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (
 		if sz := t.DType.Size(); sz > 0 {
 			info.End = info.NumElements() * int64(sz)
 		}
-		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType})
+		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType, input: len(in.tensors)})
 		in.readers = append(in.readers, t.Data)
 	}
 	return convertSource(ctx, start, s, in, ck.Path, dst)

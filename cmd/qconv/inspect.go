@@ -1,13 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
@@ -72,7 +74,7 @@ func runInspect(args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	defer c.Close()
-	rep, err := newInspectReport(c)
+	rep, err := newInspectReport(c, *asJSON)
 	if err != nil {
 		printError(stderr, "inspect", err)
 		return exitError
@@ -106,6 +108,26 @@ type inspectReport struct {
 	Quantized     *quantSummary    `json:"quantized"`
 
 	countByDType map[string]int
+	ck           *checkpoint.Checkpoint
+	logical      map[string]inspectTensor // packed 4-bit weights: QuantType and LogicalShape
+}
+
+// rows calls f with each tensor's row, from Tensors or, without them,
+// from the checkpoint.
+func (rep *inspectReport) rows(f func(inspectTensor)) {
+	if rep.Tensors != nil {
+		for _, t := range rep.Tensors {
+			f(t)
+		}
+		return
+	}
+	for _, t := range rep.ck.Tensors() {
+		it := inspectTensor{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, Bytes: t.Size(), File: t.Shard.Name}
+		if q, ok := rep.logical[t.Name]; ok {
+			it.QuantType, it.LogicalShape = q.QuantType, q.LogicalShape
+		}
+		f(it)
+	}
 }
 
 type inspectTensor struct {
@@ -135,14 +157,20 @@ type quantSummary struct {
 	BitsPerWeight float64 `json:"bits_per_weight"`
 }
 
-func newInspectReport(c *checkpoint.Checkpoint) (*inspectReport, error) {
+// newInspectReport summarizes c. The per-tensor table (Tensors) is built
+// only with withTensors (for --json); text output streams the rows from c
+// (see rows), so that a header of millions of tensors is not held twice.
+func newInspectReport(c *checkpoint.Checkpoint, withTensors bool) (*inspectReport, error) {
 	rep := &inspectReport{
 		Path:         c.Path,
 		Layout:       c.Layout.String(),
 		Files:        []string{},
-		Tensors:      make([]inspectTensor, 0, len(c.Tensors())),
 		BytesByDType: make(map[string]int64),
 		countByDType: make(map[string]int),
+		ck:           c,
+	}
+	if withTensors {
+		rep.Tensors = make([]inspectTensor, 0, len(c.Tensors()))
 	}
 	for _, s := range c.Shards {
 		rep.Files = append(rep.Files, s.Name)
@@ -153,12 +181,14 @@ func newInspectReport(c *checkpoint.Checkpoint) (*inspectReport, error) {
 			shape = []int64{}
 		}
 		dt := t.DType.String()
-		rep.Tensors = append(rep.Tensors, inspectTensor{Name: t.Name, DType: dt, Shape: shape, Bytes: t.Size(), File: t.Shard.Name})
+		if withTensors {
+			rep.Tensors = append(rep.Tensors, inspectTensor{Name: t.Name, DType: dt, Shape: shape, Bytes: t.Size(), File: t.Shard.Name})
+		}
 		rep.TotalBytes += t.Size()
 		rep.BytesByDType[dt] += t.Size()
 		rep.countByDType[dt]++
 	}
-	rep.TensorCount = len(rep.Tensors)
+	rep.TensorCount = len(c.Tensors())
 	p, err := c.Parameters()
 	if err != nil {
 		return nil, err
@@ -226,16 +256,37 @@ func (rep *inspectReport) writeText(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tDTYPE\tSHAPE\tBYTES\tFILE")
-	for _, t := range rep.Tensors {
+	// The table is aligned as text/tabwriter would (columns two spaces
+	// apart), but streamed: the widths are measured in a first pass, so
+	// that a header of millions of tensors is not buffered a second time.
+	cells := func(t inspectTensor) [5]string {
 		dt, shape := t.DType, t.Shape
 		if t.QuantType != "" {
 			dt, shape = t.QuantType+" ("+t.DType+")", t.LogicalShape
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", t.Name, dt, formatShape(shape), t.Bytes, t.File)
+		return [5]string{displayName(t.Name), dt, formatShape(shape), strconv.FormatInt(t.Bytes, 10), displayName(t.File)}
 	}
-	tw.Flush()
+	head := [5]string{"NAME", "DTYPE", "SHAPE", "BYTES", "FILE"}
+	var width [4]int
+	measure := func(c [5]string) {
+		for i := range width {
+			width[i] = max(width[i], utf8.RuneCountInString(c[i]))
+		}
+	}
+	measure(head)
+	rep.rows(func(t inspectTensor) { measure(cells(t)) })
+	bw := bufio.NewWriter(w)
+	row := func(c [5]string) {
+		for i := range width {
+			bw.WriteString(c[i])
+			bw.WriteString(strings.Repeat(" ", width[i]-utf8.RuneCountInString(c[i])+2))
+		}
+		bw.WriteString(c[4])
+		bw.WriteByte('\n')
+	}
+	row(head)
+	rep.rows(func(t inspectTensor) { row(cells(t)) })
+	bw.Flush()
 	fmt.Fprintln(w)
 
 	fmt.Fprintf(w, "tensors:     %d\n", rep.TensorCount)
@@ -274,12 +325,13 @@ func formatShape(shape []int64) string {
 // addLogicalShapes gives each packed 4-bit weight its quant type and
 // logical shape, from its quant-state JSON.
 func (rep *inspectReport) addLogicalShapes(c *checkpoint.Checkpoint) error {
-	names := make([]string, len(rep.Tensors))
-	index := make(map[string]int, len(rep.Tensors))
-	for i, t := range rep.Tensors {
+	// rep.Tensors is in c.Tensors' order, sorted by name: found by binary
+	// search (a map of names would cost more than the table itself).
+	names := make([]string, len(c.Tensors()))
+	for i, t := range c.Tensors() {
 		names[i] = t.Name
-		index[t.Name] = i
 	}
+	rep.logical = map[string]inspectTensor{}
 	for _, pw := range checkpoint.FindPackedWeights(names) {
 		t, ok := c.Tensor(pw.QuantState)
 		if !ok || t.Size() > 1<<20 {
@@ -293,7 +345,12 @@ func (rep *inspectReport) addLogicalShapes(c *checkpoint.Checkpoint) error {
 		if err != nil {
 			return fmt.Errorf("%s: tensor %q: %v", t.Shard.Path, pw.QuantState, err)
 		}
-		it := &rep.Tensors[index[pw.Name]]
+		rep.logical[pw.Name] = inspectTensor{QuantType: pw.QuantType, LogicalShape: shape}
+		i, found := slices.BinarySearchFunc(rep.Tensors, pw.Name, func(t inspectTensor, name string) int { return strings.Compare(t.Name, name) })
+		if !found {
+			continue
+		}
+		it := &rep.Tensors[i]
 		it.QuantType, it.LogicalShape = pw.QuantType, shape
 	}
 	return nil
@@ -330,4 +387,17 @@ func modelSize(path string) (modelStats, error) {
 		m.bytes += t.Size()
 	}
 	return m, nil
+}
+
+// displayName returns name as it is printed: as is when it is plain
+// printable text, else quoted as Go's %q does, so that a name holding an
+// escape sequence, a newline or other control characters cannot paint the
+// terminal or forge a line of output.
+func displayName(name string) string {
+	for _, r := range name {
+		if !unicode.IsPrint(r) || r == '"' || r == '\\' {
+			return strconv.Quote(name)
+		}
+	}
+	return name
 }

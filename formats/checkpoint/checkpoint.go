@@ -100,8 +100,7 @@ type Checkpoint struct {
 	// For LayoutFile it is the config.json next to the file, if any.
 	Config *pyjson.Value
 
-	tensors []Tensor       // sorted by name
-	byName  map[string]int // index into tensors
+	tensors []Tensor // sorted by name
 }
 
 // A Shard is one open safetensors file of a checkpoint.
@@ -347,35 +346,49 @@ func (o *opener) loadConfig() {
 func (o *opener) resolve() {
 	c := o.c
 	slices.SortFunc(c.Shards, func(a, b *Shard) int { return strings.Compare(a.Name, b.Name) })
-	byFile := make(map[string]*Shard, len(c.Shards))
+	// Every tensor of every shard, sorted by name; where two shards hold
+	// a name, the one the index maps it to wins, else the first shard.
+	// (No map of names: at about 40 bytes a tensor it would cost more
+	// than the tensors themselves; Tensor searches the sorted slice.)
+	n := 0
 	for _, s := range c.Shards {
-		byFile[s.Name] = s
+		n += len(s.Tensors())
 	}
-	c.byName = make(map[string]int)
-	take := func(t safetensors.TensorInfo, s *Shard) {
-		if _, dup := c.byName[t.Name]; !dup {
-			c.byName[t.Name] = len(c.tensors)
+	c.tensors = make([]Tensor, 0, n)
+	for _, s := range c.Shards {
+		for _, t := range s.Tensors() {
 			c.tensors = append(c.tensors, Tensor{TensorInfo: t, Shard: s})
 		}
 	}
-	if c.Index != nil {
-		for _, e := range c.Index.WeightMap {
-			if s := byFile[e.File]; s != nil {
-				if t, ok := s.Tensor(e.Tensor); ok {
-					take(t, s)
+	slices.SortStableFunc(c.tensors, func(a, b Tensor) int { return strings.Compare(a.Name, b.Name) })
+	var mapped map[string]string // the index's weight_map, built at the first duplicate
+	out := c.tensors[:0]
+	for i := 0; i < len(c.tensors); {
+		j := i + 1
+		for j < len(c.tensors) && c.tensors[j].Name == c.tensors[i].Name {
+			j++
+		}
+		pick := c.tensors[i]
+		if j > i+1 && c.Index != nil {
+			if mapped == nil {
+				mapped = make(map[string]string, len(c.Index.WeightMap))
+				for _, e := range c.Index.WeightMap {
+					mapped[e.Tensor] = e.File
+				}
+			}
+			if file, ok := mapped[pick.Name]; ok {
+				for _, t := range c.tensors[i:j] {
+					if t.Shard.Name == file {
+						pick = t
+						break
+					}
 				}
 			}
 		}
+		out = append(out, pick)
+		i = j
 	}
-	for _, s := range c.Shards {
-		for _, t := range s.Tensors() {
-			take(t, s)
-		}
-	}
-	slices.SortFunc(c.tensors, func(a, b Tensor) int { return strings.Compare(a.Name, b.Name) })
-	for i, t := range c.tensors {
-		c.byName[t.Name] = i
-	}
+	c.tensors = slices.Clip(out)
 }
 
 // Tensors returns every tensor of the checkpoint, sorted by name. The slice
@@ -384,7 +397,7 @@ func (c *Checkpoint) Tensors() []Tensor { return c.tensors }
 
 // Tensor returns the tensor with the given name.
 func (c *Checkpoint) Tensor(name string) (Tensor, bool) {
-	i, ok := c.byName[name]
+	i, ok := slices.BinarySearchFunc(c.tensors, name, func(t Tensor, name string) int { return strings.Compare(t.Name, name) })
 	if !ok {
 		return Tensor{}, false
 	}
@@ -406,11 +419,7 @@ func (c *Checkpoint) TotalSize() int64 {
 // LogicalParameters), reading the quant-state JSON of each packed 4-bit
 // weight.
 func (c *Checkpoint) Parameters() (Params, error) {
-	infos := make([]safetensors.TensorInfo, len(c.tensors))
-	for i, t := range c.tensors {
-		infos[i] = t.TensorInfo
-	}
-	return LogicalParameters(infos, func(name string) ([]byte, error) {
+	return logicalParameters(len(c.tensors), func(i int) *safetensors.TensorInfo { return &c.tensors[i].TensorInfo }, func(name string) ([]byte, error) {
 		t, ok := c.Tensor(name)
 		if !ok {
 			return nil, fmt.Errorf("checkpoint: tensor %q: not found", name)

@@ -35,27 +35,26 @@ type PackedWeight struct {
 // (the auditor reports it); so is a weight with two quant-state tensors,
 // for which only the first in sort order counts.
 func FindPackedWeights(names []string) []PackedWeight {
-	have := make(map[string]bool, len(names))
-	for _, n := range names {
-		have[n] = true
-	}
-	var out []PackedWeight
-	seen := make(map[string]bool)
+	// A sorted copy answers "is there a tensor called n" by binary search:
+	// a map of every name would cost about 40 bytes a tensor.
 	sorted := slices.Clone(names)
 	slices.Sort(sorted)
+	have := func(n string) bool { _, ok := slices.BinarySearch(sorted, n); return ok }
+	var out []PackedWeight
+	seen := make(map[string]bool)
 	for _, n := range sorted {
 		i := strings.LastIndex(n, quantStatePrefix)
 		if i < 0 {
 			continue
 		}
 		weight, qt := n[:i], n[i+len(quantStatePrefix):]
-		if (qt != "nf4" && qt != "fp4") || !strings.HasSuffix(weight, ".weight") || !have[weight] || seen[weight] {
+		if (qt != "nf4" && qt != "fp4") || !strings.HasSuffix(weight, ".weight") || !have(weight) || seen[weight] {
 			continue
 		}
 		seen[weight] = true
 		pw := PackedWeight{Name: weight, QuantType: qt, QuantState: n}
 		for _, s := range companionSuffixes {
-			if have[weight+s] {
+			if have(weight + s) {
 				pw.Companions = append(pw.Companions, weight+s)
 			}
 		}
@@ -104,11 +103,27 @@ func (p Params) BitsPerWeight() float64 {
 // (model.num_parameters()), except that transformers counts a packed weight
 // as 2*itemsize*numel(packed tensor), which rounds an odd element count up.
 func LogicalParameters(tensors []safetensors.TensorInfo, readQuantState func(name string) ([]byte, error)) (Params, error) {
-	names := make([]string, len(tensors))
-	byName := make(map[string]safetensors.TensorInfo, len(tensors))
-	for i, t := range tensors {
-		names[i] = t.Name
-		byName[t.Name] = t
+	return logicalParameters(len(tensors), func(i int) *safetensors.TensorInfo { return &tensors[i] }, readQuantState)
+}
+
+// logicalParameters is LogicalParameters over n tensors given by at.
+func logicalParameters(n int, at func(int) *safetensors.TensorInfo, readQuantState func(name string) ([]byte, error)) (Params, error) {
+	names := make([]string, n)
+	for i := range n {
+		names[i] = at(i).Name
+	}
+	// Tensor sizes by name, through a name-sorted index (4 bytes a tensor,
+	// not a map's 40 or more).
+	order := make([]int32, n)
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return strings.Compare(names[a], names[b]) })
+	size := func(name string) int64 {
+		if k, ok := slices.BinarySearchFunc(order, name, func(i int32, name string) int { return strings.Compare(names[i], name) }); ok {
+			return at(int(order[k])).Size()
+		}
+		return 0
 	}
 	packed := FindPackedWeights(names)
 	skip := make(map[string]bool)
@@ -129,13 +144,14 @@ func LogicalParameters(tensors []safetensors.TensorInfo, readQuantState func(nam
 		p.Quantized += n
 		p.Total += n
 		skip[pw.Name] = true
-		p.PackedBytes += byName[pw.Name].Size()
+		p.PackedBytes += size(pw.Name)
 		for _, c := range pw.Companions {
 			skip[c] = true
-			p.PackedBytes += byName[c].Size()
+			p.PackedBytes += size(c)
 		}
 	}
-	for _, t := range tensors {
+	for i := range n {
+		t := at(i)
 		if skip[t.Name] {
 			continue
 		}

@@ -1,7 +1,9 @@
 package safetensors
 
 import (
+	"cmp"
 	"math"
+	"slices"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -16,7 +18,6 @@ const maxDepth = 128
 // header is the decoded, validated JSON header.
 type header struct {
 	tensors  []TensorInfo // header order
-	index    map[string]int
 	metadata map[string]string
 }
 
@@ -24,9 +25,10 @@ type header struct {
 // small multiple of len(h): every slice and string it builds is bounded by
 // the bytes it was built from.
 type parser struct {
-	h    []byte
-	pos  int
-	base int64 // absolute file offset of h[0]
+	h       []byte
+	pos     int
+	base    int64 // absolute file offset of h[0]
+	members int   // keys of the top-level object, counted by skipValue
 }
 
 func (p *parser) at(i int) int64 { return p.base + int64(i) }
@@ -109,6 +111,9 @@ func (p *parser) skipValue(depth int) error {
 		}
 		for {
 			if c == '{' {
+				if depth == 0 {
+					p.members++
+				}
 				p.ws()
 				if p.peek() != '"' {
 					return p.syntaxErr("expected a string key, found %s", p.describe(p.peek()))
@@ -464,7 +469,13 @@ func parseHeader(h []byte, base, dataLen int64) (*header, error) {
 	}
 
 	// Pass 2: the schema.
-	hd := &header{index: make(map[string]int)}
+	// Pass 1 counted the keys: the tensors (and __metadata__), so that the
+	// slices below are allocated once (no doubling while appending).
+	hd := &header{tensors: make([]TensorInfo, 0, p.members)}
+	// keyAt holds each tensor's key offset, for a duplicate name, which is
+	// found by sorting (checkDuplicates) rather than with a map: a map of
+	// names costs about 40 bytes a tensor, a lot for a header of millions.
+	keyAts := make([]int32, 0, p.members)
 	p.pos = 1
 	sawMeta := false
 	p.ws()
@@ -490,18 +501,22 @@ func parseHeader(h []byte, base, dataLen int64) (*header, error) {
 				return nil, err
 			}
 		} else {
-			if _, dup := hd.index[name]; dup {
-				return nil, formatErr(CodeDuplicateKey, p.at(keyAt), name, "duplicate tensor name")
-			}
 			t, err := p.readEntry(name, keyAt, dataLen)
 			if err != nil {
+				// A duplicate name before this entry comes first.
+				if derr := p.checkDuplicates(hd.tensors, keyAts); derr != nil {
+					return nil, derr
+				}
 				return nil, err
 			}
-			hd.index[name] = len(hd.tensors)
 			hd.tensors = append(hd.tensors, t)
+			keyAts = append(keyAts, int32(keyAt))
 		}
 		p.ws()
 		if p.peek() == '}' {
+			if err := p.checkDuplicates(hd.tensors, keyAts); err != nil {
+				return nil, err
+			}
 			return hd, nil
 		}
 		p.pos++ // ','
@@ -717,4 +732,33 @@ func (p *parser) readEntry(name string, keyAt int, dataLen int64) (TensorInfo, e
 			"data_offsets [%d,%d] run past the end of the %d-byte data section", t.Begin, t.End, dataLen)
 	}
 	return t, nil
+}
+
+// checkDuplicates reports the first repeated tensor name of ts (in header
+// order), whose keys are at keyAts.
+func (p *parser) checkDuplicates(ts []TensorInfo, keyAts []int32) error {
+	order := sortedByName(ts)
+	first := -1 // header index of the earliest second occurrence
+	for k := 1; k < len(order); k++ {
+		a, b := order[k-1], order[k]
+		if ts[a].Name == ts[b].Name {
+			if second := int(max(a, b)); first < 0 || second < first {
+				first = second
+			}
+		}
+	}
+	if first < 0 {
+		return nil
+	}
+	return formatErr(CodeDuplicateKey, p.at(int(keyAts[first])), ts[first].Name, "duplicate tensor name")
+}
+
+// sortedByName returns the indexes of ts sorted by name (ties by index).
+func sortedByName(ts []TensorInfo) []int32 {
+	order := make([]int32, len(ts))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int { return cmp.Or(strings.Compare(ts[a].Name, ts[b].Name), cmp.Compare(a, b)) })
+	return order
 }

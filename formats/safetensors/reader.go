@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/internal/regular"
@@ -50,7 +51,7 @@ type Reader struct {
 	size      int64
 	headerLen int64
 	tensors   []TensorInfo // in data-offset order
-	index     map[string]int
+	byName    []int32      // indexes of tensors, sorted by name
 	metadata  map[string]string
 }
 
@@ -102,10 +103,7 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 	if err := checkLayout(rd.tensors, dataOff, dataLen); err != nil {
 		return nil, err
 	}
-	rd.index = hd.index
-	for i, t := range rd.tensors {
-		rd.index[t.Name] = i
-	}
+	rd.byName = sortedByName(rd.tensors)
 	return rd, nil
 }
 
@@ -159,11 +157,11 @@ func (r *Reader) Tensors() []TensorInfo { return r.tensors }
 
 // Tensor returns the tensor with the given name.
 func (r *Reader) Tensor(name string) (TensorInfo, bool) {
-	i, ok := r.index[name]
+	k, ok := slices.BinarySearchFunc(r.byName, name, func(i int32, name string) int { return strings.Compare(r.tensors[i].Name, name) })
 	if !ok {
 		return TensorInfo{}, false
 	}
-	return r.tensors[i], true
+	return r.tensors[r.byName[k]], true
 }
 
 // Metadata returns the __metadata__ map, or nil if the header has none.
