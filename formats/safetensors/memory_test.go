@@ -11,7 +11,8 @@ import (
 // TestMemoryPerTensor holds the reader to its memory budget for headers of
 // many small tensors (issue 14: 1.5 M one-byte tensors): what NewReader
 // allocates, the header bytes aside, stays within about 120 bytes a
-// tensor (a TensorInfo, its name and shape, and two 4-byte indexes), and
+// tensor (a TensorInfo, its name and shape, and two 4-byte indexes; 140
+// with the race detector's overhead), and
 // no map of names is built.
 func TestMemoryPerTensor(t *testing.T) {
 	const n = 200_000
@@ -37,8 +38,8 @@ func TestMemoryPerTensor(t *testing.T) {
 	}
 	perTensor := (float64(after.TotalAlloc-before.TotalAlloc) - float64(h.Len())) / n
 	t.Logf("%.0f bytes allocated per tensor besides the header", perTensor)
-	if perTensor > 120 {
-		t.Errorf("NewReader allocates %.0f bytes per tensor besides the header, want at most 120", perTensor)
+	if perTensor > 140 { // 92 measured, 124 under -race; a map of names adds 60 or more
+		t.Errorf("NewReader allocates %.0f bytes per tensor besides the header, want at most 140", perTensor)
 	}
 	if _, ok := r.Tensor("1f3"); !ok {
 		t.Error("tensor 1f3 not found")
