@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,11 @@ func FuzzAudit(f *testing.F) {
 	}
 	f.Add([]byte("\x02\x00\x00\x00\x00\x00\x00\x00{}"), []byte(`{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}`))
 	f.Add([]byte("\x4a\x00\x00\x00\x00\x00\x00\x00"+`{"w.quant_state.bitsandbytes__nf4":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`+"{}"), []byte(`{}`))
+	// Issue 14: a rank of 65, a duplicate name.
+	for _, h := range []string{`{"w":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data_offsets":[0,1]}}`, `{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`} {
+		b := binary.LittleEndian.AppendUint64(nil, uint64(len(h)))
+		f.Add(append(append(b, h...), 0, 0), []byte(`{}`))
+	}
 	rs := rules.All()
 	f.Fuzz(func(t *testing.T, model, config []byte) {
 		dir := t.TempDir()

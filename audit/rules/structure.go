@@ -33,7 +33,7 @@ func mappedCode(code safetensors.Code) bool {
 		safetensors.CodeUnknownDType, safetensors.CodeSizeOverflow, safetensors.CodeSubByteSize,
 		safetensors.CodeSizeMismatch, safetensors.CodeOffsetsInvalid, safetensors.CodeOffsetsGap,
 		safetensors.CodeOffsetsOverlap, safetensors.CodeOffsetsShared, safetensors.CodeDataOutOfBounds,
-		safetensors.CodeTrailingBytes:
+		safetensors.CodeTrailingBytes, safetensors.CodeRankTooLarge:
 		return true
 	}
 	return false

@@ -119,6 +119,10 @@ var structureCases = []ruleCase{
 			return p
 		}},
 	{rule: "ST021", name: "readable", lookalike: true, build: file(pt, tensorFix{Name: "w", DType: dtype.BF16, Shape: []int64{2, 2}})},
+	{rule: "ST023", name: "rank-65", want: []string{"ST023 w"},
+		build: raw(`{"w":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data_offsets":[0,1]}}`, make([]byte, 1))},
+	{rule: "ST023", name: "rank-64", lookalike: true,
+		build: raw(`{"w":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data_offsets":[0,1]}}`, make([]byte, 1))},
 	{rule: "ST022", name: "no-format", want: []string{"ST022"}, build: file(map[string]string{"producer": "x"})},
 	{rule: "ST022", name: "no-format-unknown", want: []string{"ST022"}, build: file(map[string]string{"format": "torch"})},
 	{rule: "ST022", name: "no-metadata", lookalike: true, build: file(nil, tensorFix{Name: "w", DType: dtype.F32, Shape: []int64{1}})},

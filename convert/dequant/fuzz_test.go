@@ -40,6 +40,13 @@ func FuzzLoadWeight(f *testing.F) {
 		}
 		ck.Close()
 	}
+	// Issue 14's broken weights: shapes of another rank, an oversized
+	// packed weight, a non-finite offset.
+	for _, shape := range []string{"[6144]", "[2, 32, 96]", "[64, 96]"} {
+		f.Add([]byte(`{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": `+shape+`}`), uint32(3072), uint8(dtype.U8), uint32(96), false)
+	}
+	f.Add([]byte(`{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [64, 96]}`), uint32(3072+64), uint8(dtype.U8), uint32(96), false)
+	f.Add([]byte(`{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [64, 96], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": NaN}`), uint32(3072), uint8(dtype.U8), uint32(96), true)
 	f.Fuzz(func(t *testing.T, blob []byte, packedBytes uint32, packedDType uint8, nblocks uint32, dq bool) {
 		packedBytes %= 1 << 16
 		nblocks %= 1 << 12

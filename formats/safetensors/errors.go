@@ -69,6 +69,8 @@ const (
 	// CodeTrailingBytes: the file has bytes after the last tensor's data
 	// (for example a polyglot file hiding another format there).
 	CodeTrailingBytes
+	// CodeRankTooLarge: a shape has more than MaxRank dimensions.
+	CodeRankTooLarge
 
 	numCodes
 )
@@ -94,6 +96,7 @@ var codeNames = [numCodes]string{
 	"offsets-shared",
 	"data-out-of-bounds",
 	"trailing-bytes",
+	"rank-too-large",
 }
 
 // Codes returns every defined Code in numeric order.

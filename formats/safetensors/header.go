@@ -11,6 +11,11 @@ import (
 	"github.com/qconv/qconv/formats/dtype"
 )
 
+// MaxRank is the largest number of dimensions a tensor may have: PyTorch
+// refuses to create a tensor of more than 64, so no checkpoint it saved
+// has one, and a shape of a million 1s is refused before it is stored.
+const MaxRank = 64
+
 // maxDepth bounds JSON nesting, as serde_json's recursion limit does. A
 // valid header nests three levels deep.
 const maxDepth = 128
@@ -623,7 +628,11 @@ func (p *parser) readEntry(name string, keyAt int, dataLen int64) (TensorInfo, e
 				return entryErr("shape is a JSON %s, not an array", kind(c))
 			}
 			p.pos++
-			t.Shape = make([]int64, 0, p.countElems())
+			n := p.countElems()
+			if n > MaxRank {
+				return TensorInfo{}, formatErr(CodeRankTooLarge, off, name, "shape has %d dimensions, more than %d (PyTorch's limit)", n, MaxRank)
+			}
+			t.Shape = make([]int64, 0, n)
 			for {
 				p.ws()
 				switch p.peek() {

@@ -247,6 +247,13 @@ var codeFixtures = map[Code]struct{ bad, good []fixture }{
 		},
 		good: []fixture{{"exact", build(twoF32, 8)}},
 	},
+	CodeRankTooLarge: {
+		bad: []fixture{
+			{"rank 65", build(`{"a":{"dtype":"U8","shape":[`+strings.Repeat("1,", 64)+`1],"data_offsets":[0,1]}}`, 1)},
+			{"a million 1s", build(`{"a":{"dtype":"U8","shape":[`+strings.Repeat("1,", 999_999)+`1],"data_offsets":[0,1]}}`, 1)},
+		},
+		good: []fixture{{"rank 64", build(`{"a":{"dtype":"U8","shape":[`+strings.Repeat("1,", 63)+`1],"data_offsets":[0,1]}}`, 1)}},
+	},
 }
 
 func TestEveryCodeHasFixtures(t *testing.T) {
