@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
@@ -74,6 +75,9 @@ func Fix(dst, src string) (*FixResult, error) {
 
 // FixWith is [Fix] with options.
 func FixWith(dst, src string, opts FixOptions) (*FixResult, error) {
+	if err := checkNotWithin(src, dst); err != nil {
+		return nil, err
+	}
 	replace := false
 	if st, err := os.Lstat(dst); err == nil {
 		if !opts.Force {
@@ -236,6 +240,43 @@ func checkNotInside(src, dst string) error {
 			return nil
 		}
 	}
+}
+
+// checkNotWithin refuses a dst inside the input directory src (where the
+// output would be written into the input, and become part of it), also
+// when dst does not exist yet: the symbolic links of the part of dst that
+// exists are resolved.
+func checkNotWithin(src, dst string) error {
+	st, err := os.Stat(src)
+	if err != nil || !st.IsDir() {
+		return nil // a file input: load reports a missing one
+	}
+	s, err := filepath.Abs(src)
+	if err == nil {
+		s, err = filepath.EvalSymlinks(s)
+	}
+	if err != nil {
+		return fmt.Errorf("audit: fix: %w", err)
+	}
+	d, err := filepath.Abs(dst)
+	if err != nil {
+		return fmt.Errorf("audit: fix: %w", err)
+	}
+	var rest []string
+	for p := d; ; p = filepath.Dir(p) {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			d = filepath.Join(append([]string{r}, rest...)...)
+			break
+		}
+		if p == filepath.Dir(p) {
+			break
+		}
+		rest = append([]string{filepath.Base(p)}, rest...)
+	}
+	if rel, err := filepath.Rel(s, d); err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return fmt.Errorf("audit: fix: %s is inside the input %s; give a directory outside it (the input is never modified)", dst, src)
+	}
+	return nil
 }
 
 // linkOrCopy makes out a hard link to in, or a synced copy where the file

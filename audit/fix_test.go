@@ -123,6 +123,26 @@ func TestFixRefuses(t *testing.T) {
 	if _, err := audit.FixWith(filepath.Dir(src), src, audit.FixOptions{Force: true}); err == nil {
 		t.Error("Fix --force replaced the directory holding its input")
 	}
+	// Nor a new directory inside the input (issue 14: audit --fix DST
+	// PATH with DST inside PATH wrote into the input), directly or
+	// through a link to it.
+	in := t.TempDir()
+	for _, name := range []string{"model.safetensors", "config.json"} {
+		b, _ := os.ReadFile(filepath.Join(src, name))
+		os.WriteFile(filepath.Join(in, name), b, 0o666)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	os.Symlink(in, link)
+	for _, dst := range []string{filepath.Join(in, "fixed"), filepath.Join(in, "a", "b"), filepath.Join(link, "fixed")} {
+		for _, force := range []bool{false, true} {
+			if _, err := audit.FixWith(dst, in, audit.FixOptions{Force: force}); err == nil || !strings.Contains(err.Error(), "inside the input") {
+				t.Errorf("Fix into %s (force %v): %v", dst, force, err)
+			}
+		}
+	}
+	if ents, _ := os.ReadDir(in); len(ents) != 2 {
+		t.Errorf("the input now holds %d entries", len(ents))
+	}
 	// Nothing to repair: dst is still written, an unchanged copy whose
 	// files are hard links where the file system allows.
 	clean := filepath.Join(models, "tiny-llama-bf16-nf4-dq-u8")

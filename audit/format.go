@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"unicode"
 )
@@ -60,10 +61,10 @@ type TextFormatter struct{}
 func (TextFormatter) Format(w io.Writer, r *Report) error {
 	bw := bufio.NewWriter(w)
 	for _, d := range r.Findings {
-		bw.WriteString(oneLine(d.File))
+		bw.WriteString(displayName(d.File))
 		bw.WriteString(": ")
 		if d.Tensor != "" {
-			bw.WriteString(oneLine(d.Tensor))
+			bw.WriteString(displayName(d.Tensor))
 			bw.WriteString(": ")
 		}
 		fmt.Fprintf(bw, "%s %s: %s\n", d.Severity, d.Rule, oneLine(d.Message))
@@ -73,7 +74,34 @@ func (TextFormatter) Format(w io.Writer, r *Report) error {
 
 // oneLine replaces line breaks so that a finding stays on one line.
 func oneLine(s string) string {
-	return strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+	s = strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s)
+	if !strings.ContainsFunc(s, notPrint) {
+		return s
+	}
+	// Other control characters (an ESC from a tensor name that a rule
+	// quoted with %s, say) are written escaped, so that a checkpoint
+	// cannot paint the terminal or forge a line of output.
+	var b strings.Builder
+	for _, r := range s {
+		if notPrint(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func notPrint(r rune) bool { return !unicode.IsPrint(r) }
+
+// displayName returns a file or tensor name as the text output prints
+// it: as is when it is plain printable text, else quoted as Go's %q does.
+func displayName(s string) string {
+	if strings.ContainsFunc(s, func(r rune) bool { return notPrint(r) || r == '"' || r == '\\' }) {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // JSONSchemaVersion is the version of the JSON output's layout; it changes

@@ -37,7 +37,8 @@ func format(t *testing.T, name string) string {
 
 func TestTextFormat(t *testing.T) {
 	got := format(t, "text")
-	want := "dir,1/a:b%.safetensors: w x: error BNB001: bad thing 100%\n" +
+	// A name with a newline (or any control character) is quoted as %q.
+	want := "dir,1/a:b%.safetensors: \"w\\nx\": error BNB001: bad thing 100%\n" +
 		"/abs/path with space/config.json: info CFG008: note\n" +
 		"i.json: warning IX007: warn\n"
 	if got != want {

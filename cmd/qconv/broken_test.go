@@ -208,3 +208,24 @@ func TestIndexInconsistenciesAgree(t *testing.T) {
 		})
 	}
 }
+
+// TestNamesQuoted follows the recipe of issue 14: tensor names holding an
+// escape sequence or a newline are printed quoted (Go's %q) by inspect and
+// audit, never raw, so that a checkpoint cannot paint the terminal or
+// forge a line of output.
+func TestNamesQuoted(t *testing.T) {
+	dir := copyModelDir(t, "tiny-llama-bf16-nf4-dq-u8")
+	evil := "model.norm\x1b[31m\nqconv: all good.weight"
+	rewriteST(t, filepath.Join(dir, "model.safetensors"), editTensor("model.norm.weight", func(x *stTensor) { x.name = evil }))
+	for _, args := range [][]string{{"inspect", dir}, {"audit", dir}, {"audit", "--format", "github", dir}} {
+		_, out, errOut := qconv(args...)
+		all := out + errOut
+		if strings.Contains(all, "\x1b") || strings.Contains(all, "\nqconv: all good") {
+			t.Errorf("qconv %s printed the name raw:\n%s", strings.Join(args, " "), all)
+		}
+	}
+	_, out, _ := qconv("inspect", dir)
+	if !strings.Contains(out, `"model.norm\x1b[31m\nqconv: all good.weight"`) {
+		t.Errorf("inspect does not quote the name:\n%s", out)
+	}
+}
