@@ -224,6 +224,12 @@ func TestNamesQuoted(t *testing.T) {
 			t.Errorf("qconv %s printed the name raw:\n%s", strings.Join(args, " "), all)
 		}
 	}
+	// An error naming such a file or tensor escapes it too.
+	bad := filepath.Join(t.TempDir(), "evil\x1b[2J\nqconv: ok.safetensors")
+	os.WriteFile(bad, []byte("junk"), 0o666)
+	if _, _, errOut := qconv("inspect", bad); strings.Contains(errOut, "\x1b") || strings.Contains(errOut, "\nqconv: ok") {
+		t.Errorf("error message holds the name raw: %q", errOut)
+	}
 	_, out, _ := qconv("inspect", dir)
 	if !strings.Contains(out, `"model.norm\x1b[31m\nqconv: all good.weight"`) {
 		t.Errorf("inspect does not quote the name:\n%s", out)

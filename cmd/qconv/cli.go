@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"golang.org/x/term"
 
@@ -201,7 +202,26 @@ func usageError(stderr io.Writer, cmd, format string, args ...any) int {
 // printError writes err to stderr as one line in the style of every qconv
 // error: "qconv CMD: FILE: TENSOR: problem; what to do".
 func printError(stderr io.Writer, cmd string, err error) {
-	fmt.Fprintf(stderr, "qconv %s: %s\n", cmd, errorLine(err))
+	fmt.Fprintf(stderr, "qconv %s: %s\n", cmd, escapeControl(errorLine(err)))
+}
+
+// escapeControl writes the control characters of s (an ESC or a newline
+// from a file or tensor name) as Go escapes, so that an error message
+// cannot paint the terminal or forge a line of output.
+func escapeControl(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+		} else {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+	}
+	return b.String()
 }
 
 // packagePrefixes are the prefixes that qconv's packages put on their
