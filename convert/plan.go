@@ -458,16 +458,16 @@ func (p *Plan) lookupArch(s *settings, cfg *pyjson.Value) error {
 	if len(archs) > 0 {
 		what = fmt.Sprintf("%s (model_type %q)", archs[0], mt)
 	}
-	if mt == "" && len(archs) == 0 {
-		what = "a checkpoint without config.json architectures/model_type"
-	}
-	reason := "not in qconv's architecture table"
+	reason := "is not in qconv's architecture table"
 	if len(archs) > 0 {
 		if e, ok := tb.Unbuilt(archs[0]); ok {
-			reason = "in transformers but not in qconv's table (its generator could not build it: " + e + ")"
+			reason = "is in transformers but not in qconv's table (its generator could not build it: " + e + ")"
 		}
 	}
-	p.Warnings = append(p.Warnings, fmt.Sprintf("%s is %s (transformers %s); which tensors to quantize is decided by name rules, which are right for Llama-like decoders and can be wrong for others (mixture-of-experts above all): check the plan with --dry-run and the result with qconv audit",
+	if mt == "" && len(archs) == 0 {
+		what, reason = "the checkpoint", "has no config.json naming its architecture"
+	}
+	p.Warnings = append(p.Warnings, fmt.Sprintf("%s %s (transformers %s); which tensors to quantize is decided by name rules, which are right for Llama-like decoders and can be wrong for others (mixture-of-experts above all): check the plan with --dry-run and the result with qconv audit",
 		what, reason, tb.Transformers))
 	return nil
 }
