@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/qconv/qconv/internal/editdist"
 )
 
 // Options configure [Run]. The zero value runs no rules; pass
@@ -88,7 +90,7 @@ func nearestID(rules []*Rule, p string) string {
 				continue
 			}
 			seen[c] = true
-			if d := editDistance(strings.ToUpper(p), c); d < bestD {
+			if d := editdist.Distance(strings.ToUpper(p), c); d < bestD {
 				best, bestD = c, d
 			}
 		}
@@ -97,27 +99,6 @@ func nearestID(rules []*Rule, p string) string {
 		return ""
 	}
 	return "; did you mean " + best + "?"
-}
-
-// editDistance is the Levenshtein distance between a and b (bytes).
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // FindRule returns the rule with the given ID (case-insensitive), or nil.

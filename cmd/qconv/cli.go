@@ -22,6 +22,7 @@ import (
 	"github.com/qconv/qconv/convert"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/editdist"
 )
 
 // newFlagSet returns a FlagSet for a command that reports errors through
@@ -122,33 +123,12 @@ func flagValueError(f *flag.Flag, err error) string {
 func suggest(s string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
-		d := editDistance(strings.ToLower(s), c)
+		d := editdist.Distance(strings.ToLower(s), c)
 		if d < bestD && 2*d < max(len(s), 2) {
 			best, bestD = c, d
 		}
 	}
 	return best
-}
-
-// editDistance is the Levenshtein distance between a and b (bytes).
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func isBoolFlag(f *flag.Flag) bool {
