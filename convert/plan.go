@@ -22,7 +22,34 @@ type srcTensor struct {
 	// ownDType keeps the tensor in its own dtype whatever the model
 	// dtype (SourceTensor.OwnDType).
 	ownDType bool
+	// verbatim copies the tensor unchanged (SourceTensor.Verbatim).
+	verbatim bool
 	input    int // index in source.tensors (and its readers)
+}
+
+// orderKey is the name and rank by which a source tensor is placed in
+// state-dict order: its own name, except that a verbatim quant-state
+// companion sorts as its weight, after it, in the order addEntries gives
+// a freshly quantized weight's entries.
+func (t *srcTensor) orderKey() (string, entryKind) {
+	if !t.verbatim {
+		return t.Name, entryData
+	}
+	if w, ok := strings.CutSuffix(t.Name, ".absmax"); ok && !strings.HasSuffix(w, ".nested") {
+		return w, entryAbsmax
+	}
+	for _, c := range []struct {
+		suffix string
+		kind   entryKind
+	}{{".nested_absmax", entryNestedAbsmax}, {".nested_quant_map", entryNestedQuantMap}, {".quant_map", entryQuantMap}} {
+		if w, ok := strings.CutSuffix(t.Name, c.suffix); ok {
+			return w, c.kind
+		}
+	}
+	if i := strings.LastIndex(t.Name, ".quant_state."); i > 0 {
+		return t.Name[:i], entryQuantState
+	}
+	return t.Name, entryData
 }
 
 // entryKind says what one output tensor holds.
@@ -224,6 +251,9 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 	}
 	// An already-quantized input is not converted again.
 	for _, t := range tensors {
+		if t.verbatim {
+			continue
+		}
 		if strings.Contains(lastComponent(t.Name), "quant_state") || strings.Contains(t.Name, ".quant_state.") {
 			return nil, fmt.Errorf("convert: %s: tensor %q: the checkpoint is already quantized (it has bitsandbytes quant state)", srcFiles[t.shard], t.Name)
 		}
@@ -283,12 +313,33 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 	// Items in state-dict order.
 	sorted := slices.Clone(tensors)
 	slices.SortStableFunc(sorted, func(a, b srcTensor) int {
-		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(a.Name, b.Name))
+		an, ak := a.orderKey()
+		bn, bk := b.orderKey()
+		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(an, bn), cmp.Compare(ak, bk))
 	})
 	sel := selector{skip: s.skip, include: s.include, arch: p.Arch}
 	defaultSel := true
 	var skipModules []string
-	for _, t := range sorted {
+	for i, t := range sorted {
+		if t.verbatim {
+			// Copied as it is; a packed 4-bit weight counts as quantized
+			// (two parameters a byte), its companions as no parameters,
+			// as inspect counts a 4-bit checkpoint.
+			it := &item{src: t, reason: arch.ReasonPrequantized, dtype: t.DType, index: len(p.items)}
+			p.items = append(p.items, it)
+			if _, k := t.orderKey(); k != entryData {
+				continue
+			}
+			// Sorted, a packed weight is followed by its absmax.
+			if t.DType != dtype.U8 || i+1 == len(sorted) || !sorted[i+1].verbatim || sorted[i+1].Name != t.Name+".absmax" {
+				p.Kept++
+				p.TotalParameters += t.NumElements()
+				continue
+			}
+			p.Quantized++
+			p.TotalParameters += 2 * t.NumElements()
+			continue
+		}
 		c, def, err := sel.decide(t.Name, t.DType, t.Shape)
 		if err != nil {
 			return nil, fmt.Errorf("%w (in %s)", err, srcFiles[t.shard])

@@ -55,6 +55,17 @@ type SourceTensor struct {
 	// (Options.DType): a kept tensor is not cast, a quantized one is
 	// quantized from its own values and its quant state records DType.
 	OwnDType bool
+	// Verbatim copies the tensor's bytes into the output unchanged, under
+	// its name and in its dtype: it is neither cast nor quantized, no
+	// selection rule or architecture decides it, and it is exempt from
+	// the already-quantized check. It is how a bitsandbytes 4-bit weight
+	// and its quant-state companions pass through a merge untouched, as
+	// PEFT leaves a 4-bit layer that no adapter changes. A verbatim
+	// companion ("<w>.absmax", "<w>.quant_map", "<w>.nested_absmax",
+	// "<w>.nested_quant_map", "<w>.quant_state.bitsandbytes__<type>") is
+	// placed right after its weight, in the order of a freshly quantized
+	// weight's entries, so that sharding treats both alike.
+	Verbatim bool
 }
 
 // ConvertSource is Convert (see there) with the tensors of src instead of
@@ -90,7 +101,7 @@ func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (
 		if sz := t.DType.Size(); sz > 0 {
 			info.End = info.NumElements() * int64(sz)
 		}
-		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType, input: len(in.tensors)})
+		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType || t.Verbatim, verbatim: t.Verbatim, input: len(in.tensors)})
 		in.readers = append(in.readers, t.Data)
 	}
 	return convertSource(ctx, start, s, in, ck.Path, dst)

@@ -37,10 +37,12 @@ methods, and an adapter whose modules or shapes do not match BASE.
 
 Output: a dense checkpoint in BASE's dtype (--dtype to change it), or with
 --quantize a bitsandbytes 4-bit one, byte-identical to "qconv convert" of the
-dense merge (convert's flags choose the settings). A 4-bit BASE is
-dequantized exactly as bitsandbytes does, merged and requantized with BASE's
-own settings (as PEFT does for a 4-bit model); --quantize=false writes the
-dense merge instead.
+dense merge (convert's flags choose the settings). A 4-bit BASE is merged as
+PEFT merges a 4-bit model: weights the adapter does not touch are copied
+unchanged, merged ones are dequantized exactly as bitsandbytes does, their
+float32 sums quantized with BASE's own settings (quant state dtype float32).
+With a 4-bit BASE, --quantize requantizes every weight with convert's
+settings instead, and --quantize=false writes the dense merge.
 
 Resume, --shard/--finalize, progress and --json work as for convert; the
 adapter's files are part of what a resumed run checks.
@@ -97,6 +99,7 @@ type mergeSummary struct {
 	Embeddings       int      `json:"embeddings_merged"`
 	Replaced         int      `json:"tensors_replaced"`
 	Biases           int      `json:"biases_merged"`
+	Requantized      int      `json:"tensors_requantized"`
 	ExactElements    int64    `json:"exact_fallback_elements"`
 	InputBytes       int64    `json:"input_bytes"`
 	OutputBytes      int64    `json:"output_bytes"`
@@ -216,8 +219,8 @@ func runMerge(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		Quantized: sum.Quantized, QuantizedBase: sum.QuantizedBase,
 		DType: p.ModelDType.TorchName(), Workers: workers,
 		Modules: sum.Modules, Embeddings: sum.Embeddings, Replaced: sum.Replaced, Biases: sum.Biases,
-		ExactElements: sum.ExactElements,
-		InputBytes:    sum.InputBytes, OutputBytes: sum.OutputBytes,
+		Requantized: sum.Requantized, ExactElements: sum.ExactElements,
+		InputBytes: sum.InputBytes, OutputBytes: sum.OutputBytes,
 		TensorsQuantized: sum.TensorsQuantized, TensorsKept: sum.TensorsKept,
 		Files: nonNil(sum.Files), Index: sum.Index, Copied: nonNil(sum.Copied), NotCopied: nonNil(sum.NotCopied),
 		Seconds: sum.Seconds, PeakRSSBytes: sum.PeakRSSBytes,
@@ -239,6 +242,9 @@ func runMerge(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			kind += ", double quant"
 		}
 		kind = fmt.Sprintf("4-bit (%s), %d tensors quantized", kind, sum.TensorsQuantized)
+		if sum.QuantizedBase && opts.Output == merge.OutputAuto {
+			kind += fmt.Sprintf(" (%d merged and requantized from float32 as PEFT does, %d copied unchanged)", sum.Requantized, sum.TensorsQuantized-sum.Requantized)
+		}
 	}
 	fmt.Fprintf(stdout, "wrote %s: %d LoRA modules merged (%d embeddings), %d tensors replaced, %d biases; %s; %s -> %s in %d file(s); %.1f s\n",
 		sum.Dst, sum.Modules, sum.Embeddings, sum.Replaced, sum.Biases, kind,

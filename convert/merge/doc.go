@@ -53,18 +53,21 @@
 //
 // A dense base (F32, BF16, F16) is merged into its dtype (config.json's
 // dtype, else the tensors' common one) or Options.Convert.DType. A
-// bitsandbytes 4-bit base is dequantized exactly as bitsandbytes'
-// dequantize_4bit does (convert/dequant), rounded to the quant state's
-// dtype as dequantize_4bit returns it, merged, and by default requantized
-// with the base's settings (quant type, block size, double quantization,
-// compute dtype, the same 4-bit weights). PEFT (lora.bnb.Linear4bit.merge)
-// instead quantizes the float32 sum dequantize_4bit(W) + delta without
-// rounding it to the model dtype, and records float32 as the quant
-// state's dtype; qconv rounds to the model dtype first, as transformers
-// does when it loads and quantizes a dense checkpoint, so that the result
-// equals convert of the dense merge. No PEFT bytes exist for that case to
-// compare against (transformers 5.17 could not save the merged 4-bit
-// model: revert_weight_conversion raised NotImplementedError).
+// bitsandbytes 4-bit base is merged as PEFT merges it
+// (peft 0.21, lora.bnb.Linear4bit.merge, on CUDA) when the output keeps the
+// base's 4-bit settings (OutputAuto, the default): a 4-bit weight that no
+// adapter changes is copied unchanged, packed bytes and quant state; a
+// merged one is dequantized exactly as bitsandbytes' dequantize_4bit does
+// (convert/dequant, in the quant state's dtype), its float32 delta added
+// in float32 (one rounding), and that float32 tensor quantized with the
+// base's quant type, block size and double quantization, so its quant
+// state records dtype float32, as PEFT's does. On the reference data
+// (testdata/peft/llama-merged-nf4*, made by scripts/gen_peft_nf4_refs.py)
+// every packed and absmax byte equals PEFT's. A base whose packed codes
+// are not stored as uint8 (bnb_4bit_quant_storage) is requantized whole
+// with uint8 storage. With OutputQuantized every 4-bit weight is
+// requantized from the model dtype with Options.Convert's settings, so
+// that the output equals convert of the dense merge (OutputDense).
 //
 // # Memory
 //

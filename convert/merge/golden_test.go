@@ -3,6 +3,7 @@ package merge
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"math"
 	"math/big"
 	"os"
@@ -358,14 +359,13 @@ func TestQwen2(t *testing.T) {
 }
 
 // TestQuantizedBase merges the llama adapter into the bitsandbytes 4-bit
-// base (made by bitsandbytes on CUDA): the output is 4-bit with the
-// base's settings and equals qconv convert of the dense merge, whose
-// values are the reference merge of the base dequantized as bitsandbytes
-// does.
+// base (made by bitsandbytes on CUDA) with --quantize: the output equals
+// qconv convert of the dense merge, whose values are the reference merge
+// of the base dequantized as bitsandbytes does.
 func TestQuantizedBase(t *testing.T) {
 	base, ad := filepath.Join(peftDir, "llama-base-nf4"), filepath.Join(peftDir, "llama-adapter")
-	q, sum := mergeTo(t, base, ad, Options{})
-	if !sum.Quantized || !sum.QuantizedBase || sum.TensorsQuantized != 14 {
+	q, sum := mergeTo(t, base, ad, Options{Output: OutputQuantized})
+	if !sum.Quantized || !sum.QuantizedBase || sum.TensorsQuantized != 14 || sum.Requantized != 0 {
 		t.Fatalf("summary %+v", sum)
 	}
 	dense, _ := mergeTo(t, base, ad, Options{Output: OutputDense})
@@ -380,11 +380,6 @@ func TestQuantizedBase(t *testing.T) {
 			t.Errorf("%s of the 4-bit merge differs from convert of the dense merge", f)
 		}
 	}
-	cfg, _ := os.ReadFile(filepath.Join(q, "config.json"))
-	bcfg, _ := os.ReadFile(filepath.Join(base, "config.json"))
-	if string(cfg) != string(bcfg) {
-		t.Errorf("config.json differs from the base's (same quantization settings expected)")
-	}
 	// The dense merge against the reference, from the dequantized base.
 	deq := filepath.Join(t.TempDir(), "deq")
 	if _, err := dequant.Dequantize(context.Background(), base, deq, dequant.Options{}); err != nil {
@@ -392,6 +387,108 @@ func TestQuantizedBase(t *testing.T) {
 	}
 	ref := reference(t, loadTensors(t, deq), loadTensors(t, filepath.Join(ad, AdapterWeightsName)), readRefConfig(t, ad))
 	compare(t, loadTensors(t, dense), ref, nil)
+}
+
+// TestQuantizedBasePEFT merges two adapters into the 4-bit base as PEFT
+// does (the default output) and compares every tensor with PEFT's own
+// merge of the same adapter into the same base on CUDA
+// (testdata/peft/llama-merged-nf4*, scripts/gen_peft_nf4_refs.py): the
+// 4-bit weights no adapter changes are the base's bytes, the merged ones
+// are quantized from their float32 sums with quant-state dtype float32,
+// and their packed codes and absmax codes equal PEFT's. What may differ
+// is what PEFT's float32 matmul rounds otherwise (qconv's delta is
+// correctly rounded): a nested_absmax value by an ulp, a quant state's
+// nested_offset in its last digits, and the embedding, which PEFT merges
+// with its delta rounded to bf16 first (one bf16 ulp).
+func TestQuantizedBasePEFT(t *testing.T) {
+	base := filepath.Join(peftDir, "llama-base-nf4")
+	baseTs := loadTensors(t, base)
+	for _, c := range []struct {
+		adapter, peft string
+		merged        int // 4-bit weights the adapter changes
+	}{
+		{"llama-adapter", "llama-merged-nf4", 14},
+		{"llama-adapter-qv", "llama-merged-nf4-qv", 4},
+	} {
+		t.Run(c.adapter, func(t *testing.T) {
+			q, sum := mergeTo(t, base, filepath.Join(peftDir, c.adapter), Options{})
+			if !sum.Quantized || sum.TensorsQuantized != 14 || sum.Requantized != c.merged {
+				t.Fatalf("summary %+v", sum)
+			}
+			got, want := loadTensors(t, q), loadTensors(t, filepath.Join(peftDir, c.peft))
+			if len(got) != len(want) {
+				t.Errorf("%d tensors, PEFT's merge has %d", len(got), len(want))
+			}
+			var equal, total, merged int
+			for name, w := range want {
+				g, ok := got[name]
+				if !ok || g.dtype != w.dtype || !slices.Equal(g.shape, w.shape) {
+					t.Errorf("%s: %v %v in qconv's merge, PEFT's is %v %v", name, g.dtype, g.shape, w.dtype, w.shape)
+					continue
+				}
+				total += len(w.raw)
+				for i := range w.raw {
+					if g.raw[i] == w.raw[i] {
+						equal++
+					}
+				}
+				qs := strings.Index(name, ".quant_state.")
+				switch {
+				case qs > 0:
+					var gs, ws, bs map[string]any
+					if err := json.Unmarshal(g.raw, &gs); err != nil {
+						t.Fatalf("%s: %v", name, err)
+					}
+					_ = json.Unmarshal(w.raw, &ws)
+					_ = json.Unmarshal(baseTs[name].raw, &bs)
+					if gs["dtype"] != ws["dtype"] {
+						t.Errorf("%s: dtype %v, PEFT's %v", name, gs["dtype"], ws["dtype"])
+					}
+					if gs["dtype"] == "float32" {
+						merged++
+					} else if string(g.raw) != string(baseTs[name].raw) {
+						t.Errorf("%s: an unchanged weight's quant state differs from the base's", name)
+					}
+					go1, _ := gs["nested_offset"].(float64)
+					wo, _ := ws["nested_offset"].(float64)
+					if math.Abs(go1-wo) > 1e-6*math.Abs(wo) {
+						t.Errorf("%s: nested_offset %v, PEFT's %v", name, go1, wo)
+					}
+				case strings.HasSuffix(name, ".nested_absmax"):
+					for i := 0; i < w.n(); i++ {
+						// max |absmax - nested_offset|: both may be a few ulps off.
+						if d := math.Abs(g.at(i) - w.at(i)); d > math.Abs(w.at(i))*1e-6 {
+							t.Errorf("%s[%d] = %v, PEFT's %v", name, i, g.at(i), w.at(i))
+						}
+					}
+				case name == "model.embed_tokens.weight":
+					// PEFT rounds the delta to bf16 before adding it: an error
+					// of up to half a bf16 ulp of the delta, then one of the sum.
+					b := baseTs[name]
+					for i := 0; i < w.n(); i++ {
+						delta := g.at(i) - b.at(i)
+						if d := math.Abs(g.at(i) - w.at(i)); d > math.Abs(delta)*0x1p-8+math.Abs(g.at(i))*0x1p-7 {
+							t.Errorf("%s[%d] = %v, PEFT's %v (base %v): further apart than PEFT's roundings explain", name, i, g.at(i), w.at(i), b.at(i))
+							break
+						}
+					}
+				case string(g.raw) != string(w.raw):
+					t.Errorf("%s differs from PEFT's merge", name)
+				}
+				if b, ok := baseTs[name]; ok && baseTs[name+".absmax"].raw != nil {
+					// A 4-bit weight: unchanged ones are the base's bytes.
+					isMerged := strings.Contains(string(got[name+".quant_state.bitsandbytes__nf4"].raw), `"float32"`)
+					if !isMerged && string(b.raw) != string(g.raw) {
+						t.Errorf("%s: no adapter changes it, but its packed bytes differ from the base's", name)
+					}
+				}
+			}
+			if merged != c.merged {
+				t.Errorf("%d quant states of dtype float32, want %d", merged, c.merged)
+			}
+			t.Logf("%s: %d of %d bytes equal PEFT's merge (4-bit weights: all packed and absmax codes)", c.adapter, equal, total)
+		})
+	}
 }
 
 // TestQuantizeEqualsConvert: a dense base merged with --quantize equals

@@ -63,6 +63,11 @@ type Summary struct {
 	QuantType                bnb.QuantType
 	Blocksize                int
 	DoubleQuant              bool
+	// Requantized counts the 4-bit weights of the base that were merged
+	// and quantized again as PEFT does (from their float32 sums; the
+	// other 4-bit weights are copied unchanged). Zero unless the output
+	// keeps the base's 4-bit settings (OutputAuto).
+	Requantized int
 	// ExactElements counts the merged elements whose delta needed exact
 	// (math/big) arithmetic to be rounded correctly; see round.go.
 	ExactElements int64
@@ -163,7 +168,7 @@ func newView(ck *checkpoint.Checkpoint) (*view, error) {
 		}
 		bt := &baseTensor{name: t.Name, dtype: t.DType, shape: t.Shape, shard: shardOf[t.Shard], data: t.SectionReader(), path: t.Shard.Path, stored: t.Name}
 		if w := packed[t.Name]; w != nil {
-			bt.dtype, bt.shape, bt.packed = w.DType, slices.Clone(w.State.Shape), true
+			bt.dtype, bt.shape, bt.packed, bt.weight = w.DType, slices.Clone(w.State.Shape), true, w
 			bt.data = &dequantReader{w: w}
 		} else if t.DType.IsFloat() && len(t.Shape) == 2 && strings.HasSuffix(t.Name, ".weight") {
 			v.dense2D = append(v.dense2D, t.Name)
@@ -172,6 +177,30 @@ func newView(ck *checkpoint.Checkpoint) (*view, error) {
 		v.byName[bt.name] = bt
 	}
 	return v, nil
+}
+
+// uint8Storage reports whether every 4-bit weight of the base stores its
+// packed codes as uint8 (bnb_4bit_quant_storage="uint8", the default).
+func (v *view) uint8Storage() bool {
+	for _, w := range v.weights {
+		if w.Packed.DType != dtype.U8 {
+			return false
+		}
+	}
+	return true
+}
+
+// verbatim returns the source tensors that copy the 4-bit weight bt and
+// its quant-state companions unchanged, all in bt's shard so that they
+// stay together.
+func (v *view) verbatim(bt *baseTensor) []convert.SourceTensor {
+	w := bt.weight
+	out := []convert.SourceTensor{{Name: w.Name, DType: w.Packed.DType, Shape: w.Packed.Shape, Shard: bt.shard, Data: w.Packed.SectionReader(), Verbatim: true}}
+	for _, c := range w.Companions {
+		t, _ := v.ck.Tensor(c) // FindWeights found it there
+		out = append(out, convert.SourceTensor{Name: t.Name, DType: t.DType, Shape: t.Shape, Shard: bt.shard, Data: t.SectionReader(), Verbatim: true})
+	}
+	return out
 }
 
 // A target is what the adapter does to one base tensor.
@@ -367,19 +396,38 @@ func prepare(ck *checkpoint.Checkpoint, a *Adapter, opts Options) (*prepared, er
 		Checkpoint: ck,
 		Config:     cfg,
 		State: map[string]string{
-			"merge-adapter":  adDir,
-			"merge-numerics": "1", // round.go's definition; change it when that changes
+			"merge-adapter": adDir,
+			// round.go's definition and how a 4-bit base is requantized;
+			// change it when either changes.
+			"merge-numerics": "2",
 		},
 		Inputs: []string{filepath.Join(adDir, AdapterConfigName), filepath.Join(adDir, AdapterWeightsName)},
 	}
+	// A 4-bit output with the base's settings is what PEFT's merge of a
+	// bitsandbytes model leaves (peft 0.21, lora/bnb.py Linear4bit.merge):
+	// a weight no adapter changes keeps its packed bytes and quant state,
+	// and a merged one is the float32 sum of the dequantized weight (in its
+	// dtype) and the float32 delta, quantized as that float32 tensor, so
+	// its quant state records dtype float32. That needs the base's packed
+	// storage to be uint8, which is all convert writes; a base stored
+	// otherwise is requantized whole, as with --quantize.
+	asPEFT := pr.sum.Quantized && opts.Output == OutputAuto && v.uint8Storage()
 	for _, bt := range v.tensors {
 		st := convert.SourceTensor{Name: bt.name, DType: bt.dtype, Shape: bt.shape, Shard: bt.shard, Data: bt.data}
 		t := ts[bt.name]
+		if t == nil && asPEFT && bt.packed {
+			pr.src.Tensors = append(pr.src.Tensors, v.verbatim(bt)...)
+			continue
+		}
 		if t == nil {
 			pr.src.Tensors = append(pr.src.Tensors, st)
 			continue
 		}
 		mt := &mergedTensor{name: bt.name, src: bt.data, srcDType: bt.dtype, srcName: fmt.Sprintf("%s: tensor %q", bt.path, bt.stored), out: out, exact: pr.exact}
+		if asPEFT && bt.packed {
+			mt.out, st.OwnDType = dtype.F32, true
+			sum.Requantized++
+		}
 		if w := t.whole; w != nil {
 			mt.src, mt.srcDType, mt.srcName = w.SectionReader(), w.DType, fmt.Sprintf("%s: tensor %q", w.Shard.Path, w.Name)
 			sum.Replaced++

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -226,4 +227,56 @@ func TestShardedBase(t *testing.T) {
 	}
 	ref := reference(t, loadTensors(t, filepath.Join(models, "tiny-llama-bf16")), loadTensors(t, filepath.Join(ad, AdapterWeightsName)), readRefConfig(t, ad))
 	compare(t, loadTensors(t, a), ref, nil)
+}
+
+// TestQuantizedBaseSharded: a merge into the 4-bit base written as several
+// shards holds the same tensors as one file, and each 4-bit weight, copied
+// or requantized, is followed by its quant state in the order a freshly
+// quantized weight's entries have (weight, absmax, quant_map,
+// nested_absmax, nested_quant_map, quant_state), so that a shard boundary
+// falls between them only as it would for convert's own output.
+func TestQuantizedBaseSharded(t *testing.T) {
+	base, ad := filepath.Join(peftDir, "llama-base-nf4"), filepath.Join(peftDir, "llama-adapter-qv")
+	one, _ := mergeTo(t, base, ad, Options{})
+	many, sum := mergeTo(t, base, ad, Options{Convert: convert.Options{MaxShardSize: 12 << 10}})
+	if len(sum.Files) < 5 {
+		t.Fatalf("%d files, want several", len(sum.Files))
+	}
+	want, got := loadTensors(t, one), loadTensors(t, many)
+	if len(want) != len(got) {
+		t.Fatalf("%d tensors in the shards, %d in one file", len(got), len(want))
+	}
+	for name, w := range want {
+		if g, ok := got[name]; !ok || string(g.raw) != string(w.raw) {
+			t.Errorf("%s differs between the sharded and the one-file merge", name)
+		}
+	}
+	ck := openCk(t, many)
+	file := map[string]int{}
+	for _, x := range ck.Tensors() {
+		file[x.Name] = slices.Index(ck.Shards, x.Shard)
+	}
+	weights, split := 0, 0
+	for name := range file {
+		w, ok := strings.CutSuffix(name, ".absmax")
+		if !ok || strings.HasSuffix(w, ".nested") {
+			continue
+		}
+		weights++
+		chain := []string{w, w + ".absmax", w + ".quant_map", w + ".nested_absmax", w + ".nested_quant_map", w + ".quant_state.bitsandbytes__nf4"}
+		for k := 1; k < len(chain); k++ {
+			a, okA := file[chain[k-1]]
+			b, okB := file[chain[k]]
+			if !okA || !okB || b < a || b > a+1 {
+				t.Errorf("%s in shard %d (%v) after %s in shard %d (%v)", chain[k], b, okB, chain[k-1], a, okA)
+			}
+			if b != a {
+				split++
+			}
+		}
+	}
+	if weights != 14 {
+		t.Errorf("%d 4-bit weights, want 14", weights)
+	}
+	t.Logf("%d files, %d weights split from part of their quant state by a shard boundary", len(sum.Files), split)
 }

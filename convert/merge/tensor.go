@@ -26,7 +26,8 @@ type baseTensor struct {
 	data  io.ReaderAt // bytes in dtype
 	// path and stored name, for messages.
 	path, stored string
-	packed       bool // a dequantized 4-bit weight
+	packed       bool            // a dequantized 4-bit weight
+	weight       *dequant.Weight // packed: the 4-bit weight
 }
 
 func (t *baseTensor) numElements() int64 {

@@ -68,6 +68,7 @@ const (
 	ReasonFusedOnLoad     = "fused_on_load"  // merged into another parameter when loaded
 	ReasonUnknownModule   = "unknown_module" // the generator could not name the module; the decision is still observed
 	ReasonFallback        = "name_rule"      // no table entry: qconv's name rules decided
+	ReasonPrequantized    = "prequantized"   // already 4-bit in the source and copied unchanged (merge into a 4-bit base)
 	ReasonUserSkip        = "user_skip"      // --skip
 	ReasonUserInclude     = "user_include"   // --include
 )
