@@ -93,7 +93,7 @@ func TestArchRecords(t *testing.T) {
 			if !ok {
 				t.Fatalf("%s: %s: dtype %q", r.Class, name, ti.DType)
 			}
-			tensors = append(tensors, srcTensor{TensorInfo: safetensors.TensorInfo{Name: name, DType: d, Shape: ti.Shape}})
+			tensors = append(tensors, srcTensor{TensorInfo: &safetensors.TensorInfo{Name: name, DType: d, Shape: ti.Shape}})
 		}
 		p, err := newPlan(s, tensors, []string{"model.safetensors"}, cfg)
 		wantRefuse := len(r.QuantStates) == 0

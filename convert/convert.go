@@ -83,8 +83,9 @@ func openSource(path string) (*source, error) {
 		src.bytes += sh.Size()
 	}
 	src.tensors = make([]srcTensor, 0, len(ck.Tensors()))
-	for i, t := range ck.Tensors() {
-		src.tensors = append(src.tensors, srcTensor{TensorInfo: t.TensorInfo, shard: ordinal[t.Shard], input: i})
+	ts := ck.Tensors()
+	for i := range ts {
+		src.tensors = append(src.tensors, srcTensor{TensorInfo: ts[i].TensorInfo, shard: int32(ordinal[ts[i].Shard]), input: int32(i)})
 	}
 	return src, nil
 }
@@ -257,7 +258,7 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 	// A reader per job, made when the job reads (no reader per tensor
 	// is kept: see source.reader).
 	src := func(it *item) io.ReaderAt {
-		r := in.reader(it.src.input)
+		r := in.reader(int(it.src.input))
 		if it.transposed {
 			r = &transpose.Reader{Src: r, Shape: transpose.Shape{Rows: it.src.Shape[0], Cols: it.src.Shape[1], Size: int64(it.src.DType.Size())}}
 		}

@@ -116,13 +116,13 @@ func fileKeys(p *Plan, st *planState) []string {
 		for _, ref := range f.entries {
 			it := p.items[ref.item]
 			e := &it.entries[ref.entry]
-			shape := fmt.Sprint(e.shape)
+			shape := fmt.Sprint(p.entryShape(it, e))
 			if e.kind == entryQuantState {
 				shape = "?"
 			}
 			t := it.src
-			fmt.Fprintf(h, "%q %v %s <- %d:%q %v %v [%d,%d]\n", e.name, e.dtype, shape, t.shard, t.Name, t.DType, t.Shape, t.Begin, t.End)
-			shards[t.shard] = true
+			fmt.Fprintf(h, "%q %v %s <- %d:%q %v %v [%d,%d]\n", p.entryName(it, e), e.dtype, shape, t.shard, t.Name, t.DType, t.Shape, t.Begin, t.End)
+			shards[int(t.shard)] = true
 		}
 		for i, s := range st.Sources {
 			if shards[i] || i >= len(p.srcFiles) {

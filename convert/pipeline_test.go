@@ -177,7 +177,7 @@ func outputTensors(t testing.TB, dir string) map[string]struct {
 		out[ten.Name] = struct {
 			info  safetensors.TensorInfo
 			bytes []byte
-		}{ten.TensorInfo, b}
+		}{*ten.TensorInfo, b}
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package convert
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -15,16 +16,17 @@ import (
 )
 
 // A srcTensor is a tensor of the source checkpoint as the plan sees it:
-// its header entry and the ordinal of the shard file that holds it.
+// its header entry (shared with the checkpoint's, not copied: 24 bytes a
+// tensor instead of 88) and the ordinal of the shard file that holds it.
 type srcTensor struct {
-	safetensors.TensorInfo
-	shard int // index into Plan.srcFiles
+	*safetensors.TensorInfo
+	shard int32 // index into Plan.srcFiles
+	input int32 // index in source.tensors (and its readers)
 	// ownDType keeps the tensor in its own dtype whatever the model
 	// dtype (SourceTensor.OwnDType).
 	ownDType bool
 	// verbatim copies the tensor unchanged (SourceTensor.Verbatim).
 	verbatim bool
-	input    int // index in source.tensors (and its readers)
 }
 
 // orderKey is the name and rank by which a source tensor is placed in
@@ -64,33 +66,38 @@ const (
 	entryQuantState                      // "<w>.quant_state.bitsandbytes__<type>"
 )
 
-// An entry is one tensor of the output: its name, dtype and shape, and
-// which output file holds it.
+// An entry is one tensor of the output: what it holds, its dtype, and
+// which output file holds it. Its name and shape follow from its item
+// (Plan.entryName, Plan.entryShape), so an entry is 8 bytes.
 type entry struct {
+	file  int32 // index into Plan.Files
 	kind  entryKind
-	name  string
 	dtype dtype.DType
-	shape []int64
-	file  int // index into Plan.Files
 }
 
 // An item is one source tensor and what becomes of it.
 type item struct {
-	src      srcTensor
+	src *srcTensor
+	// reason says why the tensor is quantized or kept (formats/arch's
+	// Reason constants).
+	reason  string
+	entries []entry // in state-dict order
+	index   int     // position in Plan.items
+	// first is the number of entries of the items before this one: entry
+	// j of the item is the plan's entry first+j (the runner's offsets).
+	first int32
+	// qi numbers the items that are quantized (0, 1, ...; -1 for the
+	// others): the runner keeps per-weight state by it.
+	qi       int32
 	quantize bool
 	// transposed: a GPT-2 style Conv1D weight, stored [in, out], that is
 	// quantized as its [out, in] transpose (the quant state's shape).
 	transposed bool
-	// reason says why the tensor is quantized or kept (formats/arch's
-	// Reason constants).
-	reason string
 	// dtype is the dtype of the output tensor for a kept floating-point
 	// tensor, and the dtype the weight is rounded to before it is
 	// quantized (the quant state's "dtype") for a quantized one. Kept
 	// non-float tensors keep their dtype.
-	dtype   dtype.DType
-	entries []entry // in state-dict order
-	index   int     // position in Plan.items
+	dtype dtype.DType
 }
 
 func (it *item) numElements() int64 { return it.src.NumElements() }
@@ -128,7 +135,8 @@ type FilePlan struct {
 
 }
 
-type entryRef struct{ item, entry int }
+// An entryRef names entry number entry of item number item.
+type entryRef struct{ item, entry int32 }
 
 // A Plan is everything about a conversion that follows from the source's
 // headers and config.json and the options alone, before any tensor data
@@ -173,8 +181,9 @@ type Plan struct {
 	// and Convert).
 	InputBytes int64
 
-	items    []*item
-	srcFiles []string // source shard names, by ordinal
+	items       []*item
+	numQuantize int      // items with quantize set
+	srcFiles    []string // source shard names, by ordinal
 }
 
 // Sharded reports whether the output has more than one weight file (and
@@ -245,9 +254,13 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		return nil, fmt.Errorf("convert: the source holds no tensors")
 	}
 	p := &Plan{s: s, srcFiles: srcFiles}
-	names := make(map[string]bool, len(tensors))
+	// The names of absmax tensors (of an already-quantized input): few,
+	// not a set of every name.
+	names := map[string]bool{}
 	for _, t := range tensors {
-		names[t.Name] = true
+		if strings.HasSuffix(t.Name, ".absmax") {
+			names[t.Name] = true
+		}
 	}
 	// An already-quantized input is not converted again.
 	for _, t := range tensors {
@@ -310,28 +323,38 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		}
 	}
 
-	// Items in state-dict order.
-	sorted := slices.Clone(tensors)
-	slices.SortStableFunc(sorted, func(a, b srcTensor) int {
+	// Items in state-dict order. One slab holds them all, and the order
+	// is sorted as indexes: no copy of the tensor list.
+	order := make([]int32, len(tensors))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortStableFunc(order, func(x, y int32) int {
+		a, b := &tensors[x], &tensors[y]
 		an, ak := a.orderKey()
 		bn, bk := b.orderKey()
 		return cmp.Or(cmp.Compare(a.shard, b.shard), outdir.StateDictCompare(an, bn), cmp.Compare(ak, bk))
 	})
+	slab := make([]item, len(tensors))
+	p.items = make([]*item, 0, len(tensors))
 	sel := selector{skip: s.skip, include: s.include, arch: p.Arch}
 	defaultSel := true
 	var skipModules []string
-	for i, t := range sorted {
+	for i, ti := range order {
+		t := &tensors[ti]
+		it := &slab[i]
+		*it = item{src: t, dtype: t.DType, index: len(p.items), qi: -1}
+		p.items = append(p.items, it)
 		if t.verbatim {
 			// Copied as it is; a packed 4-bit weight counts as quantized
 			// (two parameters a byte), its companions as no parameters,
 			// as inspect counts a 4-bit checkpoint.
-			it := &item{src: t, reason: arch.ReasonPrequantized, dtype: t.DType, index: len(p.items)}
-			p.items = append(p.items, it)
+			it.reason = arch.ReasonPrequantized
 			if _, k := t.orderKey(); k != entryData {
 				continue
 			}
 			// Sorted, a packed weight is followed by its absmax.
-			if t.DType != dtype.U8 || i+1 == len(sorted) || !sorted[i+1].verbatim || sorted[i+1].Name != t.Name+".absmax" {
+			if next := i + 1; t.DType != dtype.U8 || next == len(order) || !tensors[order[next]].verbatim || tensors[order[next]].Name != t.Name+".absmax" {
 				p.Kept++
 				p.TotalParameters += t.NumElements()
 				continue
@@ -345,7 +368,7 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 			return nil, fmt.Errorf("%w (in %s)", err, srcFiles[t.shard])
 		}
 		q := c.quantize && !s.dense
-		it := &item{src: t, quantize: q, transposed: q && c.transposed, reason: c.reason, dtype: t.DType, index: len(p.items)}
+		it.quantize, it.transposed, it.reason = q, q && c.transposed, c.reason
 		if t.DType.IsFloat() && p.ModelDType != dtype.Invalid && !t.ownDType {
 			it.dtype = p.ModelDType
 		}
@@ -362,8 +385,9 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		if !q && c.linear {
 			skipModules = append(skipModules, moduleName(t.Name))
 		}
-		p.items = append(p.items, it)
 		if q {
+			it.qi = int32(p.numQuantize)
+			p.numQuantize++
 			p.Quantized++
 			p.TotalParameters += 2 * bnb.PackedBytes(t.NumElements())
 		} else {
@@ -372,12 +396,12 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		}
 	}
 	for _, g := range s.skip {
-		if !slices.ContainsFunc(sorted, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
+		if !slices.ContainsFunc(tensors, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("--skip %q matches no tensor", g))
 		}
 	}
 	for _, g := range s.include {
-		if !slices.ContainsFunc(sorted, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
+		if !slices.ContainsFunc(tensors, func(t srcTensor) bool { return globMatch([]string{g}, t.Name) }) {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("--include %q matches no tensor", g))
 		}
 	}
@@ -389,14 +413,26 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		slices.Sort(p.SkipModules)
 	}
 
-	// Output entries, in state-dict order, and their sizes for sharding.
-	var sizes []int64
-	var refs []entryRef
+	// Output entries, in state-dict order, and their sizes for sharding;
+	// all entries in one slab.
+	nEntries := 0
 	for _, it := range p.items {
-		p.addEntries(it)
+		nEntries += p.numEntries(it)
+	}
+	entries := make([]entry, 0, nEntries)
+	sizes := make([]int64, 0, nEntries)
+	refs := make([]entryRef, 0, nEntries)
+	for _, it := range p.items {
+		first := len(entries)
+		if first > math.MaxInt32 {
+			return nil, fmt.Errorf("convert: more than %d output tensors", math.MaxInt32)
+		}
+		it.first = int32(first)
+		entries = p.addEntries(entries, it)
+		it.entries = entries[first:len(entries):len(entries)]
 		for j := range it.entries {
 			e := &it.entries[j]
-			refs = append(refs, entryRef{it.index, j})
+			refs = append(refs, entryRef{int32(it.index), int32(j)})
 			sz, err := p.entrySize(it, e)
 			if err != nil {
 				return nil, err
@@ -405,15 +441,25 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		}
 	}
 
-	seen := make(map[string]string, len(refs))
-	for _, r := range refs {
+	// Output names are unique: sorted, no two neighbours are equal.
+	outNames := make([]string, len(refs)) // only the companions' are new strings
+	byName := make([]int32, len(refs))
+	for k, r := range refs {
 		it := p.items[r.item]
-		name := it.entries[r.entry].name
-		if prev, ok := seen[name]; ok {
-			return nil, fmt.Errorf("convert: output tensor %q of %q clashes with one of %q", name, it.src.Name, prev)
-		}
-		seen[name] = it.src.Name
+		outNames[k] = p.entryName(it, &it.entries[r.entry])
+		byName[k] = int32(k)
 	}
+	slices.SortFunc(byName, func(a, b int32) int { return strings.Compare(outNames[a], outNames[b]) })
+	for k := 1; k < len(byName); k++ {
+		if a, b := byName[k-1], byName[k]; outNames[a] == outNames[b] {
+			if refs[a].item > refs[b].item {
+				a, b = b, a
+			}
+			return nil, fmt.Errorf("convert: output tensor %q of %q clashes with one of %q", outNames[b], p.items[refs[b].item].src.Name, p.items[refs[a].item].src.Name)
+		}
+	}
+	outNames = nil
+	byName = nil
 
 	// Shards as huggingface_hub's split_state_dict_into_shards_factory.
 	shards := outdir.Split(sizes, s.maxShard)
@@ -421,39 +467,87 @@ func newPlan(s *settings, tensors []srcTensor, srcFiles []string, cfg *pyjson.Va
 		fp := FilePlan{Name: outdir.FileName(i, len(shards))}
 		for _, k := range sh {
 			fp.entries = append(fp.entries, refs[k])
-			p.items[refs[k].item].entries[refs[k].entry].file = i
+			p.items[refs[k].item].entries[refs[k].entry].file = int32(i)
 		}
 		p.Files = append(p.Files, fp)
 	}
 	return p, nil
 }
 
-// addEntries fills it.entries, in the order of the state dict bitsandbytes'
-// Linear4bit saves: the weight, then its quant state as
-// QuantState.as_dict(packed=True) lists it.
-func (p *Plan) addEntries(it *item) {
-	t := it.src
-	if !it.quantize {
-		it.entries = []entry{{kind: entryData, name: t.Name, dtype: it.dtype, shape: slices.Clone(t.Shape)}}
-		return
+// numEntries is the number of output tensors of it.
+func (p *Plan) numEntries(it *item) int {
+	switch {
+	case !it.quantize:
+		return 1
+	case p.s.doubleQuant:
+		return 6
 	}
-	n := t.NumElements()
-	nb := it.numBlocks(p.s.blocksize)
-	it.entries = []entry{{kind: entryData, name: t.Name, dtype: dtype.U8, shape: []int64{bnb.PackedBytes(n), 1}}}
+	return 4
+}
+
+// addEntries appends it's entries to es, in the order of the state dict
+// bitsandbytes' Linear4bit saves: the weight, then its quant state as
+// QuantState.as_dict(packed=True) lists it.
+func (p *Plan) addEntries(es []entry, it *item) []entry {
+	if !it.quantize {
+		return append(es, entry{kind: entryData, dtype: it.dtype})
+	}
+	es = append(es, entry{kind: entryData, dtype: dtype.U8})
 	if p.s.doubleQuant {
-		it.entries = append(it.entries,
-			entry{kind: entryAbsmax, name: t.Name + ".absmax", dtype: dtype.U8, shape: []int64{nb}},
-			entry{kind: entryQuantMap, name: t.Name + ".quant_map", dtype: dtype.F32, shape: []int64{16}},
-			entry{kind: entryNestedAbsmax, name: t.Name + ".nested_absmax", dtype: dtype.F32, shape: []int64{bnb.NumBlocks(nb, bnb.NestedBlocksize)}},
-			entry{kind: entryNestedQuantMap, name: t.Name + ".nested_quant_map", dtype: dtype.F32, shape: []int64{256}},
+		es = append(es,
+			entry{kind: entryAbsmax, dtype: dtype.U8},
+			entry{kind: entryQuantMap, dtype: dtype.F32},
+			entry{kind: entryNestedAbsmax, dtype: dtype.F32},
+			entry{kind: entryNestedQuantMap, dtype: dtype.F32},
 		)
 	} else {
-		it.entries = append(it.entries,
-			entry{kind: entryAbsmax, name: t.Name + ".absmax", dtype: dtype.F32, shape: []int64{nb}},
-			entry{kind: entryQuantMap, name: t.Name + ".quant_map", dtype: dtype.F32, shape: []int64{16}},
+		es = append(es,
+			entry{kind: entryAbsmax, dtype: dtype.F32},
+			entry{kind: entryQuantMap, dtype: dtype.F32},
 		)
 	}
-	it.entries = append(it.entries, entry{kind: entryQuantState, name: t.Name + "." + bnb.QuantStateSuffix(p.s.quant), dtype: dtype.U8})
+	return append(es, entry{kind: entryQuantState, dtype: dtype.U8})
+}
+
+// entryName is the output tensor name of entry e of it: the source name,
+// with the quant-state suffix for a 4-bit weight's companions.
+func (p *Plan) entryName(it *item, e *entry) string {
+	n := it.src.Name
+	switch e.kind {
+	case entryAbsmax:
+		return n + ".absmax"
+	case entryQuantMap:
+		return n + ".quant_map"
+	case entryNestedAbsmax:
+		return n + ".nested_absmax"
+	case entryNestedQuantMap:
+		return n + ".nested_quant_map"
+	case entryQuantState:
+		return n + "." + bnb.QuantStateSuffix(p.s.quant)
+	}
+	return n
+}
+
+// entryShape is the shape of entry e of it; nil for the quant-state JSON,
+// whose length the statistics decide.
+func (p *Plan) entryShape(it *item, e *entry) []int64 {
+	if !it.quantize {
+		return it.src.Shape
+	}
+	nb := it.numBlocks(p.s.blocksize)
+	switch e.kind {
+	case entryData:
+		return []int64{bnb.PackedBytes(it.numElements()), 1}
+	case entryAbsmax:
+		return []int64{nb}
+	case entryQuantMap:
+		return []int64{16}
+	case entryNestedAbsmax:
+		return []int64{bnb.NumBlocks(nb, bnb.NestedBlocksize)}
+	case entryNestedQuantMap:
+		return []int64{256}
+	}
+	return nil
 }
 
 // entrySize is the byte size of an entry; for a double-quantized quant
@@ -463,12 +557,12 @@ func (p *Plan) entrySize(it *item, e *entry) (int64, error) {
 		return p.maxQuantStateLen(it), nil
 	}
 	n := int64(1)
-	for _, d := range e.shape {
+	for _, d := range p.entryShape(it, e) {
 		n *= d
 	}
 	sz := e.dtype.Size()
 	if sz == 0 {
-		return 0, fmt.Errorf("convert: tensor %q: unsupported dtype %v", e.name, e.dtype)
+		return 0, fmt.Errorf("convert: tensor %q: unsupported dtype %v", p.entryName(it, e), e.dtype)
 	}
 	return n * int64(sz), nil
 }

@@ -51,8 +51,8 @@ type runner struct {
 
 	files   []*os.File    // per output file: open while being written, else nil
 	outs    []io.WriterAt // per output file: where writes go
-	layouts []*safetensors.Plan
-	off     [][]int64 // [item][entry]: absolute offset in the entry's file
+	layouts []*safetensors.Layout
+	off     []int64   // [item.first+entry]: absolute offset in the entry's file
 	qstate  [][]byte  // per item: the quant-state JSON, once known
 	offset  []float32 // per item: the nested offset found by the statistics pass
 	// statsReady is closed, per item of the statistics pass, once its
@@ -255,7 +255,7 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 				continue
 			}
 			last := slices.Max(files)
-			for ; next < len(statItems) && statItems[next].entry(entryQuantState).file <= last+1; next++ {
+			for ; next < len(statItems) && int(statItems[next].entry(entryQuantState).file) <= last+1; next++ {
 				if !r.itemJobs(statItems[next], true, statYield) {
 					return
 				}
@@ -270,7 +270,7 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 					return
 				}
 			}
-			if c := r.statsReady[it.index]; c != nil {
+			if c := r.statsReadyOf(it); c != nil {
 				select {
 				case <-c:
 				case <-ctx.Done():
@@ -301,6 +301,24 @@ func (r *runner) needsDQ(it *item) bool {
 	return false
 }
 
+// qstateOf returns the quant-state JSON of it once known (nil for a
+// kept tensor).
+func (r *runner) qstateOf(it *item) []byte {
+	if it.qi < 0 {
+		return nil
+	}
+	return r.qstate[it.qi]
+}
+
+// statsReadyOf returns the channel closed when the statistics of it are
+// known (nil for a kept tensor, or when there are none to wait for).
+func (r *runner) statsReadyOf(it *item) chan struct{} {
+	if it.qi < 0 {
+		return nil
+	}
+	return r.statsReady[it.qi]
+}
+
 func (r *runner) addProgress(n int64) {
 	d := r.done.Add(n)
 	if r.s.progress != nil {
@@ -311,10 +329,15 @@ func (r *runner) addProgress(n int64) {
 // run converts the files of this part into dir.
 func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	p, s := r.p, r.s
-	r.off = make([][]int64, len(p.items))
-	r.qstate = make([][]byte, len(p.items))
-	r.offset = make([]float32, len(p.items))
-	r.statsReady = make([]chan struct{}, len(p.items))
+	nEntries := 0
+	if n := len(p.items); n > 0 {
+		nEntries = int(p.items[n-1].first) + len(p.items[n-1].entries)
+	}
+	r.off = make([]int64, nEntries)
+	// Per 4-bit weight (item.qi), not per tensor.
+	r.qstate = make([][]byte, p.numQuantize)
+	r.offset = make([]float32, p.numQuantize)
+	r.statsReady = make([]chan struct{}, p.numQuantize)
 	r.early = make([]bool, len(p.items))
 	cb := bnb.CodeBook(s.quant)
 	r.quantMap = cast.F32Bytes(cb[:])
@@ -336,10 +359,10 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 				// jobs need to double-quantize their blocks.
 				if r.needsDQ(it) {
 					statItems = append(statItems, it)
-					r.statsReady[it.index] = make(chan struct{})
+					r.statsReady[it.qi] = make(chan struct{})
 				}
 			} else {
-				r.qstate[it.index] = p.quantState(it, 0).MarshalPython()
+				r.qstate[it.qi] = p.quantState(it, 0).MarshalPython()
 			}
 		}
 	}
@@ -353,7 +376,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		}
 		r.order = newTensorOrder(reported, func(it *item) {
 			qstateLen := int64(-1)
-			if q := r.qstate[it.index]; q != nil {
+			if q := r.qstateOf(it); q != nil {
 				qstateLen = int64(len(q))
 			}
 			s.tensorDone(it.index, len(p.items), p.tensorPlan(it, qstateLen))
@@ -366,15 +389,12 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	// is finished when the last item writing to it is.
 	r.files = make([]*os.File, len(p.Files))
 	r.outs = make([]io.WriterAt, len(p.Files))
-	r.layouts = make([]*safetensors.Plan, len(p.Files))
+	r.layouts = make([]*safetensors.Layout, len(p.Files))
 	r.crcs = make([]crcRecorder, len(p.Files))
 	r.ready = make([]chan struct{}, len(p.Files))
 	r.pendingStats = make([]atomic.Int64, len(p.Files))
 	r.fileItems = make([]atomic.Int64, len(p.Files))
 	r.dir = dir
-	for i, it := range p.items {
-		r.off[i] = make([]int64, len(it.entries))
-	}
 	for fi := range p.Files {
 		r.ready[fi] = make(chan struct{})
 	}
@@ -461,7 +481,7 @@ func (r *runner) fileReady(fi int) error {
 func (r *runner) itemFiles(it *item) []int {
 	var fs []int
 	for i := range it.entries {
-		if f := it.entries[i].file; r.inPart[f] && !slices.Contains(fs, f) {
+		if f := int(it.entries[i].file); r.inPart[f] && !slices.Contains(fs, f) {
 			fs = append(fs, f)
 		}
 	}
@@ -506,42 +526,63 @@ func (r *runner) finishFile(fi int) error {
 }
 
 // plan lays out output file fi with quant-state JSONs of qlen bytes, and
-// returns the entry of each of its tensors, in the plan's order.
-func (r *runner) plan(fi int, qlen func(it *item) (int64, error)) (*safetensors.Plan, []entryRef, error) {
+// returns the entry of each of its tensors, in the layout's order. It
+// holds no tensor list: the specs are made from the plan's entries as
+// safetensors.NewLayout asks for them (the companions' names once).
+func (r *runner) plan(fi int, qlen func(it *item) (int64, error)) (*safetensors.Layout, []entryRef, error) {
 	fp := &r.p.Files[fi]
-	specs := make([]safetensors.TensorSpec, 0, len(fp.entries))
-	byName := make(map[string]entryRef, len(fp.entries))
-	for _, ref := range fp.entries {
+	names := make([]string, len(fp.entries))
+	qlens := make([]int64, 0)
+	qi := make([]int32, len(fp.entries)) // index into qlens of a quant state, else -1
+	for k, ref := range fp.entries {
 		it := r.p.items[ref.item]
 		e := &it.entries[ref.entry]
-		shape := e.shape
+		qi[k] = -1
+		if e.kind != entryData {
+			names[k] = r.p.entryName(it, e)
+		}
 		if e.kind == entryQuantState {
 			n, err := qlen(it)
 			if err != nil {
 				return nil, nil, err
 			}
-			shape = []int64{n}
+			qi[k] = int32(len(qlens))
+			qlens = append(qlens, n)
 		}
-		specs = append(specs, safetensors.TensorSpec{Name: e.name, DType: e.dtype, Shape: shape})
-		byName[e.name] = ref
 	}
-	plan, err := safetensors.NewPlan(map[string]string{"format": "pt"}, specs)
+	spec := func(k int) safetensors.TensorSpec {
+		ref := fp.entries[k]
+		it := r.p.items[ref.item]
+		e := &it.entries[ref.entry]
+		t := safetensors.TensorSpec{Name: names[k], DType: e.dtype}
+		if e.kind == entryData {
+			t.Name = it.src.Name
+		}
+		if q := qi[k]; q >= 0 {
+			t.Shape = qlens[q : q+1]
+		} else {
+			t.Shape = r.p.entryShape(it, e)
+		}
+		return t
+	}
+	l, err := safetensors.NewLayout(map[string]string{"format": "pt"}, len(fp.entries), spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("convert: %s: %w", fp.Name, err)
 	}
-	refs := make([]entryRef, len(plan.Tensors))
-	for i, t := range plan.Tensors {
-		refs[i] = byName[t.Name]
+	refs := make([]entryRef, len(l.Order))
+	for i, k := range l.Order {
+		refs[i] = fp.entries[k]
 	}
-	return plan, refs, nil
+	l.Order = nil // not needed any more
+	return l, refs, nil
 }
 
 // layout computes the exact layout of output file fi; every quant-state
 // JSON of the file must be known. The offsets of early items were set by
 // placeEarly and must come out the same.
 func (r *runner) layout(fi int) error {
-	plan, refs, err := r.plan(fi, func(it *item) (int64, error) {
-		q := r.qstate[it.index]
+	l, refs, err := r.plan(fi, func(it *item) (int64, error) {
+		q := r.qstateOf(it)
 		if q == nil {
 			return 0, fmt.Errorf("convert: internal error: quant state of %q unknown at layout", it.src.Name)
 		}
@@ -550,22 +591,20 @@ func (r *runner) layout(fi int) error {
 	if err != nil {
 		return err
 	}
-	for i, t := range plan.Tensors {
-		ref := refs[i]
+	for i, ref := range refs {
 		it := r.p.items[ref.item]
-		if e := &it.entries[ref.entry]; e.kind == entryQuantState {
-			e.shape = t.Shape
-		}
-		off := plan.DataOffset() + t.Begin
+		k := int(it.first) + int(ref.entry)
+		off := l.DataOffset() + l.Begin[i]
 		if r.early[ref.item] {
-			if r.off[ref.item][ref.entry] != off {
-				return fmt.Errorf("convert: internal error: %s: tensor %q placed at %d before the statistics pass, laid out at %d", r.p.Files[fi].Name, t.Name, r.off[ref.item][ref.entry], off)
+			if r.off[k] != off {
+				return fmt.Errorf("convert: internal error: %s: tensor %q placed at %d before the statistics pass, laid out at %d", r.p.Files[fi].Name, r.p.entryName(it, &it.entries[ref.entry]), r.off[k], off)
 			}
 			continue
 		}
-		r.off[ref.item][ref.entry] = off
+		r.off[k] = off
 	}
-	r.layouts[fi] = plan
+	l.Begin = nil // the offsets are in r.off; only the header and size are needed
+	r.layouts[fi] = l
 	return nil
 }
 
@@ -586,7 +625,11 @@ func (r *runner) placeEarly(writeItems []*item) error {
 	p := r.p
 	short := func(it *item) (int64, error) { return int64(len(p.quantState(it, 0).MarshalPython())), nil }
 	long := func(it *item) (int64, error) { return p.maxQuantStateLen(it), nil }
-	fixed := make(map[entryRef]int64)
+	fixed := make([]int64, len(r.off)) // by entry number: the fixed offset, or -1
+	for k := range fixed {
+		fixed[k] = -1
+	}
+	anyFixed := false
 	minSize := make(map[int]int64)
 	for fi := range p.Files {
 		if !r.inPart[fi] || r.pendingStats[fi].Load() == 0 {
@@ -596,20 +639,21 @@ func (r *runner) placeEarly(writeItems []*item) error {
 		if err != nil {
 			return err
 		}
-		hi, _, err := r.plan(fi, long)
+		hi, hiRefs, err := r.plan(fi, long)
 		if err != nil {
 			return err
 		}
-		for i, t := range lo.Tensors {
+		for i, ref := range refs {
 			// (Tensors are sorted by dtype and name, so i is the same
-			// tensor in both plans.)
-			if off := lo.DataOffset() + t.Begin; off == hi.DataOffset()+hi.Tensors[i].Begin && t.Name == hi.Tensors[i].Name {
-				fixed[refs[i]] = off
+			// tensor in both layouts.)
+			if off := lo.DataOffset() + lo.Begin[i]; off == hi.DataOffset()+hi.Begin[i] && ref == hiRefs[i] {
+				fixed[int(p.items[ref.item].first)+int(ref.entry)] = off
+				anyFixed = true
 			}
 		}
 		minSize[fi] = lo.FileSize()
 	}
-	if len(fixed) == 0 {
+	if !anyFixed {
 		return nil
 	}
 	files := make(map[int]bool)
@@ -620,7 +664,7 @@ func (r *runner) placeEarly(writeItems []*item) error {
 		ok := true
 		for j := range it.entries {
 			e := &it.entries[j]
-			_, isFixed := fixed[entryRef{it.index, j}]
+			isFixed := fixed[int(it.first)+j] >= 0
 			if r.inPart[e.file] && (!isFixed || r.pendingStats[e.file].Load() == 0) {
 				ok = false
 			}
@@ -630,9 +674,9 @@ func (r *runner) placeEarly(writeItems []*item) error {
 		}
 		r.early[it.index] = true
 		for j := range it.entries {
-			if off, isFixed := fixed[entryRef{it.index, j}]; isFixed {
-				r.off[it.index][j] = off
-				files[it.entries[j].file] = true
+			if off := fixed[int(it.first)+j]; off >= 0 {
+				r.off[int(it.first)+j] = off
+				files[int(it.entries[j].file)] = true
 			}
 		}
 	}
@@ -697,9 +741,9 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 		if !r.inPart[e.file] {
 			return nil
 		}
-		off := r.off[it.index][j] + at
+		off := r.off[int(it.first)+j] + at
 		if _, err := r.outs[e.file].WriteAt(b, off); err != nil {
-			return fmt.Errorf("convert: %s: writing tensor %q: %w", r.p.Files[e.file].Name, e.name, err)
+			return fmt.Errorf("convert: %s: writing tensor %q: %w", r.p.Files[e.file].Name, r.p.entryName(it, e), err)
 		}
 		r.crcs[e.file].add(off, b)
 		return nil
@@ -712,7 +756,7 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 func (r *runner) writeback(it *item, k entryKind, at, n int64) {
 	for j := range it.entries {
 		if e := &it.entries[j]; e.kind == k && r.inPart[e.file] {
-			startWriteback(r.files[e.file], r.off[it.index][j]+at, n)
+			startWriteback(r.files[e.file], r.off[int(it.first)+j]+at, n)
 		}
 	}
 }
@@ -819,11 +863,11 @@ func (r *runner) finishStats(j job) error {
 	offset := bnb.CUDAMean(j.st.absmax)
 	r.putAbsmax(j.st.absmax)
 	j.st.absmax = nil
-	r.offset[it.index] = offset
-	r.qstate[it.index] = r.p.quantState(it, offset).MarshalPython()
-	close(r.statsReady[it.index])
+	r.offset[it.qi] = offset
+	r.qstate[it.qi] = r.p.quantState(it, offset).MarshalPython()
+	close(r.statsReady[it.qi])
 	if e := it.entry(entryQuantState); r.entryInPart(e) && r.pendingStats[e.file].Add(-1) == 0 {
-		return r.fileReady(e.file)
+		return r.fileReady(int(e.file))
 	}
 	return nil
 }
@@ -864,13 +908,13 @@ func (r *runner) quantJob(w *worker, j job) error {
 		cast.Encode(w.out, absmax, dtype.F32)
 		return r.writeEntry(it, entryAbsmax, 4*b0, w.out)
 	}
-	if r.statsReady[it.index] == nil {
+	if r.statsReadyOf(it) == nil {
 		return nil // no double-quant statistic of it is written here
 	}
 	nn := int(bnb.NumBlocks(int64(nb), bnb.NestedBlocksize))
 	w.codes = jobs.Grow(w.codes, nb)
 	w.nested = jobs.Grow(w.nested, nn)
-	bnb.DoubleQuantOffset(w.codes, w.nested, absmax, r.offset[it.index])
+	bnb.DoubleQuantOffset(w.codes, w.nested, absmax, r.offset[it.qi])
 	if err := r.writeEntry(it, entryAbsmax, b0, w.codes); err != nil {
 		return err
 	}
@@ -892,7 +936,7 @@ func (r *runner) finishQuant(j job) error {
 			return err
 		}
 	}
-	if qs := r.qstate[it.index]; qs != nil {
+	if qs := r.qstateOf(it); qs != nil {
 		return r.writeEntry(it, entryQuantState, 0, qs)
 	}
 	return nil

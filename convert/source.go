@@ -90,18 +90,20 @@ func ConvertSource(ctx context.Context, src *Source, dst string, opts Options) (
 		in.files = append(in.files, sh.Name)
 		in.bytes += sh.Size()
 	}
-	for _, t := range src.Tensors {
+	infos := make([]safetensors.TensorInfo, len(src.Tensors))
+	for i, t := range src.Tensors {
 		if t.Shard < 0 || t.Shard >= len(in.files) {
 			return nil, fmt.Errorf("convert: tensor %q: shard %d out of range", t.Name, t.Shard)
 		}
 		if t.Data == nil {
 			return nil, fmt.Errorf("convert: tensor %q has no data reader", t.Name)
 		}
-		info := safetensors.TensorInfo{Name: t.Name, DType: t.DType, Shape: t.Shape}
+		info := &infos[i]
+		*info = safetensors.TensorInfo{Name: t.Name, DType: t.DType, Shape: t.Shape}
 		if sz := t.DType.Size(); sz > 0 {
 			info.End = info.NumElements() * int64(sz)
 		}
-		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: t.Shard, ownDType: t.OwnDType || t.Verbatim, verbatim: t.Verbatim, input: len(in.tensors)})
+		in.tensors = append(in.tensors, srcTensor{TensorInfo: info, shard: int32(t.Shard), ownDType: t.OwnDType || t.Verbatim, verbatim: t.Verbatim, input: int32(len(in.tensors))})
 		in.readers = append(in.readers, t.Data)
 	}
 	return convertSource(ctx, start, s, in, ck.Path, dst)

@@ -44,11 +44,11 @@ func TestStagedJobOrder(t *testing.T) {
 	files := func(it *item) (lo, hi int) {
 		lo, hi = len(p.Files), -1
 		for _, e := range it.entries {
-			lo, hi = min(lo, e.file), max(hi, e.file)
+			lo, hi = min(lo, int(e.file)), max(hi, int(e.file))
 		}
 		return lo, hi
 	}
-	qsFile := func(it *item) int { return it.entry(entryQuantState).file }
+	qsFile := func(it *item) int { return int(it.entry(entryQuantState).file) }
 	statsDone := map[int]int{} // output file -> stats jobs run of weights whose quant state it holds
 	statsAll := map[int]int{}
 	for _, r := range order {
@@ -197,21 +197,23 @@ func TestEarlyOffsetsFixed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i, ti := range lo.Tensors {
-				off := lo.DataOffset() + ti.Begin
-				if off != hi.DataOffset()+hi.Tensors[i].Begin {
+			for i := range lo.Begin {
+				off := lo.DataOffset() + lo.Begin[i]
+				if off != hi.DataOffset()+hi.Begin[i] {
 					continue
 				}
 				if !p.items[refs[i].item].quantize {
 					keptFixed++
 				}
+				it := p.items[refs[i].item]
+				name := p.entryName(it, &it.entries[refs[i].entry])
 				for range 50 {
-					mid, _, err := r.plan(fi, between)
+					mid, midRefs, err := r.plan(fi, between)
 					if err != nil {
 						t.Fatal(err)
 					}
-					if got := mid.DataOffset() + mid.Tensors[i].Begin; got != off || mid.Tensors[i].Name != ti.Name {
-						t.Fatalf("max shard %d, file %d: %s at %d with lengths in between, %d at both ends", maxShard, fi, ti.Name, got, off)
+					if got := mid.DataOffset() + mid.Begin[i]; got != off || midRefs[i] != refs[i] {
+						t.Fatalf("max shard %d, file %d: %s at %d with lengths in between, %d at both ends", maxShard, fi, name, got, off)
 					}
 				}
 			}

@@ -1,6 +1,8 @@
 package convert
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 
 	"github.com/qconv/qconv/formats/bnb"
@@ -108,8 +110,7 @@ func PlanOnly(src string, opts Options) (*Plan, error) {
 // of the oldest unfinished one wait (the job window bounds them).
 type tensorOrder struct {
 	mu     sync.Mutex
-	pos    map[int]int // Plan.items index -> position in items
-	items  []*item
+	items  []*item // in Plan.items order (found by binary search on index)
 	done   []bool
 	next   int // the oldest item not reported
 	report func(*item)
@@ -119,9 +120,8 @@ type tensorOrder struct {
 // jobs, so they count as written from the start: the leading ones are
 // reported at once, the others right after the item before them.
 func newTensorOrder(items []*item, report func(*item)) *tensorOrder {
-	o := &tensorOrder{pos: make(map[int]int, len(items)), items: items, done: make([]bool, len(items)), report: report}
+	o := &tensorOrder{items: items, done: make([]bool, len(items)), report: report}
 	for i, it := range items {
-		o.pos[it.index] = i
 		o.done[i] = it.numElements() == 0
 	}
 	o.mu.Lock()
@@ -134,7 +134,7 @@ func newTensorOrder(items []*item, report func(*item)) *tensorOrder {
 func (o *tensorOrder) finished(it *item) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	i, ok := o.pos[it.index]
+	i, ok := slices.BinarySearchFunc(o.items, it.index, func(x *item, index int) int { return cmp.Compare(x.index, index) })
 	if !ok || o.done[i] {
 		return
 	}

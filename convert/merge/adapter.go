@@ -383,9 +383,9 @@ func (a *Adapter) checkModule(m *Module) error {
 		aName, bName = "lora_embedding_A", "lora_embedding_B"
 	}
 	switch {
-	case m.A.Name == "":
+	case m.A.TensorInfo == nil:
 		return fmt.Errorf("%s: module %q has %s but no %s", path, m.Name, bName, aName)
-	case m.B.Name == "":
+	case m.B.TensorInfo == nil:
 		return fmt.Errorf("%s: module %q has %s but no %s", path, m.Name, aName, bName)
 	}
 	for _, t := range []checkpoint.Tensor{m.A, m.B} {

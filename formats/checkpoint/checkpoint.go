@@ -117,13 +117,15 @@ type Shard struct {
 // A Tensor is a tensor of a checkpoint and the shard that holds it.
 // Begin and End are relative to that shard's data section.
 type Tensor struct {
-	safetensors.TensorInfo
+	// TensorInfo is the shard reader's own entry (shared, not copied: 16
+	// bytes a tensor here instead of 72).
+	*safetensors.TensorInfo
 	Shard *Shard
 }
 
 // SectionReader returns a reader of the tensor's bytes (see
 // safetensors.Reader.SectionReader).
-func (t Tensor) SectionReader() *io.SectionReader { return t.Shard.SectionReader(t.TensorInfo) }
+func (t Tensor) SectionReader() *io.SectionReader { return t.Shard.SectionReader(*t.TensorInfo) }
 
 // ReadAll reads the tensor's bytes into memory. It is meant for small
 // tensors; stream large ones through SectionReader.
@@ -356,8 +358,9 @@ func (o *opener) resolve() {
 	}
 	c.tensors = make([]Tensor, 0, n)
 	for _, s := range c.Shards {
-		for _, t := range s.Tensors() {
-			c.tensors = append(c.tensors, Tensor{TensorInfo: t, Shard: s})
+		ts := s.Tensors()
+		for i := range ts {
+			c.tensors = append(c.tensors, Tensor{TensorInfo: &ts[i], Shard: s})
 		}
 	}
 	slices.SortStableFunc(c.tensors, func(a, b Tensor) int { return strings.Compare(a.Name, b.Name) })
@@ -419,7 +422,7 @@ func (c *Checkpoint) TotalSize() int64 {
 // LogicalParameters), reading the quant-state JSON of each packed 4-bit
 // weight.
 func (c *Checkpoint) Parameters() (Params, error) {
-	return logicalParameters(len(c.tensors), func(i int) *safetensors.TensorInfo { return &c.tensors[i].TensorInfo }, func(name string) ([]byte, error) {
+	return logicalParameters(len(c.tensors), func(i int) *safetensors.TensorInfo { return c.tensors[i].TensorInfo }, func(name string) ([]byte, error) {
 		t, ok := c.Tensor(name)
 		if !ok {
 			return nil, fmt.Errorf("checkpoint: tensor %q: not found", name)

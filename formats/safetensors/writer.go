@@ -35,6 +35,8 @@ type Plan struct {
 	// order. Begin and End are relative to the data section, which starts
 	// at file offset len(Header).
 	Tensors []TensorInfo
+	// Order[i] is the index in NewPlan's specs of Tensors[i].
+	Order []int
 	// DataSize is the size of the data section in bytes.
 	DataSize int64
 }
@@ -66,45 +68,87 @@ func (p *Plan) FileSize() int64 { return int64(len(p.Header)) + p.DataSize }
 //
 // Names must be unique, valid UTF-8 and not "__metadata__"; dtypes valid;
 // dimensions non-negative; sizes must fit in int64 and sub-byte tensors
-// fill whole bytes. The specs slice is not modified.
+// fill whole bytes. The specs slice is not modified; the plan's tensors
+// share the specs' shape slices (a plan holds no copy of them: convert
+// lays out millions of tensors).
 func NewPlan(metadata map[string]string, specs []TensorSpec) (*Plan, error) {
+	l, err := NewLayout(metadata, len(specs), func(i int) TensorSpec { return specs[i] })
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Header: l.Header, Tensors: make([]TensorInfo, len(specs)), Order: l.Order, DataSize: l.DataSize}
+	for i, j := range l.Order {
+		s := specs[j]
+		p.Tensors[i] = TensorInfo{Name: s.Name, DType: s.DType, Shape: s.Shape, Begin: l.Begin[i], End: l.End(i)}
+	}
+	return p, nil
+}
+
+// A Layout is a Plan without its tensor list: the header, the order of
+// the tensors and where each one's data begins. NewLayout makes one for
+// millions of tensors in 8 bytes of offsets and 8 of order a tensor.
+type Layout struct {
+	// Header is as Plan.Header.
+	Header []byte
+	// Order[i] is the index of the i-th tensor in write (data-offset)
+	// order; Begin[i] is its data offset, relative to the data section.
+	Order []int
+	Begin []int64
+	// DataSize is the size of the data section in bytes.
+	DataSize int64
+}
+
+// End returns the end of the data of the i-th tensor in write order.
+func (l *Layout) End(i int) int64 {
+	if i+1 < len(l.Begin) {
+		return l.Begin[i+1]
+	}
+	return l.DataSize
+}
+
+// DataOffset returns the file offset of the data section, len(l.Header).
+func (l *Layout) DataOffset() int64 { return int64(len(l.Header)) }
+
+// FileSize returns the size of the complete file.
+func (l *Layout) FileSize() int64 { return int64(len(l.Header)) + l.DataSize }
+
+// NewLayout is NewPlan for n tensors whose specs spec returns (it is
+// called several times for each, so it should be cheap; the shapes it
+// returns are not kept). The header bytes are NewPlan's.
+func NewLayout(metadata map[string]string, n int, spec func(i int) TensorSpec) (*Layout, error) {
 	for k, v := range metadata {
 		if !utf8.ValidString(k) || !utf8.ValidString(v) {
 			return nil, fmt.Errorf("safetensors: plan: metadata %q is not valid UTF-8", k)
 		}
 	}
-	order := make([]int, len(specs))
+	order := make([]int, n)
 	for i := range order {
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int {
-		sa, sb := &specs[a], &specs[b]
+		sa, sb := spec(a), spec(b)
 		return cmp.Or(cmp.Compare(sb.DType, sa.DType), cmp.Compare(sa.Name, sb.Name))
 	})
-	p := &Plan{Tensors: make([]TensorInfo, 0, len(specs))}
+	l := &Layout{Order: order, Begin: make([]int64, n)}
+	var prev string
 	for i, j := range order {
-		s := specs[j]
-		if i > 0 && s.Name == specs[order[i-1]].Name {
+		s := spec(j)
+		if i > 0 && s.Name == prev {
 			return nil, fmt.Errorf("safetensors: plan: duplicate tensor name %q", s.Name)
 		}
+		prev = s.Name
 		size, err := specSize(s)
 		if err != nil {
 			return nil, err
 		}
-		if size > math.MaxInt64-p.DataSize {
+		if size > math.MaxInt64-l.DataSize {
 			return nil, fmt.Errorf("safetensors: plan: tensor %q: data section size overflows int64", s.Name)
 		}
-		p.Tensors = append(p.Tensors, TensorInfo{
-			Name:  s.Name,
-			DType: s.DType,
-			Shape: append([]int64{}, s.Shape...),
-			Begin: p.DataSize,
-			End:   p.DataSize + size,
-		})
-		p.DataSize += size
+		l.Begin[i] = l.DataSize
+		l.DataSize += size
 	}
 
-	b := make([]byte, prefixLen, 256+64*len(specs))
+	b := make([]byte, prefixLen, 256+64*n)
 	b = append(b, '{')
 	if metadata != nil {
 		b = appendJSONString(b, "__metadata__")
@@ -119,7 +163,8 @@ func NewPlan(metadata map[string]string, specs []TensorSpec) (*Plan, error) {
 		}
 		b = append(b, '}')
 	}
-	for i, t := range p.Tensors {
+	for i, j := range order {
+		t := spec(j)
 		if i > 0 || metadata != nil {
 			b = append(b, ',')
 		}
@@ -134,22 +179,21 @@ func NewPlan(metadata map[string]string, specs []TensorSpec) (*Plan, error) {
 			b = strconv.AppendInt(b, d, 10)
 		}
 		b = append(b, `],"data_offsets":[`...)
-		b = strconv.AppendInt(b, t.Begin, 10)
+		b = strconv.AppendInt(b, l.Begin[i], 10)
 		b = append(b, ',')
-		b = strconv.AppendInt(b, t.End, 10)
+		b = strconv.AppendInt(b, l.End(i), 10)
 		b = append(b, ']', '}')
 	}
 	b = append(b, '}')
 	for (len(b)-prefixLen)%8 != 0 {
 		b = append(b, ' ')
 	}
-	n := len(b) - prefixLen
-	if n > MaxHeaderLen {
-		return nil, fmt.Errorf("safetensors: plan: header would be %d bytes, over the %d-byte limit", n, MaxHeaderLen)
+	if h := len(b) - prefixLen; h > MaxHeaderLen {
+		return nil, fmt.Errorf("safetensors: plan: header would be %d bytes, over the %d-byte limit", h, MaxHeaderLen)
 	}
-	binary.LittleEndian.PutUint64(b, uint64(n))
-	p.Header = b
-	return p, nil
+	binary.LittleEndian.PutUint64(b, uint64(len(b)-prefixLen))
+	l.Header = b
+	return l, nil
 }
 
 // specSize checks s and returns its data size in bytes.
