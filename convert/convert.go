@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/qconv/qconv/convert/internal/outdir"
@@ -136,6 +137,15 @@ func convertSource(ctx context.Context, start time.Time, s *settings, in *source
 		return nil, fmt.Errorf("convert: finishing the interrupted install into %s: %w", dst, err)
 	} else if done {
 		fmt.Fprintf(s.log, "qconv: finished the interrupted install of %s\n", dst)
+	}
+	if len(in.tensors) >= manyTensors {
+		// What a conversion holds grows with the tensor count (see
+		// "Memory" in the package documentation); with millions of
+		// tensors that is hundreds of MB, and the collector's default
+		// goal of twice the live heap would double it. A goal of 1.25
+		// times costs a few more collections of a heap that changes
+		// little while the data is converted.
+		defer debug.SetGCPercent(debug.SetGCPercent(manyTensorsGCPercent))
 	}
 	p, err := newPlan(s, in.tensors, in.files, in.config)
 	if err != nil {
@@ -326,6 +336,13 @@ func checkFinalizable(dst string) error {
 	}
 	return nil
 }
+
+// A source of manyTensors tensors or more is converted with the garbage
+// collector's goal at manyTensorsGCPercent (GOGC) instead of its default.
+const (
+	manyTensors          = 100_000
+	manyTensorsGCPercent = 25
+)
 
 // interrupted turns a cancellation into a clear error.
 func interrupted(ctx context.Context, err error) error {

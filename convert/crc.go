@@ -83,9 +83,19 @@ func (f *crcRecorder) add(off int64, b []byte) {
 		return
 	}
 	c := crc32.Checksum(b, castagnoli)
+	n := int64(len(b))
 	f.mu.Lock()
-	f.pieces = append(f.pieces, crcPiece{off, int64(len(b)), c})
-	f.mu.Unlock()
+	defer f.mu.Unlock()
+	// A piece that continues one of the last few recorded (each worker
+	// writes its tensors in order) is folded into it, so that millions of
+	// small tensors do not cost a piece each.
+	for k := len(f.pieces) - 1; k >= max(0, len(f.pieces)-4); k-- {
+		if p := &f.pieces[k]; p.off+p.n == off {
+			p.crc, p.n = crcCombine(p.crc, c, n), p.n+n
+			return
+		}
+	}
+	f.pieces = append(f.pieces, crcPiece{off, n, c})
 }
 
 // sum returns the CRC-32C of a file of the given size, if the recorded

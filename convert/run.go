@@ -573,7 +573,6 @@ func (r *runner) plan(fi int, qlen func(it *item) (int64, error)) (*safetensors.
 	for i, k := range l.Order {
 		refs[i] = fp.entries[k]
 	}
-	l.Order = nil // not needed any more
 	return l, refs, nil
 }
 
@@ -603,8 +602,7 @@ func (r *runner) layout(fi int) error {
 		}
 		r.off[k] = off
 	}
-	l.Begin = nil // the offsets are in r.off; only the header and size are needed
-	r.layouts[fi] = l
+	r.layouts[fi] = l // until create writes its header
 	return nil
 }
 
@@ -722,11 +720,21 @@ func (r *runner) create(fi int, dir *outdir.Dir) error {
 	} else if err := allocate(r.files[fi], plan.FileSize()); err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
-	w := r.outs[fi]
-	if _, err := w.WriteAt(plan.Header, 0); err != nil {
+	// The header is made and written a piece at a time (for millions of
+	// tensors it is 100 MB that need not be held).
+	w, at := r.outs[fi], int64(0)
+	err := plan.WriteHeader(func(b []byte) error {
+		if _, err := w.WriteAt(b, at); err != nil {
+			return err
+		}
+		r.crcs[fi].add(at, b)
+		at += int64(len(b))
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("convert: %s: writing header: %w", name, err)
 	}
-	r.crcs[fi].add(0, plan.Header)
+	plan.Drop() // FileSize is all that is needed now
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -247,6 +248,12 @@ func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if sum.Seconds > 0 {
 		js.InputMBPerSecond = float64(sum.InputBytes) / 1e6 / sum.Seconds
+	}
+	// The plan (hundreds of MB for millions of tensors) is not needed any
+	// more: let the collector have it before the output is read back.
+	sum.Plan, p = nil, nil
+	if sum.TensorsQuantized+sum.TensorsKept >= 100_000 {
+		runtime.GC() // before the heap grows by the output's header
 	}
 	if opts.Part.Whole() {
 		// Whole-model bits per weight, counted as inspect counts them.

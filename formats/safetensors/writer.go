@@ -76,26 +76,35 @@ func NewPlan(metadata map[string]string, specs []TensorSpec) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Header: l.Header, Tensors: make([]TensorInfo, len(specs)), Order: l.Order, DataSize: l.DataSize}
+	header := make([]byte, 0, l.HeaderLen)
+	if err := l.WriteHeader(func(b []byte) error { header = append(header, b...); return nil }); err != nil {
+		return nil, err
+	}
+	p := &Plan{Header: header, Tensors: make([]TensorInfo, len(specs)), DataSize: l.DataSize, Order: make([]int, len(specs))}
 	for i, j := range l.Order {
 		s := specs[j]
+		p.Order[i] = int(j)
 		p.Tensors[i] = TensorInfo{Name: s.Name, DType: s.DType, Shape: s.Shape, Begin: l.Begin[i], End: l.End(i)}
 	}
 	return p, nil
 }
 
-// A Layout is a Plan without its tensor list: the header, the order of
-// the tensors and where each one's data begins. NewLayout makes one for
-// millions of tensors in 8 bytes of offsets and 8 of order a tensor.
+// A Layout is a Plan without its tensor list or header bytes: the order
+// of the tensors, where each one's data begins, and the header's length;
+// WriteHeader writes the header. NewLayout makes one for millions of
+// tensors in 12 bytes a tensor (a Plan holds about 150).
 type Layout struct {
-	// Header is as Plan.Header.
-	Header []byte
+	// HeaderLen is the length of the header (Plan.Header).
+	HeaderLen int64
 	// Order[i] is the index of the i-th tensor in write (data-offset)
 	// order; Begin[i] is its data offset, relative to the data section.
-	Order []int
+	Order []int32
 	Begin []int64
 	// DataSize is the size of the data section in bytes.
 	DataSize int64
+
+	metadata map[string]string
+	spec     func(int) TensorSpec
 }
 
 // End returns the end of the data of the i-th tensor in write order.
@@ -106,33 +115,37 @@ func (l *Layout) End(i int) int64 {
 	return l.DataSize
 }
 
-// DataOffset returns the file offset of the data section, len(l.Header).
-func (l *Layout) DataOffset() int64 { return int64(len(l.Header)) }
+// DataOffset returns the file offset of the data section, HeaderLen.
+func (l *Layout) DataOffset() int64 { return l.HeaderLen }
 
 // FileSize returns the size of the complete file.
-func (l *Layout) FileSize() int64 { return int64(len(l.Header)) + l.DataSize }
+func (l *Layout) FileSize() int64 { return l.HeaderLen + l.DataSize }
 
-// NewLayout is NewPlan for n tensors whose specs spec returns (it is
-// called several times for each, so it should be cheap; the shapes it
-// returns are not kept). The header bytes are NewPlan's.
+// NewLayout is NewPlan for n tensors whose specs spec returns. spec is
+// called several times for each tensor, also by WriteHeader, and must
+// return the same spec each time; it should be cheap. The header bytes
+// WriteHeader writes are NewPlan's.
 func NewLayout(metadata map[string]string, n int, spec func(i int) TensorSpec) (*Layout, error) {
 	for k, v := range metadata {
 		if !utf8.ValidString(k) || !utf8.ValidString(v) {
 			return nil, fmt.Errorf("safetensors: plan: metadata %q is not valid UTF-8", k)
 		}
 	}
-	order := make([]int, n)
-	for i := range order {
-		order[i] = i
+	if n > math.MaxInt32 {
+		return nil, fmt.Errorf("safetensors: plan: %d tensors", n)
 	}
-	slices.SortFunc(order, func(a, b int) int {
-		sa, sb := spec(a), spec(b)
+	order := make([]int32, n)
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		sa, sb := spec(int(a)), spec(int(b))
 		return cmp.Or(cmp.Compare(sb.DType, sa.DType), cmp.Compare(sa.Name, sb.Name))
 	})
-	l := &Layout{Order: order, Begin: make([]int64, n)}
+	l := &Layout{Order: order, Begin: make([]int64, n), metadata: metadata, spec: spec}
 	var prev string
 	for i, j := range order {
-		s := spec(j)
+		s := spec(int(j))
 		if i > 0 && s.Name == prev {
 			return nil, fmt.Errorf("safetensors: plan: duplicate tensor name %q", s.Name)
 		}
@@ -147,25 +160,73 @@ func NewLayout(metadata map[string]string, n int, spec func(i int) TensorSpec) (
 		l.Begin[i] = l.DataSize
 		l.DataSize += size
 	}
+	jsonLen := int64(0)
+	l.emitJSON(func(b []byte) error { jsonLen += int64(len(b)); return nil })
+	padded := (jsonLen + 7) / 8 * 8
+	if padded > MaxHeaderLen {
+		return nil, fmt.Errorf("safetensors: plan: header would be %d bytes, over the %d-byte limit", padded, MaxHeaderLen)
+	}
+	l.HeaderLen = prefixLen + padded
+	return l, nil
+}
 
-	b := make([]byte, prefixLen, 256+64*n)
+// Drop frees the tensor order and offsets (and the spec function): only
+// HeaderLen and DataSize remain, and WriteHeader can no longer be called.
+func (l *Layout) Drop() { l.Order, l.Begin, l.spec = nil, nil, nil }
+
+// WriteHeader passes the header's bytes, in order, to write, a piece of
+// at most 64 KiB at a time (the pieces are reused: write must not keep
+// them). It stops at write's first error.
+func (l *Layout) WriteHeader(write func([]byte) error) error {
+	var prefix [prefixLen]byte
+	binary.LittleEndian.PutUint64(prefix[:], uint64(l.HeaderLen-prefixLen))
+	if err := write(prefix[:]); err != nil {
+		return err
+	}
+	jsonLen := int64(0)
+	if err := l.emitJSON(func(b []byte) error { jsonLen += int64(len(b)); return write(b) }); err != nil {
+		return err
+	}
+	pad := make([]byte, l.HeaderLen-prefixLen-jsonLen)
+	for i := range pad {
+		pad[i] = ' '
+	}
+	return write(pad)
+}
+
+// emitJSON produces the header's JSON (without prefix and padding) in
+// pieces of about 64 KiB.
+func (l *Layout) emitJSON(emit func([]byte) error) error {
+	const piece = 64 << 10
+	b := make([]byte, 0, piece+1024)
+	flush := func(force bool) error {
+		if len(b) == 0 || (!force && len(b) < piece) {
+			return nil
+		}
+		err := emit(b)
+		b = b[:0]
+		return err
+	}
 	b = append(b, '{')
-	if metadata != nil {
+	if l.metadata != nil {
 		b = appendJSONString(b, "__metadata__")
 		b = append(b, ':', '{')
-		for i, k := range slices.Sorted(maps.Keys(metadata)) {
+		for i, k := range slices.Sorted(maps.Keys(l.metadata)) {
 			if i > 0 {
 				b = append(b, ',')
 			}
 			b = appendJSONString(b, k)
 			b = append(b, ':')
-			b = appendJSONString(b, metadata[k])
+			b = appendJSONString(b, l.metadata[k])
+			if err := flush(false); err != nil {
+				return err
+			}
 		}
 		b = append(b, '}')
 	}
-	for i, j := range order {
-		t := spec(j)
-		if i > 0 || metadata != nil {
+	for i, j := range l.Order {
+		t := l.spec(int(j))
+		if i > 0 || l.metadata != nil {
 			b = append(b, ',')
 		}
 		b = appendJSONString(b, t.Name)
@@ -183,17 +244,12 @@ func NewLayout(metadata map[string]string, n int, spec func(i int) TensorSpec) (
 		b = append(b, ',')
 		b = strconv.AppendInt(b, l.End(i), 10)
 		b = append(b, ']', '}')
+		if err := flush(false); err != nil {
+			return err
+		}
 	}
 	b = append(b, '}')
-	for (len(b)-prefixLen)%8 != 0 {
-		b = append(b, ' ')
-	}
-	if h := len(b) - prefixLen; h > MaxHeaderLen {
-		return nil, fmt.Errorf("safetensors: plan: header would be %d bytes, over the %d-byte limit", h, MaxHeaderLen)
-	}
-	binary.LittleEndian.PutUint64(b, uint64(len(b)-prefixLen))
-	l.Header = b
-	return l, nil
+	return flush(true)
 }
 
 // specSize checks s and returns its data size in bytes.
