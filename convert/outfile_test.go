@@ -17,7 +17,7 @@ func TestAllocate(t *testing.T) {
 	}
 	defer f.Close()
 	const size = 1<<20 + 3
-	if err := allocate(f, size); err != nil {
+	if _, err := allocate(f, size); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.WriteAt([]byte("qconv"), size-5); err != nil {

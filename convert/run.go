@@ -50,7 +50,8 @@ type runner struct {
 	inPart []bool                  // per output file: written by this run
 
 	files   []*os.File    // per output file: open while being written, else nil
-	outs    []io.WriterAt // per output file: where writes go
+	writers []fileWriter  // per output file: its writer, while files[fi] is open
+	outs    []io.WriterAt // per output file: where writes go (writers[fi], or a test's hook)
 	layouts []*safetensors.Layout
 	off     []int64   // [item.first+entry]: absolute offset in the entry's file
 	qstate  [][]byte  // per item: the quant-state JSON, once known
@@ -388,6 +389,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 	// quantization), by the worker that finishes the last of them. A file
 	// is finished when the last item writing to it is.
 	r.files = make([]*os.File, len(p.Files))
+	r.writers = make([]fileWriter, len(p.Files))
 	r.outs = make([]io.WriterAt, len(p.Files))
 	r.layouts = make([]*safetensors.Layout, len(p.Files))
 	r.crcs = make([]crcRecorder, len(p.Files))
@@ -406,6 +408,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 			if f == nil {
 				continue
 			}
+			r.writers[i].close()
 			f.Close()
 			if err != nil && (s.hooks == nil || !s.hooks.crash) {
 				r.dir.Remove(r.p.Files[i].Name)
@@ -508,6 +511,11 @@ func (r *runner) itemDone(it *item) error {
 func (r *runner) finishFile(fi int) error {
 	f := r.files[fi]
 	name := r.p.Files[fi].Name
+	// Every write to the file is done: unmap it before the fsync (the
+	// pages stay dirty in the page cache, and fsync writes them).
+	if err := r.writers[fi].close(); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
+	}
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
@@ -697,14 +705,17 @@ func (r *runner) open(fi int, dir *outdir.Dir, size int64) error {
 		return fmt.Errorf("convert: %w", err)
 	}
 	r.files[fi] = f
-	var w io.WriterAt = f
-	if r.s.hooks != nil && r.s.hooks.writer != nil {
-		w = r.s.hooks.writer(name, f)
-	}
-	r.outs[fi] = w
-	if err := allocate(f, size); err != nil {
+	r.writers[fi] = pwriter{f}
+	allocated, err := allocate(f, size)
+	if err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
+	r.writers[fi] = newFileWriter(f, size, allocated)
+	var w io.WriterAt = r.writers[fi]
+	if r.s.hooks != nil && r.s.hooks.writer != nil {
+		w = r.s.hooks.writer(name, w)
+	}
+	r.outs[fi] = w
 	return nil
 }
 
@@ -717,8 +728,12 @@ func (r *runner) create(fi int, dir *outdir.Dir) error {
 		if err := r.open(fi, dir, plan.FileSize()); err != nil {
 			return err
 		}
-	} else if err := allocate(r.files[fi], plan.FileSize()); err != nil {
-		return fmt.Errorf("convert: %s: %w", name, err)
+	} else {
+		allocated, err := allocate(r.files[fi], plan.FileSize())
+		if err != nil {
+			return fmt.Errorf("convert: %s: %w", name, err)
+		}
+		r.writers[fi].grow(plan.FileSize(), allocated)
 	}
 	// The header is made and written a piece at a time (for millions of
 	// tensors it is 100 MB that need not be held).

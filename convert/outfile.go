@@ -1,0 +1,30 @@
+package convert
+
+import (
+	"io"
+	"os"
+)
+
+// A fileWriter writes an output file that allocate has brought to its
+// size. Workers write disjoint ranges of it concurrently. On Linux the
+// writes go through a shared memory mapping of the file (see mappedFile),
+// elsewhere, and where the file cannot be mapped, through pwrite.
+type fileWriter interface {
+	io.WriterAt
+	// grow tells the writer that the file now has size bytes; allocated
+	// reports whether allocate could allocate its blocks. Writes may run
+	// meanwhile.
+	grow(size int64, allocated bool)
+	// close ends the writer (unmapping the file); no write may run
+	// concurrently or follow. The file stays open: its data is in the
+	// page cache and the caller's fsync writes it.
+	close() error
+}
+
+// pwriter writes with pwrite (os.File.WriteAt). Concurrent buffered
+// writes to one file take its inode lock in turn, which is what the
+// mapping avoids.
+type pwriter struct{ *os.File }
+
+func (pwriter) grow(int64, bool) {}
+func (pwriter) close() error     { return nil }

@@ -1,0 +1,245 @@
+//go:build linux && (amd64 || arm64)
+
+package convert
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// newMapped creates a file of size bytes with its blocks allocated and
+// returns it with its writer, which must be a mappedFile (the test is
+// skipped where the file system allocates no blocks).
+func newMapped(t *testing.T, size int64) (*os.File, *mappedFile) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "out.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	allocated, err := allocate(f, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !allocated {
+		t.Skip("no fallocate on this file system")
+	}
+	m := newMappedFile(f, size)
+	if m == nil {
+		t.Fatal("an allocated file cannot be mapped")
+	}
+	return f, m
+}
+
+// QCONV_TEST_MAPPED=1 writes every output through a mapping, whatever the
+// file system, so that all of the package's tests run on that path:
+//
+//	QCONV_TEST_MAPPED=1 go test ./convert/...
+func init() {
+	if os.Getenv("QCONV_TEST_MAPPED") == "1" {
+		mapWrites = func(*os.File) bool { return true }
+	}
+}
+
+// forceMapped makes the test's outputs be written through mappings.
+func forceMapped(t *testing.T) {
+	old := mapWrites
+	mapWrites = func(*os.File) bool { return true }
+	t.Cleanup(func() { mapWrites = old })
+}
+
+// TestGoldenMapped: outputs written through a mapping are byte for byte
+// those of bitsandbytes, with one and with several workers.
+func TestGoldenMapped(t *testing.T) {
+	forceMapped(t)
+	for _, c := range goldenCases() {
+		for _, workers := range []int{1, 3} {
+			t.Run(c.want+"/j"+string(rune('0'+workers)), func(t *testing.T) {
+				dst := filepath.Join(t.TempDir(), "out")
+				opts := c.opts
+				opts.Workers = workers
+				if _, err := Convert(context.Background(), filepath.Join(goldenModels, c.src), dst, opts); err != nil {
+					t.Fatal(err)
+				}
+				compareDirs(t, dst, filepath.Join(goldenModels, c.want))
+			})
+		}
+	}
+}
+
+// TestMapWritesTmpfs: outputs on a tmpfs are mapped, elsewhere written
+// with pwrite (where /dev/shm is a tmpfs and the test's directory not).
+func TestMapWritesTmpfs(t *testing.T) {
+	if os.Getenv("QCONV_TEST_MAPPED") == "1" {
+		t.Skip("QCONV_TEST_MAPPED maps every output")
+	}
+	for _, c := range []struct {
+		dir  string
+		want bool
+	}{{"/dev/shm", true}, {t.TempDir(), false}} {
+		f, err := os.CreateTemp(c.dir, "qconv-test-")
+		if err != nil {
+			t.Logf("%s: %v", c.dir, err)
+			continue
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Fstatfs(int(f.Fd()), &st); err == nil && (st.Type == tmpfsMagic) == c.want {
+			if got := mapWrites(f); got != c.want {
+				t.Errorf("%s: mapWrites %v, want %v", c.dir, got, c.want)
+			}
+		}
+		f.Close()
+		os.Remove(f.Name())
+	}
+}
+
+// mapped counts m's chunks that are mapped.
+func (m *mappedFile) mapped() int {
+	n := 0
+	for _, c := range m.chunks {
+		if c.mem != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMappedFileParallel: writers copying disjoint pieces, across chunk
+// boundaries and in random order, into one mapped file write exactly the
+// file's bytes; complete chunks are unmapped as soon as they are written,
+// and the rest by close.
+func TestMappedFileParallel(t *testing.T) {
+	const size = 2*mapChunk + mapChunk/2 + 3
+	want := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range want {
+		want[i] = byte(rng.Uint32())
+	}
+	type piece struct{ off, n int64 }
+	var pieces []piece
+	for off := int64(0); off < size; {
+		n := min(1+rng.Int64N(1<<20), size-off)
+		pieces = append(pieces, piece{off, n})
+		off += n
+	}
+	rng.Shuffle(len(pieces), func(i, j int) { pieces[i], pieces[j] = pieces[j], pieces[i] })
+	f, m := newMapped(t, size)
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for w := range errs {
+		wg.Go(func() {
+			for i := w; i < len(pieces); i += len(errs) {
+				p := pieces[i]
+				n, err := m.WriteAt(want[p.off:p.off+p.n], p.off)
+				if err == nil && int64(n) != p.n {
+					err = errors.New("short write")
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.mapped(); n > 1 {
+		t.Errorf("%d chunks still mapped after every byte was written, want at most the last, partial one", n)
+	}
+	if err := m.close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.mapped(); n != 0 {
+		t.Errorf("%d chunks mapped after close", n)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("file differs from what was written")
+	}
+}
+
+// TestMappedFileGrow: a file created short (placeEarly's files) and grown
+// while written takes writes up to its new size through the mapping, and
+// writes past its size through pwrite (which extends the file as before).
+func TestMappedFileGrow(t *testing.T) {
+	const short, long = mapChunk - 100, mapChunk + 100
+	f, m := newMapped(t, short)
+	if _, err := m.WriteAt([]byte("head"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := allocate(f, long); err != nil {
+		t.Fatal(err)
+	}
+	m.grow(long, true)
+	if _, err := m.WriteAt([]byte("across"), mapChunk-3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.WriteAt([]byte("past"), long); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, long+4)
+	copy(want, "head")
+	copy(want[mapChunk-3:], "across")
+	copy(want[long:], "past")
+	if !bytes.Equal(got, want) {
+		t.Errorf("file of %d bytes differs from the %d written", len(got), len(want))
+	}
+}
+
+// TestMappedFileFault: a write through the mapping that faults (here: the
+// file was cut short behind the writer's back, so the page lies past its
+// end, SIGBUS, as an I/O error reading a page in would be) is an error
+// naming the file, not a crash, and the writer can still be closed.
+func TestMappedFileFault(t *testing.T) {
+	f, m := newMapped(t, 3*4096)
+	if _, err := m.WriteAt([]byte("ok"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(4096); err != nil {
+		t.Fatal(err)
+	}
+	m.populate.Store(false) // the copy itself must fault
+	_, err := m.WriteAt([]byte("lost"), 2*4096)
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), f.Name()) {
+		t.Fatalf("write into a page past the end of the file: %v, want EIO naming %s", err, f.Name())
+	}
+	if err := m.close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSparseFileWriter: a file without allocated blocks is written with
+// pwrite (a write through a mapping could fault on a full disk).
+func TestSparseFileWriter(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, ok := newFileWriter(f, 0, false).(pwriter); !ok {
+		t.Error("a file whose blocks are not allocated is not written with pwrite")
+	}
+}
