@@ -137,6 +137,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	childRd := fs.Bool("child-read", false, "internal: the read yardstick: read the .safetensors files of DIR with -readers goroutines")
 	childWr := fs.Int64("child-write", 0, "internal: the write yardstick: write this many bytes into DIR with -readers goroutines")
 	childWrFiles := fs.Bool("child-write-files", false, "internal: the write yardstick writes one file per goroutine")
+	childWrMap := fs.Bool("child-write-mmap", false, "internal: the write yardstick copies into a shared mapping of its one file instead of pwriting")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -155,7 +156,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if *childRd {
 			err = childRead(fs.Arg(0), c.readers, stdout)
 		} else {
-			err = childWrite(fs.Arg(0), c.readers, *childWr, *childWrFiles, stdout)
+			err = childWrite(fs.Arg(0), c.readers, *childWr, *childWrFiles, *childWrMap, stdout)
 		}
 		if err != nil {
 			fmt.Fprintln(stderr, "qconv-bench:", err)

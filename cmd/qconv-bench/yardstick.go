@@ -25,7 +25,9 @@ import (
 //     file created at its final size with its blocks allocated (or into n
 //     files, one per goroutine), asking the kernel to start writing back
 //     each piece as it is written, then fsync. This is the output side of
-//     qconv convert without any computing.
+//     qconv convert without any computing. The mapped variant copies the
+//     pieces into a shared mapping of the one file instead (page faults
+//     take no file-wide lock), as qconv convert writes on Linux.
 
 // readChunk and writeChunk are the sizes of one pread and one pwrite.
 const (
@@ -111,8 +113,12 @@ func childRead(dir string, n int, stdout io.Writer) error {
 }
 
 // childWrite writes size bytes with n goroutines into dir/out.bin (or, with
-// files, into dir/out-K.bin, one file per goroutine) and fsyncs them.
-func childWrite(dir string, n int, size int64, files bool, stdout io.Writer) error {
+// files, into dir/out-K.bin, one file per goroutine; with mapped, through a
+// shared mapping of dir/out.bin) and fsyncs them.
+func childWrite(dir string, n int, size int64, files, mapped bool, stdout io.Writer) error {
+	if files && mapped {
+		return errors.New("the mapped write yardstick writes one file")
+	}
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return err
 	}
@@ -175,14 +181,28 @@ func childWrite(dir string, n int, size int64, files bool, stdout io.Writer) err
 		}
 	}
 	start := time.Now()
+	var mem []byte
+	if mapped {
+		var err error
+		if mem, err = mapFile(fs[0], size); err != nil {
+			return err
+		}
+	}
 	err := parallel(n, int64(len(pieces)), func(w int, i int64) error {
 		p := pieces[i]
-		if _, err := p.f.WriteAt(bufs[w][:p.n], p.off); err != nil {
+		if mapped {
+			copyMapped(mem[p.off:p.off+p.n], bufs[w][:p.n])
+		} else if _, err := p.f.WriteAt(bufs[w][:p.n], p.off); err != nil {
 			return err
 		}
 		startWriteback(p.f, p.off, p.n)
 		return nil
 	})
+	if mapped {
+		if uerr := unmapFile(mem); err == nil {
+			err = uerr
+		}
+	}
 	if err != nil {
 		return err
 	}
