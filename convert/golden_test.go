@@ -34,7 +34,11 @@ func goldenCases() []goldenCase {
 	}
 }
 
-func TestGoldenModels(t *testing.T) {
+func TestGoldenModels(t *testing.T) { convertGoldenModels(t) }
+
+// convertGoldenModels converts every golden case with one and with three
+// workers and compares the output with bitsandbytes'.
+func convertGoldenModels(t *testing.T) {
 	for _, c := range goldenCases() {
 		for _, workers := range []int{1, 3} {
 			t.Run(c.want+"/j"+string(rune('0'+workers)), func(t *testing.T) {

@@ -4,7 +4,6 @@ package convert
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -60,19 +59,7 @@ func forceMapped(t *testing.T) {
 // those of bitsandbytes, with one and with several workers.
 func TestGoldenMapped(t *testing.T) {
 	forceMapped(t)
-	for _, c := range goldenCases() {
-		for _, workers := range []int{1, 3} {
-			t.Run(c.want+"/j"+string(rune('0'+workers)), func(t *testing.T) {
-				dst := filepath.Join(t.TempDir(), "out")
-				opts := c.opts
-				opts.Workers = workers
-				if _, err := Convert(context.Background(), filepath.Join(goldenModels, c.src), dst, opts); err != nil {
-					t.Fatal(err)
-				}
-				compareDirs(t, dst, filepath.Join(goldenModels, c.want))
-			})
-		}
-	}
+	convertGoldenModels(t)
 }
 
 // TestMapWritesTmpfs: outputs on a tmpfs are mapped, elsewhere written
