@@ -5,16 +5,17 @@ import (
 	"os"
 )
 
-// A fileWriter writes an output file that allocate has brought to its
-// size. Workers write disjoint ranges of it concurrently. On Linux the
-// writes go through a shared memory mapping of the file (see mappedFile),
-// elsewhere, and where the file cannot be mapped, through pwrite.
+// A fileWriter writes an output file that newFileWriter has brought to its
+// size. Workers write disjoint ranges of it concurrently. On a Linux tmpfs
+// the writes go through a shared memory mapping of the file (see
+// mappedFile), elsewhere, and where the file cannot be mapped, through
+// pwrite.
 type fileWriter interface {
 	io.WriterAt
-	// grow tells the writer that the file now has size bytes; allocated
-	// reports whether allocate could allocate its blocks. Writes may run
-	// meanwhile.
-	grow(size int64, allocated bool)
+	// grow brings the file to size bytes, more than before (allocating
+	// its blocks where the file system can, as newFileWriter does).
+	// Writes may run meanwhile.
+	grow(size int64) error
 	// close ends the writer (unmapping the file); no write may run
 	// concurrently or follow. The file stays open: its data is in the
 	// page cache and the caller's fsync writes it.
@@ -26,5 +27,9 @@ type fileWriter interface {
 // mapping avoids.
 type pwriter struct{ *os.File }
 
-func (pwriter) grow(int64, bool) {}
-func (pwriter) close() error     { return nil }
+func (w pwriter) grow(size int64) error {
+	_, err := allocate(w.File, size)
+	return err
+}
+
+func (pwriter) close() error { return nil }

@@ -38,6 +38,39 @@ func newMapped(t *testing.T, size int64) (*os.File, *mappedFile) {
 	return f, m
 }
 
+// newSparseMapped creates a sparse file of size bytes in dir and returns
+// it with its writer, which must be a sparse mappedFile (the test is
+// skipped on a kernel without MADV_POPULATE_WRITE).
+func newSparseMapped(t *testing.T, dir string, size int64) (*os.File, *mappedFile) {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "qconv-test-*.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.Close()
+		os.Remove(f.Name())
+	})
+	m, err := newSparseMappedFile(f, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m == nil {
+		t.Skip("no MADV_POPULATE_WRITE here")
+	}
+	return f, m
+}
+
+// mappedKinds are the two kinds of mapped file: allocated first, and
+// sparse with pages allocated by the writes.
+var mappedKinds = []struct {
+	name string
+	make func(t *testing.T, size int64) (*os.File, *mappedFile)
+}{
+	{"allocated", newMapped},
+	{"sparse", func(t *testing.T, size int64) (*os.File, *mappedFile) { return newSparseMapped(t, t.TempDir(), size) }},
+}
+
 // QCONV_TEST_MAPPED=1 writes every output through a mapping, whatever the
 // file system, so that all of the package's tests run on that path:
 //
@@ -104,6 +137,12 @@ func (m *mappedFile) mapped() int {
 // file's bytes; complete chunks are unmapped as soon as they are written,
 // and the rest by close.
 func TestMappedFileParallel(t *testing.T) {
+	for _, k := range mappedKinds {
+		t.Run(k.name, func(t *testing.T) { testMappedFileParallel(t, k.make) })
+	}
+}
+
+func testMappedFileParallel(t *testing.T, newMapped func(*testing.T, int64) (*os.File, *mappedFile)) {
 	const size = 2*mapChunk + mapChunk/2 + 3
 	want := make([]byte, size)
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -165,15 +204,20 @@ func TestMappedFileParallel(t *testing.T) {
 // while written takes writes up to its new size through the mapping, and
 // writes past its size through pwrite (which extends the file as before).
 func TestMappedFileGrow(t *testing.T) {
+	for _, k := range mappedKinds {
+		t.Run(k.name, func(t *testing.T) { testMappedFileGrow(t, k.make) })
+	}
+}
+
+func testMappedFileGrow(t *testing.T, newMapped func(*testing.T, int64) (*os.File, *mappedFile)) {
 	const short, long = mapChunk - 100, mapChunk + 100
 	f, m := newMapped(t, short)
 	if _, err := m.WriteAt([]byte("head"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := allocate(f, long); err != nil {
+	if err := m.grow(long); err != nil {
 		t.Fatal(err)
 	}
-	m.grow(long, true)
 	if _, err := m.WriteAt([]byte("across"), mapChunk-3); err != nil {
 		t.Fatal(err)
 	}
@@ -218,15 +262,106 @@ func TestMappedFileFault(t *testing.T) {
 	}
 }
 
-// TestSparseFileWriter: a file without allocated blocks is written with
-// pwrite (a write through a mapping could fault on a full disk).
-func TestSparseFileWriter(t *testing.T) {
+// TestPwriteWithoutFallocate: a file whose blocks cannot be allocated and
+// that is not mapped is written with pwrite.
+func TestPwriteWithoutFallocate(t *testing.T) {
+	if os.Getenv("QCONV_TEST_MAPPED") == "1" {
+		t.Skip("QCONV_TEST_MAPPED maps every output")
+	}
 	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if _, ok := newFileWriter(f, 0, false).(pwriter); !ok {
-		t.Error("a file whose blocks are not allocated is not written with pwrite")
+	w, err := newFileWriter(f, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := w.(pwriter); !ok {
+		t.Errorf("an empty file on a file system that is not mapped is written with %T, want pwrite", w)
+	}
+}
+
+// TestTmpfsSparse: an output on a tmpfs is a sparse mapped file, whose
+// pages are allocated by the writes, not beforehand (fallocate zeroes the
+// whole file in one thread while every worker waits).
+func TestTmpfsSparse(t *testing.T) {
+	f, err := os.CreateTemp("/dev/shm", "qconv-test-")
+	if err != nil {
+		t.Skip(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if !mapWrites(f) {
+		t.Skip("/dev/shm is not a tmpfs")
+	}
+	const size = 8 * mapChunk
+	w, err := newFileWriter(f, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := w.(*mappedFile)
+	if !ok || !m.sparse {
+		t.Skipf("written with %T (no MADV_POPULATE_WRITE?)", w)
+	}
+	allocated := func() int64 {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	if a := allocated(); a >= mapChunk {
+		t.Errorf("%d bytes allocated before any write, want at most the header's page", a)
+	}
+	if _, err := w.WriteAt(bytes.Repeat([]byte{7}, 2*mapChunk), 3*mapChunk); err != nil {
+		t.Fatal(err)
+	}
+	if a := allocated(); a < 2*mapChunk || a >= 3*mapChunk {
+		t.Errorf("%d bytes allocated after writing %d, want those and the header's page", a, 2*mapChunk)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSparseNoRoom: a sparse file larger than the free space of its file
+// system is refused at once with ENOSPC naming it, as fallocate would.
+func TestSparseNoRoom(t *testing.T) {
+	dir := t.TempDir()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "big.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := newSparseMappedFile(f, int64(st.Bavail*uint64(st.Bsize))+1<<30)
+	if m != nil || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), f.Name()) {
+		t.Fatalf("file larger than the free space: %v, %v; want ENOSPC naming %s", m, err, f.Name())
+	}
+}
+
+// TestSparseFull: a write into a sparse file whose file system has filled
+// up behind it (a small tmpfs, mounted where the test may) is an ENOSPC
+// error naming the file, not a SIGBUS.
+func TestSparseFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, 0) }) // after the file's cleanup closes it
+	f, m := newSparseMapped(t, dir, 768<<10)
+	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 512<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.WriteAt(make([]byte, 700<<10), 4096)
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), f.Name()) {
+		t.Fatalf("write into a full tmpfs: %v, want ENOSPC naming %s", err, f.Name())
+	}
+	if err := m.close(); err != nil {
+		t.Fatal(err)
 	}
 }

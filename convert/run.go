@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"os"
+	"runtime/trace"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -435,7 +436,10 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 			}
 		}
 	}
-	if err := r.placeEarly(writeItems); err != nil {
+	reg := trace.StartRegion(ctx, "placeEarly")
+	err = r.placeEarly(writeItems)
+	reg.End()
+	if err != nil {
 		return err
 	}
 
@@ -463,6 +467,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 // are all known, and lets the quantization jobs that write to it go. A
 // file that no job writes to is finished at once.
 func (r *runner) fileReady(fi int) error {
+	defer trace.StartRegion(context.Background(), "layout").End()
 	if err := r.layout(fi); err != nil {
 		return err
 	}
@@ -509,6 +514,7 @@ func (r *runner) itemDone(it *item) error {
 // finishFile syncs and closes a complete output file and reports it. A
 // file that fails to be finished is left to run's cleanup.
 func (r *runner) finishFile(fi int) error {
+	defer trace.StartRegion(context.Background(), "finish").End()
 	f := r.files[fi]
 	name := r.p.Files[fi].Name
 	// Every write to the file is done: unmap it before the fsync (the
@@ -696,8 +702,7 @@ func (r *runner) placeEarly(writeItems []*item) error {
 	return nil
 }
 
-// open creates output file fi in dir with size bytes (its blocks allocated
-// where the file system can).
+// open creates output file fi in dir with size bytes (see newFileWriter).
 func (r *runner) open(fi int, dir *outdir.Dir, size int64) error {
 	name := r.p.Files[fi].Name
 	f, err := dir.Create(name)
@@ -705,12 +710,12 @@ func (r *runner) open(fi int, dir *outdir.Dir, size int64) error {
 		return fmt.Errorf("convert: %w", err)
 	}
 	r.files[fi] = f
-	r.writers[fi] = pwriter{f}
-	allocated, err := allocate(f, size)
+	r.writers[fi] = pwriter{f} // until it has its own (run's cleanup closes it)
+	fw, err := newFileWriter(f, size)
 	if err != nil {
 		return fmt.Errorf("convert: %s: %w", name, err)
 	}
-	r.writers[fi] = newFileWriter(f, size, allocated)
+	r.writers[fi] = fw
 	var w io.WriterAt = r.writers[fi]
 	if r.s.hooks != nil && r.s.hooks.writer != nil {
 		w = r.s.hooks.writer(name, w)
@@ -728,12 +733,8 @@ func (r *runner) create(fi int, dir *outdir.Dir) error {
 		if err := r.open(fi, dir, plan.FileSize()); err != nil {
 			return err
 		}
-	} else {
-		allocated, err := allocate(r.files[fi], plan.FileSize())
-		if err != nil {
-			return fmt.Errorf("convert: %s: %w", name, err)
-		}
-		r.writers[fi].grow(plan.FileSize(), allocated)
+	} else if err := r.writers[fi].grow(plan.FileSize()); err != nil {
+		return fmt.Errorf("convert: %s: %w", name, err)
 	}
 	// The header is made and written a piece at a time (for millions of
 	// tensors it is 100 MB that need not be held).
@@ -828,14 +829,22 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	if r.s.hooks != nil && r.s.hooks.job != nil {
 		r.s.hooks.job(it.src.Name, j.stats)
 	}
+	// (The regions show the passes in an execution trace, as qconv-bench
+	// -trace takes one; they cost nothing while no trace is taken.)
 	var err error
 	switch {
 	case j.stats:
+		reg := trace.StartRegion(ctx, "stats")
 		err = r.statsJob(w, j)
+		reg.End()
 	case it.quantize:
+		reg := trace.StartRegion(ctx, "quantize")
 		err = r.quantJob(w, j)
+		reg.End()
 	default:
+		reg := trace.StartRegion(ctx, "keep")
 		err = r.keepJob(w, j)
+		reg.End()
 	}
 	if err != nil {
 		return err
