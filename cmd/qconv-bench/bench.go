@@ -314,16 +314,24 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		}
 	}
 
-	if c.cpuprofile != "" || c.blockprofile != "" || c.mutexprofile != "" {
+	if c.cpuprofile != "" || c.blockprofile != "" || c.mutexprofile != "" || c.trace != "" {
 		dst := filepath.Join(c.dir, "out")
 		args := []string{"-" + childFlag, "-profile-workers", strconv.Itoa(c.profWorkers)}
 		var files []string
-		for _, p := range []struct{ flag, file string }{{"-cpuprofile", c.cpuprofile}, {"-blockprofile", c.blockprofile}, {"-mutexprofile", c.mutexprofile}} {
+		for _, p := range []struct{ flag, file string }{{"-cpuprofile", c.cpuprofile}, {"-blockprofile", c.blockprofile}, {"-mutexprofile", c.mutexprofile}, {"-trace", c.trace}} {
 			if p.file != "" {
 				args = append(args, p.flag, p.file)
 				files = append(files, p.file)
 			}
 		}
+		var looks []string
+		if n := len(files); c.trace == "" || n > 1 {
+			looks = append(looks, "go tool pprof -top "+strings.Join(files[:n-min(len(c.trace), 1)], " "))
+		}
+		if c.trace != "" {
+			looks = append(looks, "go tool trace "+c.trace)
+		}
+		look := strings.Join(looks, "; ")
 		fmt.Fprintf(stderr, "qconv-bench: profiling a library convert into %s\n", strings.Join(files, ", "))
 		s, err := child(ctx, self, append(args, src, dst))
 		if err != nil {
@@ -334,7 +342,7 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 		if c.profWorkers > 0 {
 			workers = strconv.Itoa(c.profWorkers)
 		}
-		notes = append(notes, fmt.Sprintf("profile: library convert (%s workers) under pprof took %.2fs, CPU %.2fs; go tool pprof -top %s", workers, s.wall.Seconds(), s.cpu.Seconds(), strings.Join(files, " ")))
+		notes = append(notes, fmt.Sprintf("profile: library convert (%s workers) under pprof took %.2fs, CPU %.2fs; %s", workers, s.wall.Seconds(), s.cpu.Seconds(), look))
 	}
 	if c.clean {
 		os.RemoveAll(src)

@@ -63,6 +63,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"syscall"
@@ -87,6 +88,7 @@ type config struct {
 	clean      bool
 	regen      bool
 	cpuprofile string
+	trace      string
 	genOnly    bool
 	loraRank   int64
 	// Scaling: -jobs, the yardsticks, the profiles.
@@ -132,6 +134,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&c.audit, "audit", true, "also time qconv audit of the input")
 	fs.StringVar(&c.blockprofile, "blockprofile", "", "like -cpuprofile, for the blocking profile (the same profiled convert)")
 	fs.StringVar(&c.mutexprofile, "mutexprofile", "", "like -cpuprofile, for the mutex contention profile (the same profiled convert)")
+	fs.StringVar(&c.trace, "trace", "", "like -cpuprofile, for a runtime execution trace (go tool trace FILE; the same profiled convert)")
 	fs.IntVar(&c.profWorkers, "profile-workers", 0, "workers of the profiled convert (0: one per CPU)")
 	child := fs.Bool(childFlag, false, "internal: convert SRC DST with the convert package (used by -convert lib)")
 	childRd := fs.Bool("child-read", false, "internal: the read yardstick: read the .safetensors files of DIR with -readers goroutines")
@@ -230,6 +233,21 @@ func childConvert(args []string, c *config, stderr io.Writer) int {
 	if c.mutexprofile != "" {
 		runtime.SetMutexProfileFraction(10)
 		defer writeProfile("mutex", c.mutexprofile, stderr)
+	}
+	if c.trace != "" {
+		f, err := os.Create(c.trace)
+		if err != nil {
+			fmt.Fprintln(stderr, "qconv-bench:", err)
+			return 1
+		}
+		if err := trace.Start(f); err != nil {
+			fmt.Fprintln(stderr, "qconv-bench:", err)
+			return 1
+		}
+		defer func() {
+			trace.Stop()
+			f.Close()
+		}()
 	}
 	if profile := c.cpuprofile; profile != "" {
 		f, err := os.Create(profile)
