@@ -54,6 +54,20 @@
 //     a file's weights follows the first closely (the page cache likely
 //     still holds it). A single output file (the default below 50 GB of
 //     output) gets all its statistics first.
+//   - One pass where the layout allows it (fused.go): a JSON moves only
+//     what follows it, so where a file's header comes out the same with
+//     every JSON at its shortest and at its longest (nearly always: the
+//     offsets' digits and the padding to 8 bytes rarely change within 21
+//     bytes a weight), every offset is the shortest layout's plus the
+//     lengthening of the JSONs before it. Such a file gets no statistics
+//     jobs: its items are handed out in file order, each weight is read
+//     once, its jobs write their packed codes as soon as the JSONs before
+//     them are known (the weights handed out before; a job may wait for
+//     the last ones of the weight before it) and keep their absmax values
+//     in the weight's vector, and the weight's last job computes the mean,
+//     publishes its JSON's length and double-quantizes the vector. The
+//     header is written once every JSON of the file is known, and the
+//     layout checks every offset. Other files keep the two passes.
 //   - Kept tensors do not wait for the statistics: every offset in a file
 //     only grows with the quant-state JSONs' lengths, which lie within 21
 //     bytes of their shortest, and the kept tensors (F32/BF16/F16) come
@@ -87,12 +101,15 @@
 // change dtype a sub-chunk of float32 values and of output: about
 // 0.6·J bytes + 1.5 MiB per worker. A job is handed out only while it is
 // fewer than 8w+2 jobs ahead of the oldest unfinished one, so the
-// per-tensor absmax vectors that the statistics pass fills (4 bytes per
+// per-tensor absmax vectors that the statistics pass, or a fused file's
+// quantization jobs, fill (4 bytes per
 // block: 2.8 MB for a 4096×11008 weight at blocksize 64, 55 MB for the
 // largest Linear of a 405B model) exist for at most the tensors that
 // overlap 8w+2 consecutive jobs (four 7B weights, two of a 405B model),
-// plus up to four freed vectors kept for reuse. The quantization pass
-// keeps none: each job double-quantizes its own blocks. For 2 workers
+// plus up to four freed vectors kept for reuse. The second pass of a file
+// that is not fused keeps none: each job double-quantizes its own blocks;
+// a fused weight's last job double-quantizes its vector 64 Ki blocks at a
+// time (64 KiB of codes per worker). For 2 workers
 // converting a 7B bf16 model this is under 20 MiB live (25 MiB peak RSS
 // measured).
 //
@@ -111,10 +128,10 @@
 // one-byte tensors (a 99.9 MB header): 471 MiB peak RSS, 9 s on 2 cores;
 // half as many take 257 MiB and 4.4 s.
 //
-// The price of the layout rule above is I/O: with double quantization
-// every quantized weight is read twice (once for the statistics, once to
-// quantize). The page cache usually holds the second read when it is
-// larger than the weights of one output file.
+// The price of the layout rule above, where a file cannot be fused, is
+// I/O: every quantized weight of it is read twice (once for the
+// statistics, once to quantize). The page cache usually holds the second
+// read when it is larger than the weights of one output file.
 //
 // # Which tensors are quantized
 //

@@ -39,6 +39,11 @@ type hooks struct {
 	job func(tensor string, stats bool)
 	// install is outdir.InstallOptions.Step.
 	install func(step string) error
+	// twoPass keeps every file on the two passes (no fused files).
+	twoPass bool
+	// fused is told, per output file that waits for statistics, whether
+	// it is fused; an error stops the run.
+	fused func(file string, fused bool) error
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -64,6 +69,14 @@ type runner struct {
 	// placeEarly): their offsets are set and their files created before
 	// any job runs, and they are copied while the statistics pass runs.
 	early []bool
+	// fused holds, per output file, its fusedFile where it is written
+	// in one pass (see fused.go), else nil; fusedQ gives, per entry of a
+	// fused file, the number of quant-state entries before it, and
+	// fusedOf, per quantized item, the index of its fused file or -1.
+	// All nil without fused files.
+	fused   []*fusedFile
+	fusedQ  []int32
+	fusedOf []int32
 
 	done, total atomic.Int64
 
@@ -186,7 +199,7 @@ func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
 	}
 	st := &itemState{}
 	st.remaining.Store((n + chunk - 1) / chunk)
-	if stats {
+	if stats || (it.quantize && r.fusedFileOf(it) != nil) {
 		st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
 	}
 	for start := int64(0); start < n; start += chunk {
@@ -211,9 +224,16 @@ func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
 // writes overlap the statistics pass's reads.
 func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.Seq[job] {
 	return func(yield func(job) bool) {
+		// The statistics jobs and the jobs of fused files' items pace
+		// the early ones.
 		var statTotal, earlyTotal float64
 		for _, it := range statItems {
 			statTotal += float64(it.src.Size())
+		}
+		for _, it := range writeItems {
+			if r.fusedItem(it) {
+				statTotal += float64(it.src.Size())
+			}
 		}
 		for _, it := range writeItems {
 			if r.early[it.index] {
@@ -254,6 +274,14 @@ func (r *runner) jobs(ctx context.Context, statItems, writeItems []*item) iter.S
 		for _, it := range writeItems {
 			files := r.itemFiles(it)
 			if len(files) == 0 || r.early[it.index] {
+				continue
+			}
+			if r.fusedItem(it) {
+				// No statistics, layout or JSON to wait for: its writes
+				// wait for the JSONs before them (fusedFile.offset).
+				if !r.itemJobs(it, false, statYield) {
+					return
+				}
 				continue
 			}
 			last := slices.Max(files)
@@ -437,7 +465,17 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 		}
 	}
 	reg := trace.StartRegion(ctx, "placeEarly")
-	err = r.placeEarly(writeItems)
+	bounds, err := r.layoutBounds()
+	if err == nil {
+		err = r.placeEarly(writeItems, bounds)
+	}
+	if err == nil {
+		err = r.setupFused(bounds, writeItems)
+	}
+	if err == nil {
+		statItems = slices.DeleteFunc(statItems, func(it *item) bool { return r.fusedFileOf(it) != nil })
+		err = r.openFused(bounds)
+	}
 	reg.End()
 	if err != nil {
 		return err
@@ -445,6 +483,7 @@ func (r *runner) run(ctx context.Context, dir *outdir.Dir) (err error) {
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	defer r.abortFused(ctx)()
 	do := func(ctx context.Context, w *worker, j job) error {
 		err := r.doJob(ctx, w, j)
 		if err != nil {
@@ -604,10 +643,22 @@ func (r *runner) layout(fi int) error {
 	if err != nil {
 		return err
 	}
+	var fused *fusedFile
+	if r.fused != nil {
+		fused = r.fused[fi]
+	}
 	for i, ref := range refs {
 		it := r.p.items[ref.item]
 		k := int(it.first) + int(ref.entry)
 		off := l.DataOffset() + l.Begin[i]
+		if fused != nil {
+			// Jobs may still be writing: r.off keeps the shortest
+			// layout's offsets, which the known JSONs correct.
+			if got, err := fused.offset(r.off[k], r.fusedQ[k]); err != nil || got != off {
+				return fmt.Errorf("convert: internal error: %s: tensor %q written at %d in one pass, laid out at %d (%v)", r.p.Files[fi].Name, r.p.entryName(it, &it.entries[ref.entry]), got, off, err)
+			}
+			continue
+		}
 		if r.early[ref.item] {
 			if r.off[k] != off {
 				return fmt.Errorf("convert: internal error: %s: tensor %q placed at %d before the statistics pass, laid out at %d", r.p.Files[fi].Name, r.p.entryName(it, &it.entries[ref.entry]), r.off[k], off)
@@ -633,28 +684,16 @@ func (r *runner) layout(fi int) error {
 // shortest size) and they are copied while the statistics pass runs,
 // instead of waiting for it with the disk idle; layout checks their
 // offsets.
-func (r *runner) placeEarly(writeItems []*item) error {
+func (r *runner) placeEarly(writeItems []*item, bounds map[int]*layoutBounds) error {
 	p := r.p
-	short := func(it *item) (int64, error) { return int64(len(p.quantState(it, 0).MarshalPython())), nil }
-	long := func(it *item) (int64, error) { return p.maxQuantStateLen(it), nil }
 	fixed := make([]int64, len(r.off)) // by entry number: the fixed offset, or -1
 	for k := range fixed {
 		fixed[k] = -1
 	}
 	anyFixed := false
 	minSize := make(map[int]int64)
-	for fi := range p.Files {
-		if !r.inPart[fi] || r.pendingStats[fi].Load() == 0 {
-			continue
-		}
-		lo, refs, err := r.plan(fi, short)
-		if err != nil {
-			return err
-		}
-		hi, hiRefs, err := r.plan(fi, long)
-		if err != nil {
-			return err
-		}
+	for fi, b := range bounds {
+		lo, refs, hi, hiRefs := b.lo, b.loRefs, b.hi, b.hiRefs
 		for i, ref := range refs {
 			// (Tensors are sorted by dtype and name, so i is the same
 			// tensor in both layouts.)
@@ -695,6 +734,43 @@ func (r *runner) placeEarly(writeItems []*item) error {
 	for fi := range p.Files {
 		if files[fi] {
 			if err := r.open(fi, r.dir, minSize[fi]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// layoutBounds returns the shortest and longest layouts of each file of
+// this run whose layout waits for statistics.
+func (r *runner) layoutBounds() (map[int]*layoutBounds, error) {
+	p := r.p
+	short := func(it *item) (int64, error) { return int64(len(p.quantState(it, 0).MarshalPython())), nil }
+	long := func(it *item) (int64, error) { return p.maxQuantStateLen(it), nil }
+	bounds := make(map[int]*layoutBounds)
+	for fi := range p.Files {
+		if !r.inPart[fi] || r.pendingStats[fi].Load() == 0 {
+			continue
+		}
+		var b layoutBounds
+		var err error
+		if b.lo, b.loRefs, err = r.plan(fi, short); err != nil {
+			return nil, err
+		}
+		if b.hi, b.hiRefs, err = r.plan(fi, long); err != nil {
+			return nil, err
+		}
+		bounds[fi] = &b
+	}
+	return bounds, nil
+}
+
+// openFused creates the fused files that placeEarly did not, at their
+// shortest size (layout grows them).
+func (r *runner) openFused(bounds map[int]*layoutBounds) error {
+	for fi, f := range r.fused {
+		if f != nil && r.files[fi] == nil {
+			if err := r.open(fi, r.dir, bounds[fi].lo.FileSize()); err != nil {
 				return err
 			}
 		}
@@ -765,7 +841,11 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 		if !r.inPart[e.file] {
 			return nil
 		}
-		off := r.off[int(it.first)+j] + at
+		off, err := r.entryOffset(it, j)
+		if err != nil {
+			return err
+		}
+		off += at
 		if _, err := r.outs[e.file].WriteAt(b, off); err != nil {
 			return fmt.Errorf("convert: %s: writing tensor %q: %w", r.p.Files[e.file].Name, r.p.entryName(it, e), err)
 		}
@@ -780,7 +860,9 @@ func (r *runner) writeEntry(it *item, k entryKind, at int64, b []byte) error {
 func (r *runner) writeback(it *item, k entryKind, at, n int64) {
 	for j := range it.entries {
 		if e := &it.entries[j]; e.kind == k && r.inPart[e.file] {
-			startWriteback(r.files[e.file], r.off[int(it.first)+j]+at, n)
+			if off, err := r.entryOffset(it, j); err == nil {
+				startWriteback(r.files[e.file], off+at, n)
+			}
 		}
 	}
 }
@@ -856,6 +938,11 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 		if j.stats {
 			return r.finishStats(j)
 		}
+		if f := r.fusedFileOf(it); f != nil {
+			if err := r.finishFused(w, j, f); err != nil {
+				return err
+			}
+		}
 		if it.quantize {
 			if err := r.finishQuant(j); err != nil {
 				return err
@@ -915,8 +1002,15 @@ func (r *runner) quantJob(w *worker, j job) error {
 	nb := int(bnb.NumBlocks(j.n, bs))
 	w.packed = jobs.Grow(w.packed, int(bnb.PackedBytes(j.n)))
 	b0 := j.start / int64(bs)
-	absmax := jobs.Grow(w.absmax, nb)
-	w.absmax = absmax
+	fused := r.fusedFileOf(it) != nil
+	var absmax []float32
+	if fused {
+		// Kept for the weight's last job, which double-quantizes them.
+		absmax = j.st.absmax[b0 : b0+int64(nb)]
+	} else {
+		absmax = jobs.Grow(w.absmax, nb)
+		w.absmax = absmax
+	}
 	for off := int64(0); off < j.n; off += subChunk {
 		m := min(subChunk, j.n-off)
 		raw, err := r.read(w, it, j.start+off, m)
@@ -935,6 +1029,9 @@ func (r *runner) quantJob(w *worker, j job) error {
 		return err
 	}
 	r.writeback(it, entryData, j.start/2, int64(len(w.packed)))
+	if fused {
+		return nil // finishFused double-quantizes the absmax values
+	}
 	if !r.s.doubleQuant {
 		w.out = jobs.Grow(w.out, 4*nb)
 		cast.Encode(w.out, absmax, dtype.F32)

@@ -141,7 +141,7 @@ func TestKeptDuringStats(t *testing.T) {
 	for _, w := range []int{1, 3} {
 		var mu sync.Mutex
 		var order []string // "s" statistics, "k" kept, "q" quantization
-		o := Options{Workers: w, jobElements: testJobElems, hooks: &hooks{job: func(name string, stats bool) {
+		o := Options{Workers: w, jobElements: testJobElems, hooks: &hooks{twoPass: true, job: func(name string, stats bool) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
