@@ -137,13 +137,31 @@ func newFileWriter(f *os.File, size int64) (fileWriter, error) {
 func newMappedFile(f *os.File, size int64) *mappedFile {
 	m := &mappedFile{f: f}
 	m.extend(size)
-	c := m.chunks[0]
-	if c.acquire(m, 0) == nil {
+	if !m.mapWhole(size) {
 		return nil
 	}
-	c.release(0)
 	m.populate.Store(true)
 	return m
+}
+
+// mapWhole maps the file's first size bytes, shared and writable, in one
+// mapping. One mapping, not one per chunk, because mmap and munmap take
+// the process's mmap lock exclusively: with a mapping per 2 MiB chunk, 16
+// workers spent 2.2 s of 21 s waiting for each other's mmap and munmap
+// calls on the 16-core host (block profile, docs/benchmark.md).
+func (m *mappedFile) mapWhole(size int64) bool {
+	if size <= 0 || int64(int(size)) != size {
+		return false
+	}
+	var mem []byte
+	var merr error
+	if err := control(m.f, func(fd int) {
+		mem, merr = syscall.Mmap(fd, 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	}); err != nil || merr != nil {
+		return false
+	}
+	m.whole = mem
+	return true
 }
 
 // newSparseMappedFile truncates f to size bytes and returns a sparse
@@ -158,15 +176,12 @@ func newSparseMappedFile(f *os.File, size int64) (*mappedFile, error) {
 	if err := m.grow(size); err != nil {
 		return nil, err
 	}
-	c := m.chunks[0]
-	mem := c.acquire(m, 0)
-	if mem == nil {
+	if !m.mapWhole(size) {
 		return nil, f.Truncate(0)
 	}
 	// Allocate the first page (the header's), which also tells whether
 	// the kernel can populate.
-	err := syscall.Madvise(mem[:min(int64(len(mem)), int64(os.Getpagesize()))], madvPopulateWrite)
-	c.release(0)
+	err := syscall.Madvise(m.whole[:min(size, int64(os.Getpagesize()))], madvPopulateWrite)
 	if err != nil {
 		m.close()
 		if errors.Is(err, syscall.EINVAL) {
@@ -262,10 +277,14 @@ func (m *mappedFile) allocateAhead(size int64) {
 //     either way are dirty pages of the file: sync_file_range, and the
 //     fsync that finishes the file, write them and report write-back
 //     errors as they do for pwrite, also after munmap.
-//   - A chunk is unmapped once all its bytes are written and no write
-//     uses it (so the resident mapped pages, which count in the process's
-//     RSS, stay a few chunks), and all of them by close, before the file
-//     is synced, closed and renamed.
+//   - The file's first bytes, its size when the writer was made, are
+//     mapped once; writes past them (a file grown at its layout by a few
+//     bytes) use pwrite. The pages of a chunk of mapChunk bytes are
+//     dropped from the mapping (MADV_DONTNEED, which keeps them in the
+//     page cache, dirty) once all its bytes are written, so that the
+//     resident mapped pages, which count in the process's RSS, stay a few
+//     chunks; a page written again is faulted in again. close unmaps the
+//     file before it is synced, closed and renamed.
 type mappedFile struct {
 	f *os.File
 	// pwrite makes every write a pwrite: the blocks of a grown file could
@@ -280,19 +299,20 @@ type mappedFile struct {
 	aheadStop, aheadDone chan struct{}
 	stopAhead            sync.Once
 
-	mu     sync.RWMutex // guards size and chunks (grow appends)
-	size   int64
-	chunks []*fileChunk // [k]: bytes [k*mapChunk, (k+1)*mapChunk)
+	// whole maps the file's first len(whole) bytes; chunks has an entry
+	// per mapChunk bytes of it. Both are set before m is shared, and
+	// unmapped (nil) by close under mu.
+	whole  []byte
+	chunks []fileChunk
+
+	mu   sync.RWMutex // guards size (grow), and whole against close
+	size int64
 }
 
-// A fileChunk is the mapping of mapChunk bytes of the file, made when
-// first written.
+// A fileChunk counts the bytes written into mapChunk bytes of the mapping.
 type fileChunk struct {
-	mu      sync.Mutex
-	mem     []byte // the mapping, nil when not mapped
-	users   int    // writes copying into mem
-	written int64  // bytes written into the chunk so far
-	failed  bool   // mmap failed: writes into the chunk use pwrite
+	written  atomic.Int64
+	resident atomic.Bool // pages of it may be mapped (written since dropped)
 }
 
 // grow brings the file to size bytes: a sparse file is extended (after a
@@ -326,11 +346,11 @@ func (m *mappedFile) grow(size int64) error {
 }
 
 // extend records that the file has size bytes (m.mu held, or m not yet
-// shared), with a chunk for every mapChunk bytes and at least one.
+// shared).
 func (m *mappedFile) extend(size int64) {
 	m.size = max(m.size, size)
-	for int64(len(m.chunks))*mapChunk < max(m.size, 1) {
-		m.chunks = append(m.chunks, new(fileChunk))
+	if m.chunks == nil {
+		m.chunks = make([]fileChunk, (size+mapChunk-1)/mapChunk)
 	}
 }
 
@@ -360,9 +380,8 @@ func (m *mappedFile) populateError(err error) error {
 // WriteAt writes b at byte offset off, through the mapping where it can.
 func (m *mappedFile) WriteAt(b []byte, off int64) (int, error) {
 	m.mu.RLock()
-	size, chunks := m.size, m.chunks
-	m.mu.RUnlock()
-	if m.pwrite.Load() || off < 0 || off+int64(len(b)) > size {
+	defer m.mu.RUnlock()
+	if m.pwrite.Load() || off < 0 || off+int64(len(b)) > int64(len(m.whole)) {
 		return m.f.WriteAt(b, off)
 	}
 	done := 0
@@ -370,18 +389,17 @@ func (m *mappedFile) WriteAt(b []byte, off int64) (int, error) {
 		at := off + int64(done)
 		k := at / mapChunk
 		n := min(len(b)-done, int(mapChunk-at%mapChunk))
-		p := b[done : done+n]
-		c := chunks[k]
-		mem := c.acquire(m, k)
-		var err error
-		if mem == nil {
-			_, err = m.f.WriteAt(p, at)
-		} else {
-			err = m.copyTo(mem, at-k*mapChunk, p)
-			c.release(int64(n))
-		}
+		c := &m.chunks[k]
+		c.resident.Store(true)
+		err := m.copyTo(m.whole, at, b[done:done+n])
 		if err != nil {
 			return done, err
+		}
+		if w := c.written.Add(int64(n)); w >= mapChunk && w-int64(n) < mapChunk {
+			// Every byte of the chunk is written: drop its pages from
+			// the mapping (advisory; errors change nothing written).
+			c.resident.Store(false)
+			syscall.Madvise(m.whole[k*mapChunk:(k+1)*mapChunk], syscall.MADV_DONTNEED)
 		}
 		done += n
 	}
@@ -421,45 +439,6 @@ func (m *mappedFile) copyTo(mem []byte, i int64, p []byte) (err error) {
 	return nil
 }
 
-// acquire returns the mapping of chunk k of m, mapping it if need be, for
-// one write; nil if it cannot be mapped (the write then uses pwrite).
-// Every non-nil return is paired with a release.
-func (c *fileChunk) acquire(m *mappedFile, k int64) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.failed {
-		return nil
-	}
-	if c.mem == nil {
-		var mem []byte
-		var merr error
-		if err := control(m.f, func(fd int) {
-			mem, merr = syscall.Mmap(fd, k*mapChunk, mapChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
-		}); err != nil || merr != nil {
-			c.failed = true
-			return nil
-		}
-		c.mem = mem
-	}
-	c.users++
-	return c.mem
-}
-
-// release ends a write of n bytes into the chunk, unmapping it once every
-// byte of it has been written and no write uses it. (A chunk written
-// again later is mapped again.)
-func (c *fileChunk) release(n int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.users--
-	c.written += n
-	if c.users == 0 && c.written >= mapChunk && c.mem != nil {
-		// Munmap fails only for a range that is not a mapping.
-		syscall.Munmap(c.mem)
-		c.mem = nil
-	}
-}
-
 // close stops allocateAhead and unmaps every chunk still mapped; later
 // writes use pwrite.
 func (m *mappedFile) close() error {
@@ -470,16 +449,16 @@ func (m *mappedFile) close() error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var first error
-	for _, c := range m.chunks {
-		c.mu.Lock()
-		if c.mem != nil {
-			if err := syscall.Munmap(c.mem); err != nil && first == nil {
-				first = &os.PathError{Op: "munmap", Path: m.f.Name(), Err: err}
-			}
-			c.mem = nil
-		}
-		c.mu.Unlock()
+	if m.whole == nil {
+		return nil
 	}
-	return first
+	err := syscall.Munmap(m.whole)
+	m.whole = nil
+	for k := range m.chunks {
+		m.chunks[k].resident.Store(false)
+	}
+	if err != nil {
+		return &os.PathError{Op: "munmap", Path: m.f.Name(), Err: err}
+	}
+	return nil
 }

@@ -124,8 +124,8 @@ func TestMapWritesTmpfs(t *testing.T) {
 // mapped counts m's chunks that are mapped.
 func (m *mappedFile) mapped() int {
 	n := 0
-	for _, c := range m.chunks {
-		if c.mem != nil {
+	for k := range m.chunks {
+		if m.chunks[k].resident.Load() {
 			n++
 		}
 	}
