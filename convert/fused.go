@@ -32,7 +32,9 @@ import (
 // packed codes and the absmax values of its blocks (kept, per weight, until
 // its last job), and writes the codes as soon as the JSONs before them are
 // known, which they are by then, or nearly: they belong to the weights
-// handed out before (see fusedFile.offset). A weight's last job computes the
+// handed out before. A job that finds them not yet known leaves its codes
+// to be written when they are (deferData), and goes on with the next job.
+// A weight's last job computes the
 // mean, its JSON (publishing its length), and double-quantizes its absmax
 // values. The header is written once every JSON of the file is known, and
 // layout checks every offset against the exact layout.
@@ -46,9 +48,10 @@ type fusedFile struct {
 
 	mu       sync.Mutex
 	cond     sync.Cond
-	known    []bool  // [q]: the JSON's length is known
-	longer   []int64 // [q]: its length less short[q]
-	failed   bool    // the run is ending: waiters give up
+	pending  []pendingWrite // deferred writes, waiting for their JSONs
+	known    []bool         // [q]: the JSON's length is known
+	longer   []int64        // [q]: its length less short[q]
+	failed   bool           // the run is ending: waiters give up
 	prefix   atomic.Int32
 	deltaSum []int64 // [q]: sum of longer[:q]; read once prefix >= q
 }
@@ -81,8 +84,17 @@ func (f *fusedFile) offset(lo int64, q int32) (int64, error) {
 // has failed; the run reports the failure's own error.
 var errFusedAborted = fmt.Errorf("convert: run stopped")
 
-// publish records that the q-th JSON is n bytes long.
-func (f *fusedFile) publish(q int32, n int64) {
+// A pendingWrite is a write deferred until the first q JSONs of its file
+// are known; run does it on a worker and returns the writes that its
+// item's completion let go.
+type pendingWrite struct {
+	q   int32
+	run func(w *worker) ([]pendingWrite, error)
+}
+
+// publish records that the q-th JSON is n bytes long, and returns the
+// deferred writes whose JSONs are now all known.
+func (f *fusedFile) publish(q int32, n int64) []pendingWrite {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.known[q] = true
@@ -94,6 +106,30 @@ func (f *fusedFile) publish(q int32, n int64) {
 	}
 	f.prefix.Store(p) // after deltaSum: offset reads it once it sees p
 	f.cond.Broadcast()
+	var ready []pendingWrite
+	f.pending = slices.DeleteFunc(f.pending, func(w pendingWrite) bool {
+		if w.q <= p {
+			ready = append(ready, w)
+			return true
+		}
+		return false
+	})
+	return ready
+}
+
+// deferWrite queues pw unless its JSONs are already known; it reports
+// whether it did.
+func (f *fusedFile) deferWrite(pw pendingWrite) bool {
+	if f.prefix.Load() >= pw.q {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.prefix.Load() >= pw.q {
+		return false
+	}
+	f.pending = append(f.pending, pw)
+	return true
 }
 
 // abort wakes the waiters for good.
@@ -242,6 +278,63 @@ func (r *runner) abortFused(ctx context.Context) (stop func() bool) {
 	})
 }
 
+// deferData queues the write of a fused job's packed codes (w.packed) if
+// the JSONs before them are not known yet, handing the buffer over (the
+// worker gets another) and counting the write as a part of the item that
+// is still outstanding; it reports whether it did. Writes only wait for
+// the weights handed out before, so a worker never waits at a weight's
+// start for the last jobs of the weight before it.
+func (r *runner) deferData(w *worker, j job) bool {
+	it := j.it
+	var k int
+	for i := range it.entries {
+		if it.entries[i].kind == entryData {
+			k = int(it.first) + i
+		}
+	}
+	f := r.fused[it.entries[k-int(it.first)].file]
+	buf := w.packed
+	j.st.remaining.Add(1)
+	queued := f.deferWrite(pendingWrite{q: r.fusedQ[k], run: func(w *worker) ([]pendingWrite, error) {
+		if err := r.writeEntry(it, entryData, j.start/2, buf); err != nil {
+			return nil, err
+		}
+		r.writeback(it, entryData, j.start/2, int64(len(buf)))
+		r.putPacked(buf)
+		return r.release(w, j)
+	}})
+	if !queued {
+		j.st.remaining.Add(-1)
+		return false
+	}
+	if h := r.s.hooks; h != nil && h.deferred != nil {
+		h.deferred(it.src.Name)
+	}
+	w.packed = r.getPacked()
+	return true
+}
+
+// getPacked returns a packed-codes buffer for a worker whose own went
+// with a deferred write; putPacked keeps a few for reuse.
+func (r *runner) getPacked() []byte {
+	r.packedMu.Lock()
+	defer r.packedMu.Unlock()
+	if n := len(r.packedFree); n > 0 {
+		b := r.packedFree[n-1]
+		r.packedFree = r.packedFree[:n-1]
+		return b
+	}
+	return nil // jobs.Grow makes one
+}
+
+func (r *runner) putPacked(b []byte) {
+	r.packedMu.Lock()
+	defer r.packedMu.Unlock()
+	if len(r.packedFree) < r.s.workers {
+		r.packedFree = append(r.packedFree, b)
+	}
+}
+
 // entryOffset returns the offset in its file of entry j of it, waiting, in
 // a fused file, until the JSONs before it are known.
 func (r *runner) entryOffset(it *item, j int) (int64, error) {
@@ -259,7 +352,7 @@ func (r *runner) entryOffset(it *item, j int) (int64, error) {
 // the writes after it in the file can go, and laying out the file once it
 // is the last), then the double quantization of its absmax values, written
 // a piece at a time.
-func (r *runner) finishFused(w *worker, j job, f *fusedFile) error {
+func (r *runner) finishFused(w *worker, j job, f *fusedFile) ([]pendingWrite, error) {
 	it := j.it
 	absmax := j.st.absmax
 	offset := bnb.CUDAMean(absmax)
@@ -267,15 +360,16 @@ func (r *runner) finishFused(w *worker, j job, f *fusedFile) error {
 	r.qstate[it.qi] = r.p.quantState(it, offset).MarshalPython()
 	close(r.statsReady[it.qi])
 	var e *entry
+	var ready []pendingWrite
 	for i := range it.entries {
 		if it.entries[i].kind == entryQuantState {
 			e = &it.entries[i]
-			f.publish(r.fusedQ[int(it.first)+i], int64(len(r.qstate[it.qi])))
+			ready = f.publish(r.fusedQ[int(it.first)+i], int64(len(r.qstate[it.qi])))
 		}
 	}
 	if r.pendingStats[e.file].Add(-1) == 0 {
 		if err := r.fileReady(int(e.file)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	const piece = 1 << 16 // blocks at a time: a multiple of the nested blocksize
@@ -286,15 +380,15 @@ func (r *runner) finishFused(w *worker, j job, f *fusedFile) error {
 		w.nested = jobs.Grow(w.nested, nn)
 		bnb.DoubleQuantOffset(w.codes, w.nested, a, offset)
 		if err := r.writeEntry(it, entryAbsmax, int64(b), w.codes); err != nil {
-			return err
+			return nil, err
 		}
 		w.out = jobs.Grow(w.out, 4*nn)
 		cast.Encode(w.out, w.nested, dtype.F32)
 		if err := r.writeEntry(it, entryNestedAbsmax, 4*int64(b/bnb.NestedBlocksize), w.out); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	r.putAbsmax(absmax)
 	j.st.absmax = nil
-	return nil
+	return ready, nil
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/internal/synth"
@@ -157,5 +160,61 @@ search:
 		if fused["model.safetensors"] || *stats == 0 {
 			t.Errorf("-j %d: fused %v, %d statistics jobs; want the two passes", workers, fused, *stats)
 		}
+	}
+}
+
+// TestFusedDeferred: jobs of a weight that finish before the weight
+// handed out before it leave their writes to be done once its JSON is
+// known, and go on; the bytes are the two passes'.
+func TestFusedDeferred(t *testing.T) {
+	J := int64(testJobElems)
+	src := writeSynth(t, []synth.Tensor{
+		{Name: "model.layers.0.a.weight", DType: dtype.BF16, Shape: []int64{1, J}},
+		{Name: "model.layers.0.b.weight", DType: dtype.BF16, Shape: []int64{4, J}},
+		{Name: "model.layers.0.c.weight", DType: dtype.BF16, Shape: []int64{2, J}},
+	}, 1<<40, "")
+	want, _ := convertTo(t, src, Options{Workers: 1, jobElements: testJobElems, hooks: &hooks{twoPass: true}})
+	var deferred atomic.Int64
+	h := &hooks{
+		// The first weight's one job is slow: the next weight's jobs,
+		// on the other workers, finish first.
+		job: func(name string, _ bool) {
+			if strings.Contains(name, ".a.") {
+				time.Sleep(50 * time.Millisecond)
+			}
+		},
+		deferred: func(string) { deferred.Add(1) },
+	}
+	got, _ := convertTo(t, src, Options{Workers: 4, jobElements: testJobElems, hooks: h})
+	sameFiles(t, readDir(t, got), readDir(t, want), "the two passes' output")
+	if deferred.Load() == 0 {
+		t.Error("no write was deferred")
+	}
+
+	// The slow weight fails: the deferred writes never run, and the
+	// run ends with its error instead of waiting for them.
+	deferred.Store(0)
+	var n atomic.Int64
+	h.reader = func(name string, r io.ReaderAt) io.ReaderAt {
+		if strings.Contains(name, ".a.") {
+			return failAfter{r: r, limit: 0, n: &n}
+		}
+		return r
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Convert(context.Background(), src, filepath.Join(t.TempDir(), "out"), Options{Workers: 4, jobElements: testJobElems, hooks: h})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errInjected) {
+			t.Errorf("error %v, want the injected failure", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the conversion hangs")
+	}
+	if deferred.Load() == 0 {
+		t.Error("no write was deferred before the failure")
 	}
 }

@@ -44,6 +44,8 @@ type hooks struct {
 	// fused is told, per output file that waits for statistics, whether
 	// it is fused; an error stops the run.
 	fused func(file string, fused bool) error
+	// deferred is called when a job of a fused file defers its write.
+	deferred func(tensor string)
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -77,6 +79,9 @@ type runner struct {
 	fused   []*fusedFile
 	fusedQ  []int32
 	fusedOf []int32
+	// packedFree holds packed-codes buffers of deferred writes for reuse.
+	packedMu   sync.Mutex
+	packedFree [][]byte
 
 	done, total atomic.Int64
 
@@ -934,23 +939,48 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	if !j.stats { // the statistics pass reads bytes that the quantization pass counts
 		r.addProgress(j.n * int64(it.src.DType.Size()))
 	}
-	if j.st.remaining.Add(-1) == 0 {
-		if j.stats {
-			return r.finishStats(j)
-		}
-		if f := r.fusedFileOf(it); f != nil {
-			if err := r.finishFused(w, j, f); err != nil {
-				return err
-			}
-		}
-		if it.quantize {
-			if err := r.finishQuant(j); err != nil {
-				return err
-			}
-		}
-		return r.itemDone(it)
+	ready, err := r.release(w, j)
+	return r.runWrites(w, ready, err)
+}
+
+// release counts one of the outstanding parts of j's item (its jobs, and
+// in a fused file the writes they deferred) as done; the last one
+// completes the item. It returns the deferred writes that the completion
+// let go.
+func (r *runner) release(w *worker, j job) ([]pendingWrite, error) {
+	if j.st.remaining.Add(-1) != 0 {
+		return nil, nil
 	}
-	return nil
+	it := j.it
+	if j.stats {
+		return nil, r.finishStats(j)
+	}
+	var ready []pendingWrite
+	if f := r.fusedFileOf(it); f != nil {
+		var err error
+		if ready, err = r.finishFused(w, j, f); err != nil {
+			return nil, err
+		}
+	}
+	if it.quantize {
+		if err := r.finishQuant(j); err != nil {
+			return nil, err
+		}
+	}
+	return ready, r.itemDone(it)
+}
+
+// runWrites runs the deferred writes of ready, and those that they let go
+// in turn, on w, unless err.
+func (r *runner) runWrites(w *worker, ready []pendingWrite, err error) error {
+	for err == nil && len(ready) > 0 {
+		p := ready[0]
+		ready = ready[1:]
+		var more []pendingWrite
+		more, err = p.run(w)
+		ready = append(ready, more...)
+	}
+	return err
 }
 
 // statsJob computes the absmax values of a job's blocks straight from the
@@ -1024,6 +1054,9 @@ func (r *runner) quantJob(w *worker, j job) error {
 		if err := r.checkFinite(it, raw, j.start+off, i); err != nil {
 			return err
 		}
+	}
+	if fused && r.deferData(w, j) {
+		return nil
 	}
 	if err := r.writeEntry(it, entryData, j.start/2, w.packed); err != nil {
 		return err
