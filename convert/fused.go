@@ -85,11 +85,10 @@ func (f *fusedFile) offset(lo int64, q int32) (int64, error) {
 var errFusedAborted = fmt.Errorf("convert: run stopped")
 
 // A pendingWrite is a write deferred until the first q JSONs of its file
-// are known; run does it on a worker and returns the writes that its
-// item's completion let go.
+// are known; run does it on a worker.
 type pendingWrite struct {
 	q   int32
-	run func(w *worker) ([]pendingWrite, error)
+	run func(w *worker) error
 }
 
 // publish records that the q-th JSON is n bytes long, and returns the
@@ -294,17 +293,17 @@ func (r *runner) deferData(w *worker, j job) bool {
 	}
 	f := r.fused[it.entries[k-int(it.first)].file]
 	buf := w.packed
-	j.st.remaining.Add(1)
-	queued := f.deferWrite(pendingWrite{q: r.fusedQ[k], run: func(w *worker) ([]pendingWrite, error) {
+	j.st.outstanding.Add(1)
+	queued := f.deferWrite(pendingWrite{q: r.fusedQ[k], run: func(w *worker) error {
 		if err := r.writeEntry(it, entryData, j.start/2, buf); err != nil {
-			return nil, err
+			return err
 		}
 		r.writeback(it, entryData, j.start/2, int64(len(buf)))
 		r.putPacked(buf)
-		return r.release(w, j)
+		return r.settle(j)
 	}})
 	if !queued {
-		j.st.remaining.Add(-1)
+		j.st.outstanding.Add(-1)
 		return false
 	}
 	if h := r.s.hooks; h != nil && h.deferred != nil {
@@ -312,6 +311,46 @@ func (r *runner) deferData(w *worker, j job) bool {
 	}
 	w.packed = r.getPacked()
 	return true
+}
+
+// settle counts one of the outstanding writes of j's fused weight as done;
+// after the last the item is done.
+func (r *runner) settle(j job) error {
+	if j.st.outstanding.Add(-1) != 0 {
+		return nil
+	}
+	return r.itemDone(j.it)
+}
+
+// queueReady adds deferred writes whose JSONs are known to the ready
+// list.
+func (r *runner) queueReady(ws []pendingWrite) {
+	if len(ws) == 0 {
+		return
+	}
+	r.packedMu.Lock()
+	r.readyWrites = append(r.readyWrites, ws...)
+	r.packedMu.Unlock()
+}
+
+// drainReady does ready deferred writes, one at a time, until none is
+// left (the other workers take from the same list, so that the writes a
+// JSON lets go are spread over them).
+func (r *runner) drainReady(w *worker) error {
+	for {
+		r.packedMu.Lock()
+		n := len(r.readyWrites)
+		if n == 0 {
+			r.packedMu.Unlock()
+			return nil
+		}
+		pw := r.readyWrites[n-1]
+		r.readyWrites = r.readyWrites[:n-1]
+		r.packedMu.Unlock()
+		if err := pw.run(w); err != nil {
+			return err
+		}
+	}
 }
 
 // getPacked returns a packed-codes buffer for a worker whose own went
@@ -347,31 +386,47 @@ func (r *runner) entryOffset(it *item, j int) (int64, error) {
 	return r.off[k], nil
 }
 
-// finishFused ends a fused weight once all its jobs have quantized their
-// blocks: the nested offset and the quant-state JSON (published, so that
-// the writes after it in the file can go, and laying out the file once it
-// is the last), then the double quantization of its absmax values, written
-// a piece at a time.
-func (r *runner) finishFused(w *worker, j job, f *fusedFile) ([]pendingWrite, error) {
+// finishFused ends the computing of a fused weight once all its jobs have
+// quantized their blocks: the nested offset and the quant-state JSON,
+// published at once, so that the writes after it in the file can go (and
+// laying out the file once it is the last). Its remaining writes (the
+// double quantization of its absmax values, the code books, the JSON)
+// wait for the JSONs before it like its codes do: done now if they are
+// known, else when they are (finishWrites).
+func (r *runner) finishFused(w *worker, j job, f *fusedFile) error {
 	it := j.it
-	absmax := j.st.absmax
-	offset := bnb.CUDAMean(absmax)
+	offset := bnb.CUDAMean(j.st.absmax)
 	r.offset[it.qi] = offset
 	r.qstate[it.qi] = r.p.quantState(it, offset).MarshalPython()
 	close(r.statsReady[it.qi])
 	var e *entry
-	var ready []pendingWrite
+	var q int32
 	for i := range it.entries {
 		if it.entries[i].kind == entryQuantState {
 			e = &it.entries[i]
-			ready = f.publish(r.fusedQ[int(it.first)+i], int64(len(r.qstate[it.qi])))
+			q = r.fusedQ[int(it.first)+i]
+			r.queueReady(f.publish(q, int64(len(r.qstate[it.qi]))))
 		}
 	}
 	if r.pendingStats[e.file].Add(-1) == 0 {
 		if err := r.fileReady(int(e.file)); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	pw := pendingWrite{q: q, run: func(w *worker) error { return r.finishWrites(w, j) }}
+	if f.deferWrite(pw) {
+		return nil
+	}
+	return pw.run(w)
+}
+
+// finishWrites writes the rest of a fused weight once the JSONs before it
+// are known: its absmax values double-quantized a piece at a time, the
+// code books and its JSON.
+func (r *runner) finishWrites(w *worker, j job) error {
+	it := j.it
+	absmax := j.st.absmax
+	offset := r.offset[it.qi]
 	const piece = 1 << 16 // blocks at a time: a multiple of the nested blocksize
 	for b := 0; b < len(absmax); b += piece {
 		a := absmax[b:min(b+piece, len(absmax))]
@@ -380,15 +435,18 @@ func (r *runner) finishFused(w *worker, j job, f *fusedFile) ([]pendingWrite, er
 		w.nested = jobs.Grow(w.nested, nn)
 		bnb.DoubleQuantOffset(w.codes, w.nested, a, offset)
 		if err := r.writeEntry(it, entryAbsmax, int64(b), w.codes); err != nil {
-			return nil, err
+			return err
 		}
 		w.out = jobs.Grow(w.out, 4*nn)
 		cast.Encode(w.out, w.nested, dtype.F32)
 		if err := r.writeEntry(it, entryNestedAbsmax, 4*int64(b/bnb.NestedBlocksize), w.out); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	r.putAbsmax(absmax)
 	j.st.absmax = nil
-	return ready, nil
+	if err := r.finishQuant(j); err != nil {
+		return err
+	}
+	return r.settle(j)
 }

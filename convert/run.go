@@ -79,9 +79,12 @@ type runner struct {
 	fused   []*fusedFile
 	fusedQ  []int32
 	fusedOf []int32
-	// packedFree holds packed-codes buffers of deferred writes for reuse.
-	packedMu   sync.Mutex
-	packedFree [][]byte
+	// packedFree holds packed-codes buffers of deferred writes for reuse;
+	// readyWrites holds the deferred writes whose JSONs are known, which
+	// every worker takes from after each job (drainReady).
+	packedMu    sync.Mutex
+	packedFree  [][]byte
+	readyWrites []pendingWrite
 
 	done, total atomic.Int64
 
@@ -113,6 +116,10 @@ type runner struct {
 type itemState struct {
 	remaining atomic.Int64
 	absmax    []float32 // statistics pass: the whole tensor's absmax
+	// outstanding counts, for a weight of a fused file, its writes that
+	// wait for JSONs (deferred codes, and its completion's); at zero the
+	// item is done.
+	outstanding atomic.Int64
 }
 
 // A job is a range of elements of one item. Jobs are passed by value (no
@@ -206,6 +213,9 @@ func (r *runner) itemJobs(it *item, stats bool, yield func(job) bool) bool {
 	st.remaining.Store((n + chunk - 1) / chunk)
 	if stats || (it.quantize && r.fusedFileOf(it) != nil) {
 		st.absmax = r.getAbsmax(it.numBlocks(r.s.blocksize))
+	}
+	if !stats && it.quantize && r.fusedFileOf(it) != nil {
+		st.outstanding.Store(1) // finishFused's writes
 	}
 	for start := int64(0); start < n; start += chunk {
 		if !yield(job{it: it, st: st, start: start, n: min(chunk, n-start), stats: stats}) {
@@ -939,48 +949,31 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	if !j.stats { // the statistics pass reads bytes that the quantization pass counts
 		r.addProgress(j.n * int64(it.src.DType.Size()))
 	}
-	ready, err := r.release(w, j)
-	return r.runWrites(w, ready, err)
+	if err := r.release(w, j); err != nil {
+		return err
+	}
+	return r.drainReady(w)
 }
 
-// release counts one of the outstanding parts of j's item (its jobs, and
-// in a fused file the writes they deferred) as done; the last one
-// completes the item. It returns the deferred writes that the completion
-// let go.
-func (r *runner) release(w *worker, j job) ([]pendingWrite, error) {
+// release counts job j as done; the last job of its item completes the
+// item (in a fused file, see finishFused).
+func (r *runner) release(w *worker, j job) error {
 	if j.st.remaining.Add(-1) != 0 {
-		return nil, nil
+		return nil
 	}
 	it := j.it
 	if j.stats {
-		return nil, r.finishStats(j)
+		return r.finishStats(j)
 	}
-	var ready []pendingWrite
 	if f := r.fusedFileOf(it); f != nil {
-		var err error
-		if ready, err = r.finishFused(w, j, f); err != nil {
-			return nil, err
-		}
+		return r.finishFused(w, j, f)
 	}
 	if it.quantize {
 		if err := r.finishQuant(j); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return ready, r.itemDone(it)
-}
-
-// runWrites runs the deferred writes of ready, and those that they let go
-// in turn, on w, unless err.
-func (r *runner) runWrites(w *worker, ready []pendingWrite, err error) error {
-	for err == nil && len(ready) > 0 {
-		p := ready[0]
-		ready = ready[1:]
-		var more []pendingWrite
-		more, err = p.run(w)
-		ready = append(ready, more...)
-	}
-	return err
+	return r.itemDone(it)
 }
 
 // statsJob computes the absmax values of a job's blocks straight from the
