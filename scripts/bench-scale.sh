@@ -11,7 +11,8 @@
 # CGO_ENABLED=0 go build if absent), SIZE, RUNS, JOBS (the -j list), DIR
 # (working directory; "auto" puts it on the disk unless the disk writes
 # below 1 GB/s, then on /dev/shm), OUT (where the results go), BASE (an
-# older qconv binary, timed at one worker per CPU for a before/after).
+# older qconv binary, timed at one worker per CPU for a before/after),
+# EXTRA (more qconv-bench flags, e.g. -warmup=false).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/bench}
@@ -46,7 +47,8 @@ if [ -n "${BASE:-}" ]; then
   "$BIN/qconv-bench" -qconv "$BASE" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$CPUS" \
     -cp=false -yardstick=false -audit=false -warmup=false 2>&1 | tee "$OUT/base.txt"
 fi
-"$BIN/qconv-bench" -qconv "$BIN/qconv" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$JOBS" \
+# shellcheck disable=SC2086 # EXTRA is a list of flags
+"$BIN/qconv-bench" -qconv "$BIN/qconv" -size "$SIZE" -dir "$DIR" -runs "$RUNS" -jobs "$JOBS" ${EXTRA:-} \
   -cpuprofile "$OUT/cpu.pprof" -blockprofile "$OUT/block.pprof" -mutexprofile "$OUT/mutex.pprof" \
   -profile-workers "$CPUS" 2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench.txt"
 # Where the time of one convert at one worker per CPU goes in the kernel,

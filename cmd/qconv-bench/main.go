@@ -234,41 +234,47 @@ func childConvert(args []string, c *config, stderr io.Writer) int {
 		runtime.SetMutexProfileFraction(10)
 		defer writeProfile("mutex", c.mutexprofile, stderr)
 	}
-	if c.trace != "" {
-		f, err := os.Create(c.trace)
+	for _, p := range []struct {
+		path  string
+		start func(io.Writer) error
+		stop  func()
+	}{
+		{c.trace, trace.Start, trace.Stop},
+		{c.cpuprofile, pprof.StartCPUProfile, pprof.StopCPUProfile},
+	} {
+		if p.path == "" {
+			continue
+		}
+		stop, err := startRecording(p.path, p.start, p.stop)
 		if err != nil {
 			fmt.Fprintln(stderr, "qconv-bench:", err)
 			return 1
 		}
-		if err := trace.Start(f); err != nil {
-			fmt.Fprintln(stderr, "qconv-bench:", err)
-			return 1
-		}
-		defer func() {
-			trace.Stop()
-			f.Close()
-		}()
-	}
-	if profile := c.cpuprofile; profile != "" {
-		f, err := os.Create(profile)
-		if err != nil {
-			fmt.Fprintln(stderr, "qconv-bench:", err)
-			return 1
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintln(stderr, "qconv-bench:", err)
-			return 1
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		}()
+		defer stop()
 	}
 	if _, err := convert.Convert(context.Background(), args[0], args[1], convert.Options{Log: stderr, Workers: c.profWorkers}); err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	return 0
+}
+
+// startRecording creates path and starts a recording into it (the CPU
+// profiler, the execution tracer); the returned func stops it and closes
+// the file.
+func startRecording(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		stop()
+		f.Close()
+	}, nil
 }
 
 // writeProfile writes the named runtime profile to path.
