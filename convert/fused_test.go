@@ -183,7 +183,7 @@ func TestFusedDeferred(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 			}
 		},
-		deferred: func(string) { deferred.Add(1) },
+		deferred: func(string, int64) { deferred.Add(1) },
 	}
 	got, _ := convertTo(t, src, Options{Workers: 4, jobElements: testJobElems, hooks: h})
 	sameFiles(t, readDir(t, got), readDir(t, want), "the two passes' output")
@@ -216,5 +216,38 @@ func TestFusedDeferred(t *testing.T) {
 	}
 	if deferred.Load() == 0 {
 		t.Error("no write was deferred before the failure")
+	}
+}
+
+// TestFusedDeferredBounded: behind a slow weight, at most maxDeferred
+// writes per worker are deferred; the next job waits for its JSONs
+// instead, and the bytes are still the two passes'.
+func TestFusedDeferredBounded(t *testing.T) {
+	J := int64(testJobElems)
+	src := writeSynth(t, []synth.Tensor{
+		{Name: "model.layers.0.a.weight", DType: dtype.BF16, Shape: []int64{1, J}},
+		{Name: "model.layers.0.b.weight", DType: dtype.BF16, Shape: []int64{8, J}},
+		{Name: "model.layers.0.c.weight", DType: dtype.BF16, Shape: []int64{3, J}},
+	}, 1<<40, "")
+	want, _ := convertTo(t, src, Options{Workers: 1, jobElements: testJobElems, hooks: &hooks{twoPass: true}})
+	var mu sync.Mutex
+	most := int64(0)
+	h := &hooks{
+		job: func(name string, _ bool) {
+			if strings.Contains(name, ".a.") {
+				time.Sleep(100 * time.Millisecond)
+			}
+		},
+		deferred: func(_ string, n int64) {
+			mu.Lock()
+			most = max(most, n)
+			mu.Unlock()
+		},
+	}
+	const workers = 2
+	got, _ := convertTo(t, src, Options{Workers: workers, jobElements: testJobElems, hooks: h})
+	sameFiles(t, readDir(t, got), readDir(t, want), "the two passes' output")
+	if most != maxDeferred*workers {
+		t.Errorf("at most %d writes deferred at a time behind the slow weight, want the bound, %d", most, maxDeferred*workers)
 	}
 }

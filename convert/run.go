@@ -44,8 +44,9 @@ type hooks struct {
 	// fused is told, per output file that waits for statistics, whether
 	// it is fused; an error stops the run.
 	fused func(file string, fused bool) error
-	// deferred is called when a job of a fused file defers its write.
-	deferred func(tensor string)
+	// deferred is called when a job of a fused file defers its write,
+	// with the number of deferred writes outstanding.
+	deferred func(tensor string, outstanding int64)
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -82,9 +83,10 @@ type runner struct {
 	// packedFree holds packed-codes buffers of deferred writes for reuse;
 	// readyWrites holds the deferred writes whose JSONs are known, which
 	// every worker takes from after each job (drainReady).
-	packedMu    sync.Mutex
-	packedFree  [][]byte
-	readyWrites []pendingWrite
+	packedMu     sync.Mutex
+	packedFree   [][]byte
+	deferredBufs atomic.Int64 // deferred writes not yet done
+	readyWrites  []pendingWrite
 
 	done, total atomic.Int64
 
