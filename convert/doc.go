@@ -109,7 +109,9 @@
 // plus up to four freed vectors kept for reuse. The second pass of a file
 // that is not fused keeps none: each job double-quantizes its own blocks;
 // a fused weight's last job double-quantizes its vector 64 Ki blocks at a
-// time (64 KiB of codes per worker). For 2 workers
+// time (64 KiB of codes per worker), and up to 2 writes per worker that
+// wait for a JSON hold a job's packed codes (J/2 bytes each: 8 MiB at 16
+// workers). Measured at 16 workers on 13.5 GB of bf16: 84 MiB peak RSS. For 2 workers
 // converting a 7B bf16 model this is under 20 MiB live (25 MiB peak RSS
 // measured).
 //
