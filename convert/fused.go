@@ -7,10 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/qconv/qconv/convert/internal/cast"
-	"github.com/qconv/qconv/convert/internal/jobs"
 	"github.com/qconv/qconv/formats/bnb"
-	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
 )
 
@@ -34,9 +31,9 @@ import (
 // known, which they are by then, or nearly: they belong to the weights
 // handed out before. A job that finds them not yet known leaves its codes
 // to be written when they are (deferData), and goes on with the next job.
-// A weight's last job computes the
-// mean, its JSON (publishing its length), and double-quantizes its absmax
-// values. The header is written once every JSON of the file is known, and
+// A weight's last job computes the mean and its JSON (publishing its
+// length); the double quantization of its absmax values follows once the
+// JSONs before it are known. The header is written once every JSON of the file is known, and
 // layout checks every offset against the exact layout.
 
 // A fusedFile tracks, for one fused output file, which quant-state JSONs
@@ -436,22 +433,10 @@ func (r *runner) finishFused(w *worker, j job, f *fusedFile) error {
 // are known: its absmax values double-quantized a piece at a time, the
 // code books and its JSON.
 func (r *runner) finishWrites(w *worker, j job) error {
-	it := j.it
 	absmax := j.st.absmax
-	offset := r.offset[it.qi]
 	const piece = 1 << 16 // blocks at a time: a multiple of the nested blocksize
 	for b := 0; b < len(absmax); b += piece {
-		a := absmax[b:min(b+piece, len(absmax))]
-		nn := int(bnb.NumBlocks(int64(len(a)), bnb.NestedBlocksize))
-		w.codes = jobs.Grow(w.codes, len(a))
-		w.nested = jobs.Grow(w.nested, nn)
-		bnb.DoubleQuantOffset(w.codes, w.nested, a, offset)
-		if err := r.writeEntry(it, entryAbsmax, int64(b), w.codes); err != nil {
-			return err
-		}
-		w.out = jobs.Grow(w.out, 4*nn)
-		cast.Encode(w.out, w.nested, dtype.F32)
-		if err := r.writeEntry(it, entryNestedAbsmax, 4*int64(b/bnb.NestedBlocksize), w.out); err != nil {
+		if err := r.writeDoubleQuant(w, j.it, absmax[b:min(b+piece, len(absmax))], int64(b)); err != nil {
 			return err
 		}
 	}

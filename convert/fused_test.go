@@ -163,17 +163,24 @@ search:
 	}
 }
 
+// slowFirstWeight writes a model of three weights, a of one job, b and c
+// of nb and nc jobs, and converts it with the two passes on one worker.
+func slowFirstWeight(t *testing.T, nb, nc int64) (src, twoPass string) {
+	J := int64(testJobElems)
+	src = writeSynth(t, []synth.Tensor{
+		{Name: "model.layers.0.a.weight", DType: dtype.BF16, Shape: []int64{1, J}},
+		{Name: "model.layers.0.b.weight", DType: dtype.BF16, Shape: []int64{nb, J}},
+		{Name: "model.layers.0.c.weight", DType: dtype.BF16, Shape: []int64{nc, J}},
+	}, 1<<40, "")
+	twoPass, _ = convertTo(t, src, Options{Workers: 1, jobElements: testJobElems, hooks: &hooks{twoPass: true}})
+	return src, twoPass
+}
+
 // TestFusedDeferred: jobs of a weight that finish before the weight
 // handed out before it leave their writes to be done once its JSON is
 // known, and go on; the bytes are the two passes'.
 func TestFusedDeferred(t *testing.T) {
-	J := int64(testJobElems)
-	src := writeSynth(t, []synth.Tensor{
-		{Name: "model.layers.0.a.weight", DType: dtype.BF16, Shape: []int64{1, J}},
-		{Name: "model.layers.0.b.weight", DType: dtype.BF16, Shape: []int64{4, J}},
-		{Name: "model.layers.0.c.weight", DType: dtype.BF16, Shape: []int64{2, J}},
-	}, 1<<40, "")
-	want, _ := convertTo(t, src, Options{Workers: 1, jobElements: testJobElems, hooks: &hooks{twoPass: true}})
+	src, want := slowFirstWeight(t, 4, 2)
 	var deferred atomic.Int64
 	h := &hooks{
 		// The first weight's one job is slow: the next weight's jobs,
@@ -223,13 +230,7 @@ func TestFusedDeferred(t *testing.T) {
 // writes per worker are deferred; the next job waits for its JSONs
 // instead, and the bytes are still the two passes'.
 func TestFusedDeferredBounded(t *testing.T) {
-	J := int64(testJobElems)
-	src := writeSynth(t, []synth.Tensor{
-		{Name: "model.layers.0.a.weight", DType: dtype.BF16, Shape: []int64{1, J}},
-		{Name: "model.layers.0.b.weight", DType: dtype.BF16, Shape: []int64{8, J}},
-		{Name: "model.layers.0.c.weight", DType: dtype.BF16, Shape: []int64{3, J}},
-	}, 1<<40, "")
-	want, _ := convertTo(t, src, Options{Workers: 1, jobElements: testJobElems, hooks: &hooks{twoPass: true}})
+	src, want := slowFirstWeight(t, 8, 3)
 	var mu sync.Mutex
 	most := int64(0)
 	h := &hooks{

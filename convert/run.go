@@ -1068,6 +1068,14 @@ func (r *runner) quantJob(w *worker, j job) error {
 	if r.statsReadyOf(it) == nil {
 		return nil // no double-quant statistic of it is written here
 	}
+	return r.writeDoubleQuant(w, it, absmax, b0)
+}
+
+// writeDoubleQuant double-quantizes the absmax values of it's blocks from
+// block b0 on (whole nested blocks, b0 a multiple of their size) with its
+// nested offset and writes their 8-bit codes and nested absmax values.
+func (r *runner) writeDoubleQuant(w *worker, it *item, absmax []float32, b0 int64) error {
+	nb := len(absmax)
 	nn := int(bnb.NumBlocks(int64(nb), bnb.NestedBlocksize))
 	w.codes = jobs.Grow(w.codes, nb)
 	w.nested = jobs.Grow(w.nested, nn)
