@@ -153,13 +153,25 @@ func BenchmarkEncode16(b *testing.B) {
 	if !haveAVX2 {
 		return
 	}
-	b.Run("avx2", func(b *testing.B) {
-		b.SetBytes(int64(len(raw)))
-		b.ReportAllocs()
-		for b.Loop() {
-			encodeBlocksSIMD(out, raw, rs, 64, false, NF4)
+	for _, on := range []bool{false, true} {
+		if on && !haveAVX512 {
+			continue
 		}
-	})
+		name := "avx2"
+		if on {
+			name = "avx512"
+		}
+		b.Run(name, func(b *testing.B) {
+			saved := useAVX512
+			useAVX512 = on
+			defer func() { useAVX512 = saved }()
+			b.SetBytes(int64(len(raw)))
+			b.ReportAllocs()
+			for b.Loop() {
+				encodeBlocksSIMD(out, raw, rs, 64, false, NF4)
+			}
+		})
+	}
 }
 
 // BenchmarkBlockAbsmaxRaw counts the bytes of raw input.

@@ -28,6 +28,27 @@ func encodeF32NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 //go:noescape
 func encodeF32FP4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 
+// The AVX-512 kernels take the arguments of the AVX2 kernel of the same
+// name and write the same bytes, 16 lanes at a time.
+
+//go:noescape
+func encodeBF16NF4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeBF16FP4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF16NF4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF16FP4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF32NF4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
+//go:noescape
+func encodeF32FP4AVX512(out, src *byte, rs *float32, nblocks, bs int)
+
 //go:noescape
 func stats16AVX2(out *uint32, src *byte, nblocks, bs int)
 
@@ -57,6 +78,26 @@ var haveAVX2 = func() bool {
 	return ebx7&(1<<5) != 0
 }()
 
+// haveAVX512 reports whether the CPU and the OS support AVX-512 F and BW
+// (the opmask and all 32 ZMM registers enabled in XCR0). It is set once,
+// at package initialisation.
+var haveAVX512 = func() bool {
+	if !haveAVX2 {
+		return false
+	}
+	const opmaskZMM = 7 << 5
+	if xgetbv0()&opmaskZMM != opmaskZMM {
+		return false
+	}
+	_, ebx7, _, _ := cpuid(7, 0)
+	const avx512f, avx512bw = 1 << 16, 1 << 30
+	return ebx7&avx512f != 0 && ebx7&avx512bw != 0
+}()
+
+// useAVX512 selects the AVX-512 encoders where the CPU has them; the tests
+// turn it off to run the AVX2 kernels on such CPUs too.
+var useAVX512 = haveAVX512
+
 // encodeBlocksSIMD encodes len(rs) whole blocks of bs 16-bit elements of
 // src (F16 if f16, else BF16), block b scaled by rs[b] (by r·2^112 for F16,
 // as for encodeF16), into out. It reports false, doing nothing, where the
@@ -69,6 +110,14 @@ func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantTy
 		panic("bnb: encodeBlocksSIMD: short buffers")
 	}
 	switch {
+	case useAVX512 && !f16 && q == NF4:
+		encodeBF16NF4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
+	case useAVX512 && !f16:
+		encodeBF16FP4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
+	case useAVX512 && q == NF4:
+		encodeF16NF4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
+	case useAVX512:
+		encodeF16FP4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
 	case !f16 && q == NF4:
 		encodeBF16NF4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
 	case !f16:
@@ -124,9 +173,14 @@ func encodeBlocks32SIMD(out, src []byte, rs []float32, bs int, q QuantType) bool
 	if len(src) < 4*bs*len(rs) || len(out) < bs/2*len(rs) || bs%32 != 0 {
 		panic("bnb: encodeBlocks32SIMD: short buffers")
 	}
-	if q == NF4 {
+	switch {
+	case useAVX512 && q == NF4:
+		encodeF32NF4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
+	case useAVX512:
+		encodeF32FP4AVX512(&out[0], &src[0], &rs[0], len(rs), bs)
+	case q == NF4:
 		encodeF32NF4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
-	} else {
+	default:
 		encodeF32FP4AVX2(&out[0], &src[0], &rs[0], len(rs), bs)
 	}
 	return true

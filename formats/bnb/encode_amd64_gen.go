@@ -1,7 +1,7 @@
 //go:build ignore
 
-// This program writes encode_amd64.s, the AVX2 kernels of the raw fast
-// paths. Run it with go generate (see encode_amd64.go). It takes the
+// This program writes encode_amd64.s, the AVX2 and AVX-512 kernels of the
+// raw fast paths. Run it with go generate (see encode_amd64.go). It takes the
 // thresholds from nothing but the constants below, which must be
 // nf4ThresholdBits and fp4ThresholdBits (TestEncodeSIMDThresholds would
 // fail otherwise).
@@ -30,6 +30,15 @@ func data(name string, words []uint32) {
 	}
 	w("GLOBL %s<>(SB), RODATA|NOPTR, $%d", name, 4*len(words))
 	w("")
+}
+
+// clamped returns the 16 entries t[min(i+d, len(t)-1)].
+func clamped(t []uint32, d int) []uint32 {
+	s := make([]uint32, 16)
+	for i := range s {
+		s[i] = t[min(i+d, len(t)-1)]
+	}
+	return s
 }
 
 func repeat(v uint32, n int) []uint32 {
@@ -148,6 +157,128 @@ func encoder(name, format string, isFP4 bool) {
 	w("\tVPACKUSWB Y10, Y10, Y10")
 	w("\tVPERMQ $0x08, Y10, Y10")
 	w("\tVMOVDQU X10, (DI)")
+	if format == "F32" {
+		w("\tADDQ $128, SI")
+	} else {
+		w("\tADDQ $64, SI")
+	}
+	w("\tADDQ $16, DI")
+	w("\tDECQ R11")
+	w("\tJNZ group")
+	w("\tADDQ $4, DX")
+	w("\tDECQ CX")
+	w("\tJNZ block")
+	w("done:")
+	w("\tVZEROUPPER")
+	w("\tRET")
+	w("")
+}
+
+// encoder512 writes one AVX-512 kernel with the arguments and the bytes of
+// the AVX2 kernel of the same format and type. Per group of 32 elements:
+// widen two vectors of 16 to float32 and multiply by r as the AVX2 kernel
+// does, then find each product's code, the number of thresholds it exceeds
+// (a strict >, false for NaN), by a binary search over the sorted
+// thresholds: one compare into a mask register per level, the threshold
+// of each lane's node a VPERMPS of a 16-entry table by the code so far,
+// and the level's bit merged into the code under the mask. FP4 searches
+// the magnitude and sets the sign bit 8 under the mask of s <= -2^-126
+// after mapping the rank to its code. The 16 codes of a vector are paired
+// into bytes within each quadword and stored with VPMOVQB.
+func encoder512(name, format string, isFP4 bool) {
+	w("// func %s(out, src *byte, rs *float32, nblocks, bs int)", name)
+	w("TEXT ·%s(SB), NOSPLIT, $0-40", name)
+	w("\tMOVQ out+0(FP), DI")
+	w("\tMOVQ src+8(FP), SI")
+	w("\tMOVQ rs+16(FP), DX")
+	w("\tMOVQ nblocks+24(FP), CX")
+	w("\tMOVQ bs+32(FP), R8")
+	w("\tSHRQ $5, R8")
+	w("\tTESTQ CX, CX")
+	w("\tJZ done")
+	w("\tTESTQ R8, R8")
+	w("\tJZ done")
+	// Z16-Z19: the root threshold (broadcast) and the tables of the
+	// levels below it; Z20-Z23: the code bits 8, 4, 2, 1.
+	if isFP4 {
+		w("\tVBROADCASTSS fp4thr<>+12(SB), Z16")
+		w("\tVMOVDQU32 fp4z2<>(SB), Z17")
+		w("\tVMOVDQU32 fp4z3<>(SB), Z18")
+		w("\tVMOVDQU32 fp4rankz<>(SB), Z19")
+		w("\tVPBROADCASTD absmask<>(SB), Z25")
+		w("\tVPBROADCASTD negmin<>(SB), Z26")
+	} else {
+		w("\tVPBROADCASTD nf4t7<>(SB), Z16")
+		w("\tVMOVDQU32 nf4z2<>(SB), Z17")
+		w("\tVMOVDQU32 nf4z3<>(SB), Z18")
+		w("\tVMOVDQU32 nf4z4<>(SB), Z19")
+	}
+	if format == "F16" {
+		w("\tVPBROADCASTD f16mask<>(SB), Z24")
+	}
+	w("\tVPBROADCASTD bit8<>(SB), Z20")
+	w("\tVPSRLD $1, Z20, Z21")
+	w("\tVPSRLD $2, Z20, Z22")
+	w("\tVPSRLD $3, Z20, Z23")
+	w("block:")
+	w("\tVBROADCASTSS (DX), Z15")
+	w("\tMOVQ R8, R11")
+	w("group:")
+	for g := range 2 {
+		switch format {
+		case "F16":
+			w("\tVPMOVSXWD %d(SI), Z%d", 32*g, g)
+			w("\tVPSLLD $13, Z%d, Z%d", g, g)
+			w("\tVPANDD Z24, Z%d, Z%d", g, g)
+		case "BF16":
+			w("\tVPMOVZXWD %d(SI), Z%d", 32*g, g)
+			w("\tVPSLLD $16, Z%d, Z%d", g, g)
+		default:
+			w("\tVMOVDQU32 %d(SI), Z%d", 64*g, g)
+		}
+	}
+	for g := range 2 {
+		w("\tVMULPS Z15, Z%d, Z%d", g, g)
+	}
+	// x in Z0/Z1, the code in Z2/Z3, the node's threshold in Z4/Z5, the
+	// level's mask in K1/K2 and FP4's sign mask in K3/K4.
+	bits := []int{20, 21, 22, 23} // 8, 4, 2, 1
+	tables := []int{17, 18, 19}
+	if isFP4 {
+		bits = bits[1:] // 4, 2, 1
+		tables = tables[:2]
+		for g := range 2 {
+			w("\tVCMPPS $0x12, Z26, Z%d, K%d", g, 3+g)
+			w("\tVPANDD Z25, Z%d, Z%d", g, g)
+		}
+	}
+	for g := range 2 {
+		w("\tVCMPPS $0x1e, Z16, Z%d, K%d", g, 1+g)
+		w("\tVMOVDQA32.Z Z%d, K%d, Z%d", bits[0], 1+g, 2+g)
+	}
+	for l, tab := range tables {
+		for g := range 2 {
+			w("\tVPERMPS Z%d, Z%d, Z%d", tab, 2+g, 4+g)
+		}
+		for g := range 2 {
+			w("\tVCMPPS $0x1e, Z%d, Z%d, K%d", 4+g, g, 1+g)
+		}
+		for g := range 2 {
+			w("\tVPORD Z%d, Z%d, K%d, Z%d", bits[l+1], 2+g, 1+g, 2+g)
+		}
+	}
+	if isFP4 {
+		for g := range 2 {
+			w("\tVPERMD Z19, Z%d, Z%d", 2+g, 2+g)
+			w("\tVPORD Z20, Z%d, K%d, Z%d", 2+g, 3+g, 2+g)
+		}
+	}
+	for g := range 2 {
+		w("\tVPSRLQ $32, Z%d, Z%d", 2+g, 4+g)
+		w("\tVPSLLD $4, Z%d, Z%d", 2+g, 2+g)
+		w("\tVPORD Z%d, Z%d, Z%d", 4+g, 2+g, 2+g)
+		w("\tVPMOVQB Z%d, %d(DI)", 2+g, 8*g)
+	}
 	if format == "F32" {
 		w("\tADDQ $128, SI")
 	} else {
@@ -352,6 +483,16 @@ func main() {
 	data("nf4l2", []uint32{nf4[3], nf4[11], nf4[14], nf4[14], nf4[14], nf4[14], nf4[14], nf4[14]})
 	data("nf4l3", []uint32{nf4[1], nf4[5], nf4[9], nf4[13], nf4[14], nf4[14], nf4[14], nf4[14]})
 	data("nf4l4", []uint32{nf4[0], nf4[2], nf4[4], nf4[6], nf4[8], nf4[10], nf4[12], nf4[14]})
+	w("// The AVX-512 search tables, indexed by the code so far: the NF4")
+	w("// thresholds t[c+3], t[c+1] and t[c], the FP4 ones t[c+1] and t[c]")
+	w("// (clamped to the last), and fp4RankCode padded to 16.")
+	data("nf4z2", clamped(nf4, 3))
+	data("nf4z3", clamped(nf4, 1))
+	data("nf4z4", clamped(nf4, 0))
+	data("fp4z2", clamped(fp4, 1))
+	data("fp4z3", clamped(fp4, 0))
+	data("fp4rankz", []uint32{0, 1, 6, 7, 4, 5, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0})
+	data("bit8", []uint32{8})
 	w("// VPERMD indices that undo the lane interleaving of VPACKUSDW+VPACKUSWB.")
 	data("packperm", []uint32{0, 4, 1, 5, 2, 6, 3, 7})
 	w("// Byte weights 16, 1 for VPMADDUBSW: code[2j]<<4 + code[2j+1].")
@@ -373,6 +514,10 @@ func main() {
 	for _, format := range []string{"BF16", "F16", "F32"} {
 		encoder("encode"+format+"NF4AVX2", format, false)
 		encoder("encode"+format+"FP4AVX2", format, true)
+	}
+	for _, format := range []string{"BF16", "F16", "F32"} {
+		encoder512("encode"+format+"NF4AVX512", format, false)
+		encoder512("encode"+format+"FP4AVX512", format, true)
 	}
 	stats()
 	stats32()

@@ -5,6 +5,12 @@ package bnb
 // haveAVX2 is false: this build has no vector kernels.
 const haveAVX2 = false
 
+// haveAVX512 is false: this build has no vector kernels.
+const haveAVX512 = false
+
+// useAVX512 is false: this build has no vector kernels.
+var useAVX512 = false
+
 // encodeBlocksSIMD reports false: this build has no vector kernels.
 func encodeBlocksSIMD(out, src []byte, rs []float32, bs int, f16 bool, q QuantType) bool {
 	return false

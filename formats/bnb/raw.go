@@ -198,7 +198,8 @@ const rawChunk = 8 << 10
 // a loop on 16-bit patterns (a source in another format is first rounded
 // to them, a chunk at a time). On amd64 CPUs with AVX2 the block
 // statistics, the code selection and F32 to BF16 rounding run vector
-// kernels, for F32→F32 too; elsewhere, or built with the purego tag,
+// kernels, for F32→F32 too (the code selection with AVX-512 where the CPU
+// has AVX-512 F and BW); elsewhere, or built with the purego tag,
 // portable Go loops that give the same bytes (F32→F32: QuantizeBlocks on
 // chunks). QuantizeRaw does not allocate and is safe for concurrent use. It returns an error wrapping ErrUnsupportedDType for
 // other dtypes, and an error if len(src) is not a multiple of the element

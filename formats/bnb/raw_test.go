@@ -206,106 +206,112 @@ func checkRawCase(t *testing.T, raw []byte, src, model dtype.DType, bs int, q Qu
 // and special inputs, all block sizes, odd lengths and partial blocks, and
 // lengths that cross the raw chunk size.
 func TestQuantizeRawMatchesFloat32(t *testing.T) {
-	rng := rand.New(rand.NewPCG(21, 22))
-	iters := 600
-	if testing.Short() {
-		iters = 100
-	}
-	for _, src := range rawTypes {
-		for _, model := range rawTypes {
-			t.Run(src.String()+"_"+model.String(), func(t *testing.T) {
-				for iter := range iters {
-					q := QuantType(1 + iter%2)
-					bs := validBlocksizes[rng.IntN(len(validBlocksizes))]
-					n := rng.IntN(3*bs + 2)
-					switch iter % 10 {
-					case 0:
-						n = rng.IntN(9)
-					case 1:
-						n = rawChunk + rng.IntN(3*bs) - bs
-					}
-					checkRawCase(t, rawInput(rng, src, n, iter%6), src, model, bs, q)
-				}
-			})
+	forEachEncoder(t, func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(21, 22))
+		iters := 600
+		if testing.Short() {
+			iters = 100
 		}
-	}
+		for _, src := range rawTypes {
+			for _, model := range rawTypes {
+				t.Run(src.String()+"_"+model.String(), func(t *testing.T) {
+					for iter := range iters {
+						q := QuantType(1 + iter%2)
+						bs := validBlocksizes[rng.IntN(len(validBlocksizes))]
+						n := rng.IntN(3*bs + 2)
+						switch iter % 10 {
+						case 0:
+							n = rng.IntN(9)
+						case 1:
+							n = rawChunk + rng.IntN(3*bs) - bs
+						}
+						checkRawCase(t, rawInput(rng, src, n, iter%6), src, model, bs, q)
+					}
+				})
+			}
+		}
+	})
 }
 
 // TestQuantizeRawThresholds puts scaled values exactly on, and one ulp of
 // the model dtype around, every code threshold: blocks of absmax 1 whose
 // other elements are the thresholds rounded to the model dtype.
 func TestQuantizeRawThresholds(t *testing.T) {
-	for _, model := range rawTypes {
-		var vals []float32
-		for _, b := range append(nf4ThresholdBits[:], fp4ThresholdBits[:]...) {
-			f := math.Float32frombits(b)
-			for _, x := range []float32{f, -f} {
-				switch model {
-				case dtype.BF16:
-					h := dtype.F32ToBF16(x)
-					vals = append(vals, dtype.BF16ToF32(h-1), dtype.BF16ToF32(h), dtype.BF16ToF32(h+1))
-				case dtype.F16:
-					h := dtype.F32ToF16(x)
-					vals = append(vals, dtype.F16ToF32(h-1), dtype.F16ToF32(h), dtype.F16ToF32(h+1))
-				default:
-					vals = append(vals, math.Float32frombits(b-1), x, math.Float32frombits(b+1))
-				}
-			}
-		}
-		for _, bs := range []int{32, 64} {
-			// Every block gets a 1.0 (absmax 1, reciprocal exactly 1).
-			var blocks []float32
-			for i, v := range vals {
-				if len(blocks)%bs == 0 {
-					blocks = append(blocks, 1)
-				}
-				blocks = append(blocks, v)
-				_ = i
-			}
-			for _, src := range rawTypes {
-				raw := make([]byte, len(blocks)*src.Size())
-				for i, f := range blocks {
-					switch src {
-					case dtype.F32:
-						binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
+	forEachEncoder(t, func(t *testing.T) {
+		for _, model := range rawTypes {
+			var vals []float32
+			for _, b := range append(nf4ThresholdBits[:], fp4ThresholdBits[:]...) {
+				f := math.Float32frombits(b)
+				for _, x := range []float32{f, -f} {
+					switch model {
 					case dtype.BF16:
-						binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToBF16(f))
+						h := dtype.F32ToBF16(x)
+						vals = append(vals, dtype.BF16ToF32(h-1), dtype.BF16ToF32(h), dtype.BF16ToF32(h+1))
 					case dtype.F16:
-						binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToF16(f))
+						h := dtype.F32ToF16(x)
+						vals = append(vals, dtype.F16ToF32(h-1), dtype.F16ToF32(h), dtype.F16ToF32(h+1))
+					default:
+						vals = append(vals, math.Float32frombits(b-1), x, math.Float32frombits(b+1))
 					}
 				}
-				for _, q := range []QuantType{NF4, FP4} {
-					checkRawCase(t, raw, src, model, bs, q)
+			}
+			for _, bs := range []int{32, 64} {
+				// Every block gets a 1.0 (absmax 1, reciprocal exactly 1).
+				var blocks []float32
+				for i, v := range vals {
+					if len(blocks)%bs == 0 {
+						blocks = append(blocks, 1)
+					}
+					blocks = append(blocks, v)
+					_ = i
+				}
+				for _, src := range rawTypes {
+					raw := make([]byte, len(blocks)*src.Size())
+					for i, f := range blocks {
+						switch src {
+						case dtype.F32:
+							binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
+						case dtype.BF16:
+							binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToBF16(f))
+						case dtype.F16:
+							binary.LittleEndian.PutUint16(raw[2*i:], dtype.F32ToF16(f))
+						}
+					}
+					for _, q := range []QuantType{NF4, FP4} {
+						checkRawCase(t, raw, src, model, bs, q)
+					}
 				}
 			}
 		}
-	}
+	})
 }
 
 // TestQuantizeRawGolden quantizes the golden inputs from their stored bytes
 // and compares with bitsandbytes' packed weights and absmax.
 func TestQuantizeRawGolden(t *testing.T) {
-	for _, file := range []string{goldenVectors, goldenVectorsWide} {
-		g := gtOpen(t, file)
-		cs := casesVectors
-		if file == goldenVectorsWide {
-			cs = casesWide
-		}
-		for _, c := range cs(t, g) {
-			in := g.get(t, c.input)
-			n := int64(len(in.data) / in.dt.Size())
-			packed := make([]byte, PackedBytes(n))
-			absmax := make([]float32, NumBlocks(n, c.bs))
-			if _, err := QuantizeRaw(packed, absmax, in.data, in.dt, in.dt, c.bs, c.qt); err != nil {
-				t.Fatal(err)
+	forEachEncoder(t, func(t *testing.T) {
+		for _, file := range []string{goldenVectors, goldenVectorsWide} {
+			g := gtOpen(t, file)
+			cs := casesVectors
+			if file == goldenVectorsWide {
+				cs = casesWide
 			}
-			w := c.name + ".weight"
-			gtEqual(t, c.name+": packed weight", packed, g.get(t, w).data)
-			if !c.dq {
-				gtEqual(t, c.name+": absmax", f32Bytes(absmax), g.get(t, w+".absmax").data)
+			for _, c := range cs(t, g) {
+				in := g.get(t, c.input)
+				n := int64(len(in.data) / in.dt.Size())
+				packed := make([]byte, PackedBytes(n))
+				absmax := make([]float32, NumBlocks(n, c.bs))
+				if _, err := QuantizeRaw(packed, absmax, in.data, in.dt, in.dt, c.bs, c.qt); err != nil {
+					t.Fatal(err)
+				}
+				w := c.name + ".weight"
+				gtEqual(t, c.name+": packed weight", packed, g.get(t, w).data)
+				if !c.dq {
+					gtEqual(t, c.name+": absmax", f32Bytes(absmax), g.get(t, w+".absmax").data)
+				}
 			}
 		}
-	}
+	})
 }
 
 func TestQuantizeRawErrors(t *testing.T) {
@@ -359,50 +365,52 @@ func FuzzQuantizeRaw(f *testing.F) {
 // every 16-bit pattern (specials included: the two must agree even where
 // QuantizeRaw would not call them) with reciprocals from tiny to infinite.
 func TestEncodeSIMDMatchesGo(t *testing.T) {
-	if !haveAVX2 {
-		t.Skip("no vector kernels on this CPU or build")
-	}
-	const bs = 64
-	src := make([]byte, 2<<16)
-	for i := range 1 << 16 {
-		binary.LittleEndian.PutUint16(src[2*i:], uint16(i*40503)) // a permutation
-	}
-	nb := len(src) / (2 * bs)
-	rng := rand.New(rand.NewPCG(9, 9))
-	rs := make([]float32, nb)
-	for _, scale := range []float64{0x1p-120, 0x1p-60, 1e-3, 1, 12.5, 1e4, 0x1p60, 0x1p100, 0x1p126, math.Inf(1)} {
-		for i := range rs {
-			rs[i] = float32(scale * (1 + rng.Float64()))
-			if rng.IntN(7) == 0 {
-				rs[i] = float32(scale)
-			}
+	forEachEncoder(t, func(t *testing.T) {
+		if !haveAVX2 {
+			t.Skip("no vector kernels on this CPU or build")
 		}
-		for _, f16 := range []bool{false, true} {
-			for _, q := range []QuantType{NF4, FP4} {
-				want := make([]byte, len(src)/4)
-				got := make([]byte, len(src)/4)
-				for b := range nb {
-					o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
-					if f16 {
-						encodeF16(o, blk, rs[b], tableFor(q))
-					} else {
-						encodeBF16(o, blk, rs[b], tableFor(q))
-					}
-				}
-				if !encodeBlocksSIMD(got, src, rs, bs, f16, q) {
-					t.Fatal("encodeBlocksSIMD declined")
-				}
-				for i := range want {
-					if got[i] != want[i] {
-						b := i / (bs / 2)
-						e := 2 * i
-						t.Fatalf("f16 %v %v scale %g: byte %d (block %d, r %g, elements %#04x %#04x): vector %#02x, Go %#02x",
-							f16, q, scale, i, b, rs[b], binary.LittleEndian.Uint16(src[2*e:]), binary.LittleEndian.Uint16(src[2*e+2:]), got[i], want[i])
-					}
+		const bs = 64
+		src := make([]byte, 2<<16)
+		for i := range 1 << 16 {
+			binary.LittleEndian.PutUint16(src[2*i:], uint16(i*40503)) // a permutation
+		}
+		nb := len(src) / (2 * bs)
+		rng := rand.New(rand.NewPCG(9, 9))
+		rs := make([]float32, nb)
+		for _, scale := range []float64{0x1p-120, 0x1p-60, 1e-3, 1, 12.5, 1e4, 0x1p60, 0x1p100, 0x1p126, math.Inf(1)} {
+			for i := range rs {
+				rs[i] = float32(scale * (1 + rng.Float64()))
+				if rng.IntN(7) == 0 {
+					rs[i] = float32(scale)
 				}
 			}
+			for _, f16 := range []bool{false, true} {
+				for _, q := range []QuantType{NF4, FP4} {
+					want := make([]byte, len(src)/4)
+					got := make([]byte, len(src)/4)
+					for b := range nb {
+						o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
+						if f16 {
+							encodeF16(o, blk, rs[b], tableFor(q))
+						} else {
+							encodeBF16(o, blk, rs[b], tableFor(q))
+						}
+					}
+					if !encodeBlocksSIMD(got, src, rs, bs, f16, q) {
+						t.Fatal("encodeBlocksSIMD declined")
+					}
+					for i := range want {
+						if got[i] != want[i] {
+							b := i / (bs / 2)
+							e := 2 * i
+							t.Fatalf("f16 %v %v scale %g: byte %d (block %d, r %g, elements %#04x %#04x): vector %#02x, Go %#02x",
+								f16, q, scale, i, b, rs[b], binary.LittleEndian.Uint16(src[2*e:]), binary.LittleEndian.Uint16(src[2*e+2:]), got[i], want[i])
+						}
+					}
+				}
+			}
 		}
-	}
+	})
 }
 
 // TestEncodeSIMDThresholds makes the vector kernels and the portable loops
@@ -410,69 +418,71 @@ func TestEncodeSIMDMatchesGo(t *testing.T) {
 // FP4's sign limit -2^-126): each block pairs a random x with a reciprocal
 // r near threshold/x, so that x·r rounds to the threshold or next to it.
 func TestEncodeSIMDThresholds(t *testing.T) {
-	if !haveAVX2 {
-		t.Skip("no vector kernels on this CPU or build")
-	}
-	const bs = 32
-	var targets []uint32
-	for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
-		for d := uint32(0); d < 3; d++ {
-			targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+	forEachEncoder(t, func(t *testing.T) {
+		if !haveAVX2 {
+			t.Skip("no vector kernels on this CPU or build")
 		}
-	}
-	rng := rand.New(rand.NewPCG(3, 3))
-	for _, f16 := range []bool{false, true} {
-		var src []byte
-		var rs []float32
-		for _, target := range targets {
-			for range 40 {
-				// x: a random positive normal 16-bit value of moderate size.
-				var h uint16
-				var x float32
-				if f16 {
-					h = uint16(0x3000 + rng.IntN(0x1000))
-					x = dtype.F16ToF32(h)
-				} else {
-					h = uint16(0x3c00 + rng.IntN(0x0400))
-					x = dtype.BF16ToF32(h)
-				}
-				tv := math.Float32frombits(target &^ 0x80000000)
-				r := math.Float32bits(tv / x)
-				r += uint32(rng.IntN(3)) - 1
-				rf := math.Float32frombits(r)
-				if f16 {
-					rf *= 0x1p112 // encodeF16 takes r·2^112
-				}
-				rs = append(rs, rf)
-				for i := range bs {
-					v := h
-					if target&0x80000000 != 0 {
-						v |= 0x8000
+		const bs = 32
+		var targets []uint32
+		for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
+			for d := uint32(0); d < 3; d++ {
+				targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+			}
+		}
+		rng := rand.New(rand.NewPCG(3, 3))
+		for _, f16 := range []bool{false, true} {
+			var src []byte
+			var rs []float32
+			for _, target := range targets {
+				for range 40 {
+					// x: a random positive normal 16-bit value of moderate size.
+					var h uint16
+					var x float32
+					if f16 {
+						h = uint16(0x3000 + rng.IntN(0x1000))
+						x = dtype.F16ToF32(h)
+					} else {
+						h = uint16(0x3c00 + rng.IntN(0x0400))
+						x = dtype.BF16ToF32(h)
 					}
-					if i%4 == 3 {
-						v ^= 0x8000
+					tv := math.Float32frombits(target &^ 0x80000000)
+					r := math.Float32bits(tv / x)
+					r += uint32(rng.IntN(3)) - 1
+					rf := math.Float32frombits(r)
+					if f16 {
+						rf *= 0x1p112 // encodeF16 takes r·2^112
 					}
-					src = binary.LittleEndian.AppendUint16(src, v)
+					rs = append(rs, rf)
+					for i := range bs {
+						v := h
+						if target&0x80000000 != 0 {
+							v |= 0x8000
+						}
+						if i%4 == 3 {
+							v ^= 0x8000
+						}
+						src = binary.LittleEndian.AppendUint16(src, v)
+					}
+				}
+			}
+			for _, q := range []QuantType{NF4, FP4} {
+				want := make([]byte, len(src)/4)
+				got := make([]byte, len(src)/4)
+				for b := range rs {
+					o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
+					if f16 {
+						encodeF16(o, blk, rs[b], tableFor(q))
+					} else {
+						encodeBF16(o, blk, rs[b], tableFor(q))
+					}
+				}
+				encodeBlocksSIMD(got, src, rs, bs, f16, q)
+				if i := firstDiff(got, want); i >= 0 {
+					t.Fatalf("f16 %v %v: byte %d (block %d): vector %#02x, Go %#02x", f16, q, i, i/(bs/2), got[i], want[i])
 				}
 			}
 		}
-		for _, q := range []QuantType{NF4, FP4} {
-			want := make([]byte, len(src)/4)
-			got := make([]byte, len(src)/4)
-			for b := range rs {
-				o, blk := want[b*bs/2:(b+1)*bs/2], src[b*2*bs:(b+1)*2*bs]
-				if f16 {
-					encodeF16(o, blk, rs[b], tableFor(q))
-				} else {
-					encodeBF16(o, blk, rs[b], tableFor(q))
-				}
-			}
-			encodeBlocksSIMD(got, src, rs, bs, f16, q)
-			if i := firstDiff(got, want); i >= 0 {
-				t.Fatalf("f16 %v %v: byte %d (block %d): vector %#02x, Go %#02x", f16, q, i, i/(bs/2), got[i], want[i])
-			}
-		}
-	}
+	})
 }
 
 func firstDiff(a, b []byte) int {
@@ -642,72 +652,96 @@ func f32sOf(b []byte) []float32 {
 // and around every threshold, and the float32 statistics kernel with a
 // plain loop.
 func TestEncode32SIMD(t *testing.T) {
-	if !haveAVX2 {
-		t.Skip("no vector kernels on this CPU or build")
-	}
-	const bs = 32
-	rng := rand.New(rand.NewPCG(12, 12))
-	var src []byte
-	var rs []float32
-	var targets []uint32
-	for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
-		for d := uint32(0); d < 3; d++ {
-			targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+	forEachEncoder(t, func(t *testing.T) {
+		if !haveAVX2 {
+			t.Skip("no vector kernels on this CPU or build")
 		}
-	}
-	for _, target := range targets {
-		for range 20 {
-			x := math.Float32frombits(0x3c000000 + rng.Uint32()%0x02000000)
-			r := math.Float32bits(math.Float32frombits(target&^0x80000000)/x) + uint32(rng.IntN(3)) - 1
-			rs = append(rs, math.Float32frombits(r))
-			for i := range bs {
-				u := math.Float32bits(x) | target&0x80000000
-				if i%4 == 3 {
-					u ^= 0x80000000
+		const bs = 32
+		rng := rand.New(rand.NewPCG(12, 12))
+		var src []byte
+		var rs []float32
+		var targets []uint32
+		for _, b := range append(append(nf4ThresholdBits[:], fp4ThresholdBits[:]...), 0x00800000) {
+			for d := uint32(0); d < 3; d++ {
+				targets = append(targets, b-d, b+d, b-d|0x80000000, b+d|0x80000000)
+			}
+		}
+		for _, target := range targets {
+			for range 20 {
+				x := math.Float32frombits(0x3c000000 + rng.Uint32()%0x02000000)
+				r := math.Float32bits(math.Float32frombits(target&^0x80000000)/x) + uint32(rng.IntN(3)) - 1
+				rs = append(rs, math.Float32frombits(r))
+				for i := range bs {
+					u := math.Float32bits(x) | target&0x80000000
+					if i%4 == 3 {
+						u ^= 0x80000000
+					}
+					src = binary.LittleEndian.AppendUint32(src, u)
+				}
+			}
+		}
+		for range 2000 {
+			rs = append(rs, float32(math.Ldexp(1+rng.Float64(), rng.IntN(250)-125)))
+			for range bs {
+				u := rng.Uint32()
+				if rng.IntN(3) == 0 {
+					u &= 0x80ffffff // small and subnormal magnitudes
 				}
 				src = binary.LittleEndian.AppendUint32(src, u)
 			}
 		}
+		for _, q := range []QuantType{NF4, FP4} {
+			want := make([]byte, len(src)/8)
+			got := make([]byte, len(src)/8)
+			for b := range rs {
+				encodeBlock(want[b*bs/2:(b+1)*bs/2], f32sOf(src[4*b*bs:4*(b+1)*bs]), rs[b], tableFor(q))
+			}
+			encodeBlocks32SIMD(got, src, rs, bs, q)
+			if i := firstDiff(got, want); i >= 0 {
+				t.Fatalf("%v: byte %d (block %d, r %g): vector %#02x, Go %#02x", q, i, i/(bs/2), rs[i/(bs/2)], got[i], want[i])
+			}
+		}
+		for _, sbs := range validBlocksizes {
+			nb := len(src) / (4 * sbs)
+			st := make([]uint32, nb)
+			blockStats32SIMD(st, src, sbs)
+			for b := range nb {
+				var mx uint32
+				sub := false
+				for i := range sbs {
+					m := binary.LittleEndian.Uint32(src[4*(b*sbs+i):]) & 0x7fffffff
+					mx = max(mx, m)
+					sub = sub || m != 0 && m < 0x00800000
+				}
+				if sub {
+					mx |= 1 << 31
+				}
+				if st[b] != mx {
+					t.Fatalf("bs %d block %d: vector stats %#08x, want %#08x", sbs, b, st[b], mx)
+				}
+			}
+		}
+	})
+}
+
+// forEachEncoder runs f with the AVX2 encoders and, where the CPU has
+// them, again with the AVX-512 ones (on a build without vector kernels,
+// once with the portable code).
+func forEachEncoder(t *testing.T, f func(t *testing.T)) {
+	levels := []bool{false}
+	if haveAVX512 {
+		levels = append(levels, true)
 	}
-	for range 2000 {
-		rs = append(rs, float32(math.Ldexp(1+rng.Float64(), rng.IntN(250)-125)))
-		for range bs {
-			u := rng.Uint32()
-			if rng.IntN(3) == 0 {
-				u &= 0x80ffffff // small and subnormal magnitudes
-			}
-			src = binary.LittleEndian.AppendUint32(src, u)
+	for _, on := range levels {
+		name := "avx2"
+		if on {
+			name = "avx512"
 		}
-	}
-	for _, q := range []QuantType{NF4, FP4} {
-		want := make([]byte, len(src)/8)
-		got := make([]byte, len(src)/8)
-		for b := range rs {
-			encodeBlock(want[b*bs/2:(b+1)*bs/2], f32sOf(src[4*b*bs:4*(b+1)*bs]), rs[b], tableFor(q))
-		}
-		encodeBlocks32SIMD(got, src, rs, bs, q)
-		if i := firstDiff(got, want); i >= 0 {
-			t.Fatalf("%v: byte %d (block %d, r %g): vector %#02x, Go %#02x", q, i, i/(bs/2), rs[i/(bs/2)], got[i], want[i])
-		}
-	}
-	for _, sbs := range validBlocksizes {
-		nb := len(src) / (4 * sbs)
-		st := make([]uint32, nb)
-		blockStats32SIMD(st, src, sbs)
-		for b := range nb {
-			var mx uint32
-			sub := false
-			for i := range sbs {
-				m := binary.LittleEndian.Uint32(src[4*(b*sbs+i):]) & 0x7fffffff
-				mx = max(mx, m)
-				sub = sub || m != 0 && m < 0x00800000
-			}
-			if sub {
-				mx |= 1 << 31
-			}
-			if st[b] != mx {
-				t.Fatalf("bs %d block %d: vector stats %#08x, want %#08x", sbs, b, st[b], mx)
-			}
-		}
+		t.Run(name, func(t *testing.T) {
+			saved := useAVX512
+			useAVX512 = on
+			defer func() { useAVX512 = saved }()
+			f(t)
+		})
 	}
 }
