@@ -430,27 +430,18 @@ func bf16Stats(blk []byte) (mx uint32, subnormal bool) {
 	return mx, false
 }
 
-// bf16Rcp holds, for each 7-bit BF16 mantissa, the reciprocal error table
-// entry of the float32 with that mantissa: the only entries a BF16 absmax
-// can need, in one cache line pair instead of 128 scattered ones.
-var bf16Rcp = sync.OnceValue(func() *[128]int8 {
+// bf16Rcp holds rcpApprox of the float32 with the bit pattern mx<<16 for
+// every positive, normal, finite BF16 magnitude pattern mx (0x80 <= mx <
+// 0x7f80; the other entries are 0): 128 KiB that replace a division and a
+// table lookup per block.
+var bf16Rcp = sync.OnceValue(func() *[0x8000]float32 {
 	t := rcpTable()
-	r := new([128]int8)
-	for m := range r {
-		r[m] = int8(rcpDelta(t, uint32(m)<<16))
+	r := new([0x8000]float32)
+	for mx := uint32(0x80); mx < 0x7f80; mx++ {
+		r[mx] = rcpApproxT(t, math.Float32frombits(mx<<16))
 	}
 	return r
 })
-
-// rcpBF16 is rcpApprox of the positive, normal, finite float32 with the bit
-// pattern mx<<16.
-func rcpBF16(t *[128]int8, mx uint32) float32 {
-	y := math.Float32bits(1 / math.Float32frombits(mx<<16))
-	if y&0x7f800000 == 0 { // subnormal result: flushed to zero
-		return 0
-	}
-	return math.Float32frombits(uint32(int32(y) + int32(t[mx&0x7f])))
-}
 
 // half quantizes (or takes the absmax of) the BF16 elements of src, or
 // with f16 set the F16 elements. Whole blocks whose values need no care
@@ -474,7 +465,7 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 	}
 	var rs [halfChunk]float32
 	var slow [halfChunk]bool
-	var st [halfChunk]uint32
+	var st [halfChunk]uint32 // block statistics, as blockStatsSIMD writes them
 	bt, ft := bf16Rcp(), f16Rcp()
 	nonFinite := -1
 	bpb := 2 * k.bs // bytes per block
@@ -483,35 +474,42 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 		nb := min(halfChunk, full-b0)
 		am := absmax[b0 : b0+nb]
 		anySlow := false
-		vstats := k.simd && blockStatsSIMD(st[:nb], src[b0*bpb:(b0+nb)*bpb], k.bs)
-		for j := range am {
-			var mx uint32
-			var sub bool
-			switch blk := src[(b0+j)*bpb : (b0+j+1)*bpb]; {
-			case vstats:
-				mx, sub = st[j]&0xffff, st[j]>>16 != 0
-			case f16:
-				mx = halfMax(blk)
-			default:
-				mx, sub = bf16Stats(blk)
+		if !k.simd || !blockStatsSIMD(st[:nb], src[b0*bpb:(b0+nb)*bpb], k.bs) {
+			for j := range nb {
+				blk := src[(b0+j)*bpb : (b0+j+1)*bpb]
+				if f16 {
+					st[j] = halfMax(blk)
+				} else {
+					mx, sub := bf16Stats(blk)
+					st[j] = mx
+					if sub {
+						st[j] |= 1 << 16
+					}
+				}
 			}
-			if f16 {
-				slow[j] = mx < 0x0400 && mx != 0 || mx >= 0x7c00
-			} else {
-				slow[j] = sub || mx >= 0x7f80
-			}
+		}
+		// st[j] is the largest magnitude pattern, plus 1<<16 if an element
+		// is a BF16 subnormal (which F16 ignores). A block is fast where
+		// the reciprocal table has an entry for it, lo <= st < hi: no BF16
+		// subnormal, infinity or NaN; for F16, no infinity or NaN and an
+		// absmax of at least 2^-14. All-zero blocks get r = +Inf.
+		rcp, lo, hi, mask := bt, uint32(0x80), uint32(0x7f80), ^uint32(0)
+		if f16 {
+			rcp, lo, hi, mask = ft, 0x0400, 0x7c00, 0xffff
+		}
+		for j, s := range st[:nb] {
+			s &= mask
+			slow[j] = false
 			switch {
-			case slow[j]:
-				am[j], rs[j] = 0, 0
-				anySlow = true
-			case mx == 0: // an all-zero block
+			case s == 0:
 				am[j], rs[j] = 0, float32(math.Inf(1))
+			case s < lo || s >= hi:
+				am[j], rs[j] = 0, 0
+				slow[j], anySlow = true, true
 			case f16:
-				am[j] = math.Float32frombits(mx<<13 + (127-15)<<23)
-				rs[j] = rcpF16(ft, mx) * 0x1p112
+				am[j], rs[j] = math.Float32frombits(s<<13+(127-15)<<23), rcp[s]
 			default:
-				am[j] = math.Float32frombits(mx << 16)
-				rs[j] = rcpBF16(bt, mx)
+				am[j], rs[j] = math.Float32frombits(s<<16), rcp[s]
 			}
 		}
 		if k.tab != nil {
@@ -641,22 +639,18 @@ func halfMax(blk []byte) uint32 {
 	return max(uint32(m)&0xffff, uint32(m>>16)&0xffff)
 }
 
-// f16Rcp is bf16Rcp for the 10-bit mantissas of F16 values.
-var f16Rcp = sync.OnceValue(func() *[1024]int8 {
+// f16Rcp holds rcpApprox of the float32 value of mx times 2^112 (the scale
+// of encodeF16) for every normal, finite F16 magnitude pattern mx (0x0400
+// <= mx < 0x7c00; the other entries are 0; 1/x of such a value is never
+// subnormal).
+var f16Rcp = sync.OnceValue(func() *[0x8000]float32 {
 	t := rcpTable()
-	r := new([1024]int8)
-	for m := range r {
-		r[m] = int8(rcpDelta(t, uint32(m)<<13))
+	r := new([0x8000]float32)
+	for mx := uint32(0x0400); mx < 0x7c00; mx++ {
+		r[mx] = rcpApproxT(t, math.Float32frombits(mx<<13+(127-15)<<23)) * 0x1p112
 	}
 	return r
 })
-
-// rcpF16 is rcpApprox of the float32 value of the normal, finite F16
-// magnitude pattern mx (1/x of such a value is never subnormal).
-func rcpF16(t *[1024]int8, mx uint32) float32 {
-	y := math.Float32bits(1 / math.Float32frombits(mx<<13+(127-15)<<23))
-	return math.Float32frombits(uint32(int32(y) + int32(t[mx&0x3ff])))
-}
 
 // encodeF16 writes the codes of the F16 elements of blk (a multiple of
 // eight) scaled by r2 = r·2^112, two per byte, into out. It multiplies

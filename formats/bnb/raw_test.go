@@ -745,3 +745,26 @@ func forEachEncoder(t *testing.T, f func(t *testing.T)) {
 		})
 	}
 }
+
+// TestRcp16Tables checks the per-pattern reciprocal tables of the 16-bit
+// fast path against rcpApprox, the emulation of the GPU's reciprocal, on
+// every pattern they cover, and that they cover nothing else.
+func TestRcp16Tables(t *testing.T) {
+	bt, ft := bf16Rcp(), f16Rcp()
+	for mx := range uint32(0x8000) {
+		var want float32
+		if mx >= 0x80 && mx < 0x7f80 {
+			want = rcpApprox(math.Float32frombits(mx << 16))
+		}
+		if math.Float32bits(bt[mx]) != math.Float32bits(want) {
+			t.Fatalf("BF16 pattern %#04x: table %g (%#08x), rcpApprox %g", mx, bt[mx], math.Float32bits(bt[mx]), want)
+		}
+		want = 0
+		if mx >= 0x0400 && mx < 0x7c00 {
+			want = rcpApprox(dtype.F16ToF32(uint16(mx))) * 0x1p112
+		}
+		if math.Float32bits(ft[mx]) != math.Float32bits(want) {
+			t.Fatalf("F16 pattern %#04x: table %g, rcpApprox·2^112 %g", mx, ft[mx], want)
+		}
+	}
+}
