@@ -278,6 +278,19 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 		return r
 	}
 	r := &runner{p: p, s: s, src: src, inPart: make([]bool, len(p.Files))}
+	if maps := newInputMaps(); maps != nil && in.readers == nil && in.ck != nil && (s.hooks == nil || s.hooks.reader == nil && !s.hooks.pread) {
+		// Files on disk: read through their mappings (inmap_linux.go).
+		defer maps.close() // after r.run, whose workers have all returned
+		tensors := in.ck.Tensors()
+		r.inMaps = maps
+		r.mapOf = func(it *item) ([]byte, int64) {
+			if it.transposed {
+				return nil, 0
+			}
+			t := tensors[it.src.input]
+			return maps.mapping(t.Shard.Path, t.Shard.Size(), t.Shard.SyscallConn), t.Shard.DataOffset() + t.Begin
+		}
+	}
 	for i, f := range p.Files {
 		if !s.part.has(i) {
 			continue

@@ -96,7 +96,9 @@
 // Memory does not grow with the model. With w workers and jobs of J
 // elements (J = 1 Mi up to 16 workers, halved while 4·J·w > 64 MiB, never
 // below 256·blocksize), at most w jobs are alive, each holding one
-// sub-chunk of input bytes (128 Ki elements, at most 512 KiB), J/2 packed
+// sub-chunk of input bytes (128 Ki elements, at most 512 KiB; on Linux,
+// where the input file is mapped, instead up to 4 MiB of its pages in the
+// page cache, the 2 MiB-aligned span around the sub-chunk), J/2 packed
 // bytes and J/blocksize·4 bytes of absmax, and for kept tensors that
 // change dtype a sub-chunk of float32 values and of output: about
 // 0.6·J bytes + 1.5 MiB per worker. A job is handed out only while it is

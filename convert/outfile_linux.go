@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 )
 
 // allocate gives the new file f the size size with its blocks allocated
@@ -429,14 +430,23 @@ func (m *mappedFile) copyTo(mem []byte, i int64, p []byte) (err error) {
 	defer func() {
 		if e := recover(); e != nil {
 			fault, ok := e.(interface{ Addr() uintptr })
-			if !ok {
-				panic(e)
+			if !ok || inSlice(p, fault.Addr()) {
+				panic(e) // a fault reading p is the input's (guardInput)
 			}
 			err = &os.PathError{Op: "write", Path: m.f.Name(), Err: fmt.Errorf("%w (fault at %#x writing through the file's memory mapping)", syscall.EIO, fault.Addr())}
 		}
 	}()
 	copy(dst, p)
 	return nil
+}
+
+// inSlice reports whether addr lies in p's bytes.
+func inSlice(p []byte, addr uintptr) bool {
+	if len(p) == 0 {
+		return false
+	}
+	lo := uintptr(unsafe.Pointer(&p[0]))
+	return addr >= lo && addr-lo < uintptr(len(p))
 }
 
 // close stops allocateAhead and unmaps every chunk still mapped; later

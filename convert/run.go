@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"os"
+	"runtime/debug"
 	"runtime/trace"
 	"slices"
 	"sync"
@@ -47,6 +48,10 @@ type hooks struct {
 	// deferred is called when a job of a fused file defers its write,
 	// with the number of deferred writes outstanding.
 	deferred func(tensor string, outstanding int64)
+	// pread reads the input with pread only (no input mappings).
+	pread bool
+	// mappedRead is called for each read served by an input mapping.
+	mappedRead func(tensor string)
 }
 
 // runner executes a plan: the statistics pass, the layout of the output
@@ -57,6 +62,12 @@ type runner struct {
 	s      *settings
 	src    func(*item) io.ReaderAt // a reader of the item's bytes (made per read)
 	inPart []bool                  // per output file: written by this run
+	// mapOf returns the mapping of the input file that holds the item's
+	// bytes and their offset in it, or nil where the item is read with
+	// pread (see inmap_linux.go); mapOf itself is nil for sources that
+	// are not files on disk.
+	mapOf  func(*item) (mem []byte, base int64)
+	inMaps *inputMaps
 
 	files   []*os.File    // per output file: open while being written, else nil
 	writers []fileWriter  // per output file: its writer, while files[fi] is open
@@ -139,6 +150,8 @@ type job struct {
 // kept tensors that change dtype the decoded values and their output
 // bytes.
 type worker struct {
+	view   []byte // the pages populated by the last read through an input mapping
+	viewAt int64  // view's offset in its mapping
 	raw    []byte
 	packed []byte
 	absmax []float32
@@ -884,9 +897,27 @@ func (r *runner) writeback(it *item, k entryKind, at, n int64) {
 	}
 }
 
-// read reads the bytes of elements [start, start+n) of it into w.raw.
+// read returns the bytes of elements [start, start+n) of it: a view of
+// its input file's mapping, valid until the worker's next read or the end
+// of the job, or where the item is not mapped, a pread into w.raw.
 func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 	size := int64(it.src.DType.Size())
+	if r.mapOf != nil {
+		if mem, base := r.mapOf(it); mem != nil {
+			b, ok, err := r.inMaps.view(w, mem, base+start*size, n*size)
+			if err != nil {
+				return nil, fmt.Errorf("convert: %s: reading tensor %q: %w", r.srcName(it), it.src.Name, err)
+			}
+			if ok {
+				if r.s.hooks != nil && r.s.hooks.mappedRead != nil {
+					r.s.hooks.mappedRead(it.src.Name)
+				}
+				return b, nil
+			}
+		} else {
+			unview(w)
+		}
+	}
 	w.raw = jobs.Grow(w.raw, int(n*size))
 	got, err := r.src(it).ReadAt(w.raw, start*size)
 	if got == len(w.raw) {
@@ -898,6 +929,28 @@ func (r *runner) read(w *worker, it *item, start, n int64) ([]byte, error) {
 		return nil, fmt.Errorf("convert: %s: reading tensor %q: %w", r.srcName(it), it.src.Name, err)
 	}
 	return w.raw, nil
+}
+
+// guardInput runs job f of item it. Where the input is mapped, a memory
+// fault in it (a file truncated by another process while it was read
+// through its mapping) becomes an error naming the file instead of a
+// crash. The last view's pages are dropped when f returns.
+func (r *runner) guardInput(w *worker, it *item, f func() error) (err error) {
+	if r.mapOf == nil {
+		return f()
+	}
+	defer unview(w)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if e := recover(); e != nil {
+			fault, ok := e.(interface{ Addr() uintptr })
+			if !ok {
+				panic(e)
+			}
+			err = fmt.Errorf("convert: %s: reading tensor %q: memory fault at %#x reading the file through its mapping: the file changed (was it truncated?) while it was converted", r.srcName(it), it.src.Name, fault.Addr())
+		}
+	}()
+	return f()
 }
 
 // checkFinite returns the error for a non-finite element, unless
@@ -934,15 +987,15 @@ func (r *runner) doJob(ctx context.Context, w *worker, j job) error {
 	switch {
 	case j.stats:
 		reg := trace.StartRegion(ctx, "stats")
-		err = r.statsJob(w, j)
+		err = r.guardInput(w, it, func() error { return r.statsJob(w, j) })
 		reg.End()
 	case it.quantize:
 		reg := trace.StartRegion(ctx, "quantize")
-		err = r.quantJob(w, j)
+		err = r.guardInput(w, it, func() error { return r.quantJob(w, j) })
 		reg.End()
 	default:
 		reg := trace.StartRegion(ctx, "keep")
-		err = r.keepJob(w, j)
+		err = r.guardInput(w, it, func() error { return r.keepJob(w, j) })
 		reg.End()
 	}
 	if err != nil {

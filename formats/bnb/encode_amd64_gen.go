@@ -22,6 +22,15 @@ var (
 
 var buf bytes.Buffer
 
+// statsPrefetch is how far ahead of its loads, in bytes, stats16AVX2
+// prefetches. The statistics kernel is the first to read a block; where
+// the input is read through a mapping of the page cache (not copied into
+// an L2-sized buffer first), its loads would otherwise wait for memory at
+// the start of every 4 KiB page, where the hardware prefetchers stop.
+// Measured on the 2-core VM (convert of 2 GB bf16): 1024 bytes ahead gave
+// a few per cent less CPU, 2048 to 8192 about 15 %.
+const statsPrefetch = 4096
+
 func w(format string, args ...any) { fmt.Fprintf(&buf, format+"\n", args...) }
 
 func data(name string, words []uint32) {
@@ -322,6 +331,7 @@ func stats() {
 	w("\tVPCMPEQW Y5, Y5, Y5")
 	w("\tMOVQ R8, R11")
 	w("loop:")
+	w("\tPREFETCHT0 %d(SI)", statsPrefetch)
 	w("\tVPAND (SI), Y14, Y2")
 	w("\tVPAND 32(SI), Y14, Y6")
 	w("\tVPMAXUW Y2, Y0, Y0")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/internal/regular"
@@ -230,6 +231,10 @@ func (f *File) Name() string { return f.f.Name() }
 
 // Stat returns the FileInfo of the open file.
 func (f *File) Stat() (fs.FileInfo, error) { return f.f.Stat() }
+
+// SyscallConn returns the raw connection of the open file, for a caller
+// that maps it into memory. The File keeps owning the descriptor.
+func (f *File) SyscallConn() (syscall.RawConn, error) { return f.f.SyscallConn() }
 
 // ReadAt reads the file's bytes at off (header and data alike), as
 // io.ReaderAt.
