@@ -162,9 +162,7 @@ func BenchmarkEncode16(b *testing.B) {
 			name = "avx512"
 		}
 		b.Run(name, func(b *testing.B) {
-			saved := useAVX512
-			useAVX512 = on
-			defer func() { useAVX512 = saved }()
+			defer setAVX512(on)()
 			b.SetBytes(int64(len(raw)))
 			b.ReportAllocs()
 			for b.Loop() {

@@ -166,21 +166,7 @@ func encoder(name, format string, isFP4 bool) {
 	w("\tVPACKUSWB Y10, Y10, Y10")
 	w("\tVPERMQ $0x08, Y10, Y10")
 	w("\tVMOVDQU X10, (DI)")
-	if format == "F32" {
-		w("\tADDQ $128, SI")
-	} else {
-		w("\tADDQ $64, SI")
-	}
-	w("\tADDQ $16, DI")
-	w("\tDECQ R11")
-	w("\tJNZ group")
-	w("\tADDQ $4, DX")
-	w("\tDECQ CX")
-	w("\tJNZ block")
-	w("done:")
-	w("\tVZEROUPPER")
-	w("\tRET")
-	w("")
+	groupEnd(format)
 }
 
 // encoder512 writes one AVX-512 kernel with the arguments and the bytes of
@@ -288,6 +274,13 @@ func encoder512(name, format string, isFP4 bool) {
 		w("\tVPORD Z%d, Z%d, Z%d", 4+g, 2+g, 2+g)
 		w("\tVPMOVQB Z%d, %d(DI)", 2+g, 8*g)
 	}
+	groupEnd(format)
+}
+
+// groupEnd ends an encoder's group and block loops: advance past the 32
+// elements of the group (in format) and their 16 bytes of codes, and
+// past the block's reciprocal.
+func groupEnd(format string) {
 	if format == "F32" {
 		w("\tADDQ $128, SI")
 	} else {

@@ -738,9 +738,7 @@ func forEachEncoder(t *testing.T, f func(t *testing.T)) {
 			name = "avx512"
 		}
 		t.Run(name, func(t *testing.T) {
-			saved := useAVX512
-			useAVX512 = on
-			defer func() { useAVX512 = saved }()
+			defer setAVX512(on)()
 			f(t)
 		})
 	}
@@ -767,4 +765,12 @@ func TestRcp16Tables(t *testing.T) {
 			t.Fatalf("F16 pattern %#04x: table %g, rcpApprox·2^112 %g", mx, ft[mx], want)
 		}
 	}
+}
+
+// setAVX512 selects the AVX-512 encoders (on) or the AVX2 ones and returns
+// the function that restores the previous choice.
+func setAVX512(on bool) (restore func()) {
+	saved := useAVX512
+	useAVX512 = on
+	return func() { useAVX512 = saved }
 }
