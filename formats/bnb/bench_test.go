@@ -217,3 +217,13 @@ func quantizeViaFloat32(dst []byte, absmax []float32, raw []byte, vals []float32
 		QuantizeBlocks(dst[off/2:], absmax[off/64:], v, 64, NF4)
 	}
 }
+
+// BenchmarkDecodeRcpTable times the decoding of the embedded reciprocal
+// table, which the first quantization of a process waits for.
+func BenchmarkDecodeRcpTable(b *testing.B) {
+	for b.Loop() {
+		if _, err := decodeRcpTable(rcpTableGz); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -29,36 +29,45 @@ var rcpTable = sync.OnceValue(func() *[rcpTableLen / 4]byte {
 	return t
 })
 
-// decodeRcpTable expands the gzip'd int8 table into the 2-bit form.
+// decodeRcpTable expands the gzip'd int8 table into the 2-bit form, four
+// entries (one output byte) at a time: rcpCode maps an entry's byte to its
+// two bits, and to 4 where the entry is not -1, 0 or +1.
 func decodeRcpTable(gz []byte) (*[rcpTableLen / 4]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(gz))
 	if err != nil {
 		return nil, err
 	}
 	t := new([rcpTableLen / 4]byte)
+	var code [256]byte
+	for i := range code {
+		code[i] = 4
+	}
+	code[0x00], code[0x01], code[0xff] = 0, 1, 3
 	buf := make([]byte, 1<<16)
-	m := 0
-	for {
-		n, err := zr.Read(buf)
-		for _, b := range buf[:n] {
-			if m >= rcpTableLen {
-				return nil, errRcpTable("longer than 2^23 entries")
-			}
-			if d := int8(b); d < -1 || d > 1 {
-				return nil, errRcpTable("entry out of range")
-			}
-			t[m>>2] |= (b & 3) << (2 * (m & 3))
-			m++
-		}
-		if err == io.EOF {
-			break
+	out := t[:]
+	for len(out) > 0 {
+		n, err := io.ReadFull(zr, buf[:min(len(buf), 4*len(out))])
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, errRcpTable("shorter than 2^23 entries")
 		}
 		if err != nil {
 			return nil, err
 		}
+		var bad byte
+		for i := range out[:n/4] {
+			c0, c1, c2, c3 := code[buf[4*i]], code[buf[4*i+1]], code[buf[4*i+2]], code[buf[4*i+3]]
+			bad |= c0 | c1 | c2 | c3
+			out[i] = c0 | c1<<2 | c2<<4 | c3<<6
+		}
+		if bad&4 != 0 {
+			return nil, errRcpTable("entry out of range")
+		}
+		out = out[n/4:]
 	}
-	if m != rcpTableLen {
-		return nil, errRcpTable("shorter than 2^23 entries")
+	if n, err := zr.Read(buf[:1]); n > 0 {
+		return nil, errRcpTable("longer than 2^23 entries")
+	} else if err != nil && err != io.EOF {
+		return nil, err
 	}
 	return t, nil
 }

@@ -485,3 +485,43 @@ func TestQuantize8MatchesKernelSearch(t *testing.T) {
 		t.Log("quantize8: all 2^32 bit patterns agree")
 	}
 }
+
+// TestDecodeRcpTableRejects checks that decodeRcpTable decodes every entry
+// value at every position of a byte and refuses tables of the wrong length
+// or with an entry other than -1, 0 and +1.
+func TestDecodeRcpTableRejects(t *testing.T) {
+	gz := func(raw []byte) []byte {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		zw.Write(raw)
+		zw.Close()
+		return b.Bytes()
+	}
+	raw := make([]byte, rcpTableLen)
+	for i := range raw {
+		raw[i] = byte(int8(i*7%3 - 1)) // -1, 0, +1 in every position
+	}
+	tab, err := decodeRcpTable(gz(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m, b := range raw {
+		if got := rcpDelta(tab, uint32(m)); got != int32(int8(b)) {
+			t.Fatalf("entry %d: %d, want %d", m, got, int8(b))
+		}
+	}
+	bad := bytes.Clone(raw)
+	bad[rcpTableLen-3] = 2
+	for name, in := range map[string][]byte{
+		"entry out of range": bad,
+		"shorter":            raw[:rcpTableLen-1],
+		"longer":             append(bytes.Clone(raw), 0),
+	} {
+		if _, err := decodeRcpTable(gz(in)); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if _, err := decodeRcpTable(gz(raw)[:1000]); err == nil {
+		t.Error("truncated gzip stream: no error")
+	}
+}
