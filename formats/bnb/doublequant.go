@@ -43,24 +43,57 @@ func DoubleQuantOffset(codes []byte, nestedAbsmax, absmax []float32, offset floa
 	doubleQuantInto(codes, nestedAbsmax, absmax, offset)
 }
 
-// doubleQuantInto is DoubleQuant with a given offset.
+// doubleQuantInto is DoubleQuant with a given offset. A block whose
+// values (absmax - offset) are all finite, normal and non-zero, nearly
+// every block, takes a fused path: the subtraction and the absmax in one
+// loop, and codes without the checks that such values cannot need (the
+// scaled values are then finite: |v| <= am and r is about 1/am). Other
+// blocks go the general way (blockAbsmax, flushes, NaN keys); the test
+// file keeps the general way alone and checks that both agree.
 func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float32) {
 	q8 := dynamicQuantizer()
 	rcp := rcpTable()
 	var buf [NestedBlocksize]float32
 	for b := 0; len(absmax) > 0; b++ {
-		blk := buf[:min(NestedBlocksize, len(absmax))]
-		for i := range blk {
-			blk[i] = absmax[i] - offset // torch's subtraction: IEEE, no flush
+		n := min(NestedBlocksize, len(absmax))
+		blk, src, out := buf[:n], absmax[:n], codes[:n]
+		// Bit patterns shifted left by one, as in blockAbsmax: the
+		// largest is the absmax (or a NaN above 0xff000000), the
+		// smallest below 0x01000000 a zero or a subnormal.
+		mx0, mx1 := uint32(0), uint32(0)
+		mn0, mn1 := uint32(math.MaxUint32), uint32(math.MaxUint32)
+		i := 0
+		for ; i+1 < n; i += 2 {
+			v0, v1 := src[i]-offset, src[i+1]-offset // torch's subtraction: IEEE, no flush
+			blk[i], blk[i+1] = v0, v1
+			k0, k1 := math.Float32bits(v0)<<1, math.Float32bits(v1)<<1
+			mx0, mx1 = max(mx0, k0), max(mx1, k1)
+			mn0, mn1 = min(mn0, k0), min(mn1, k1)
 		}
-		absmax = absmax[len(blk):]
-		am, _ := blockAbsmax(blk)
+		for ; i < n; i++ {
+			v := src[i] - offset
+			blk[i] = v
+			k := math.Float32bits(v) << 1
+			mx0, mn0 = max(mx0, k), min(mn0, k)
+		}
+		absmax, codes = absmax[n:], codes[n:]
+		mx, mn := max(mx0, mx1), min(mn0, mn1)
+		if mx >= 0xff000000 || mn < 0x01000000 {
+			// A NaN, an infinity, a zero or a subnormal.
+			am, _ := blockAbsmax(blk)
+			nestedAbsmax[b] = am
+			r := rcpApproxT(rcp, am)
+			for i, v := range blk {
+				out[i] = q8.quantize(ftz(ftz(v) * r))
+			}
+			continue
+		}
+		am := math.Float32frombits(mx >> 1)
 		nestedAbsmax[b] = am
 		r := rcpApproxT(rcp, am)
 		for i, v := range blk {
-			codes[i] = q8.quantize(ftz(ftz(v) * r))
+			out[i] = q8.quantizeFinite(ftz(v * r))
 		}
-		codes = codes[len(blk):]
 	}
 }
 
@@ -174,6 +207,14 @@ func (q *quantizer8) buildLUT() {
 
 func (q *quantizer8) quantize(s float32) byte {
 	key := orderKey(s)
+	e := q.lut[key>>16]
+	return byte(e>>24) + 1 - gt(e&0x1ffff, key&0xffff)
+}
+
+// quantizeFinite is quantize for a finite s (not a NaN).
+func (q *quantizer8) quantizeFinite(s float32) byte {
+	u := math.Float32bits(s)
+	key := u ^ (uint32(int32(u)>>31) | 0x80000000) // orderKey without its NaN case
 	e := q.lut[key>>16]
 	return byte(e>>24) + 1 - gt(e&0x1ffff, key&0xffff)
 }

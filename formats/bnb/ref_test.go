@@ -525,3 +525,70 @@ func TestDecodeRcpTableRejects(t *testing.T) {
 		t.Error("truncated gzip stream: no error")
 	}
 }
+
+// doubleQuantRef is doubleQuantInto without its fused path: every block
+// the general way.
+func doubleQuantRef(codes []byte, nestedAbsmax, absmax []float32, offset float32) {
+	q8 := dynamicQuantizer()
+	rcp := rcpTable()
+	for b := 0; len(absmax) > 0; b++ {
+		blk := make([]float32, min(NestedBlocksize, len(absmax)))
+		for i := range blk {
+			blk[i] = absmax[i] - offset
+		}
+		absmax = absmax[len(blk):]
+		am, _ := blockAbsmax(blk)
+		nestedAbsmax[b] = am
+		r := rcpApproxT(rcp, am)
+		for i, v := range blk {
+			codes[i] = q8.quantize(ftz(ftz(v) * r))
+		}
+		codes = codes[len(blk):]
+	}
+}
+
+// TestDoubleQuantFusedPath checks doubleQuantInto against doubleQuantRef
+// on blocks that take the fused path and blocks that must not: values
+// equal to the offset (zeros), differences that are subnormal, NaN and
+// infinite values, huge and tiny scales, and vectors of every length
+// around the nested block size.
+func TestDoubleQuantFusedPath(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	specials := []float32{0, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), 1e-40, -1e-40, math.MaxFloat32, math.SmallestNonzeroFloat32, 1e-38}
+	for trial := range 400 {
+		n := []int{1, 2, 255, 256, 257, 511, 512, 1000, 4096}[trial%9]
+		scale := []float32{0.01, 1, 1e-30, 1e30, 1e-36}[rng.IntN(5)]
+		absmax := make([]float32, n)
+		for i := range absmax {
+			absmax[i] = scale * float32(rng.ExpFloat64())
+		}
+		offset := cudaMeanF32(absmax)
+		switch trial % 5 {
+		case 1: // some values equal to the offset: zero differences
+			for range 1 + rng.IntN(3) {
+				absmax[rng.IntN(n)] = offset
+			}
+		case 2: // subnormal differences
+			absmax[rng.IntN(n)] = offset + 1e-40
+		case 3: // specials anywhere
+			for range 1 + rng.IntN(3) {
+				absmax[rng.IntN(n)] = specials[rng.IntN(len(specials))]
+			}
+		case 4: // a special offset
+			offset = specials[rng.IntN(len(specials))]
+		}
+		nb := (n + NestedBlocksize - 1) / NestedBlocksize
+		got, want := make([]byte, n), make([]byte, n)
+		gotN, wantN := make([]float32, nb), make([]float32, nb)
+		doubleQuantInto(got, gotN, absmax, offset)
+		doubleQuantRef(want, wantN, absmax, offset)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("trial %d (n %d, scale %g, offset %g): codes differ", trial, n, scale, offset)
+		}
+		for i := range gotN {
+			if math.Float32bits(gotN[i]) != math.Float32bits(wantN[i]) {
+				t.Fatalf("trial %d: nested absmax %d: %g, want %g", trial, i, gotN[i], wantN[i])
+			}
+		}
+	}
+}
