@@ -82,12 +82,6 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var root string // needed only to build qconv if it was not given
-	if c.qconv == "" {
-		if root, err = moduleRoot(); err != nil {
-			return err
-		}
-	}
 	loadStart := loadAvg()
 	if err := os.MkdirAll(c.dir, 0o777); err != nil {
 		return err
@@ -140,6 +134,12 @@ func bench(ctx context.Context, c *config, stdout, stderr io.Writer) error {
 	}
 	qconv := c.qconv
 	if qconv == "" {
+		// Only here is the go tool needed: a host with a prebuilt qconv,
+		// or one that only generates the input, may have none.
+		root, err := moduleRoot()
+		if err != nil {
+			return err
+		}
 		qconv = filepath.Join(bin, "qconv")
 		fmt.Fprintf(stderr, "qconv-bench: go build -o %s ./cmd/qconv\n", qconv)
 		if err := goBuild(root, "./cmd/qconv", qconv); err != nil {
