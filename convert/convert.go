@@ -262,7 +262,12 @@ func convertSource(ctx context.Context, start time.Time, s *settings, in *source
 }
 
 // maxMappedWorkers is the most workers for which the input is read
-// through mappings (inmap_linux.go).
+// through mappings (inmap_linux.go). Measured (docs/benchmark.md, 3
+// December 2026): on the 2-core VM mapping saved 0.2 s of CPU per 2 GB;
+// on the 16-core host (13.5 GB bf16 on tmpfs, alternated) it was as fast
+// at 4 workers and slower at 8 (1.50-1.63 s against 1.33 s) and 16
+// (1.16-1.35 s against 1.11-1.16 s), with more CPU: the spans' TLB
+// flushes reach every CPU the process runs on.
 const maxMappedWorkers = 4
 
 // convertFiles writes the output files of this run's part that are not
@@ -282,9 +287,8 @@ func convertFiles(ctx context.Context, p *Plan, in *source, w *workDir, sum *Sum
 		return r
 	}
 	r := &runner{p: p, s: s, src: src, inPart: make([]bool, len(p.Files))}
-	// Mapped input is measured faster on 2 cores; at 16 workers pread was
-	// measured (0.98 s for 13.5 GB) and the mapping's TLB flushes are not
-	// yet, so more than maxMappedWorkers workers keep pread.
+	// Mapped input is faster on few cores and slower on many: more than
+	// maxMappedWorkers workers use pread.
 	if maps := newInputMaps(); maps != nil && s.workers <= maxMappedWorkers && in.readers == nil && in.ck != nil && (s.hooks == nil || s.hooks.reader == nil && !s.hooks.pread) {
 		// Files on disk: read through their mappings (inmap_linux.go).
 		defer maps.close() // after r.run, whose workers have all returned
