@@ -69,6 +69,7 @@ import (
 	"syscall"
 
 	"github.com/qconv/qconv/convert"
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // childFlag is the hidden flag that makes the benchmark act as the child
@@ -226,6 +227,7 @@ func childConvert(args []string, c *config, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "qconv-bench: -child-convert wants SRC DST")
 		return 2
 	}
+	procs.Raise() // as qconv's main does
 	if c.blockprofile != "" {
 		runtime.SetBlockProfileRate(10_000) // one event per 10 µs blocked
 		defer writeProfile("block", c.blockprofile, stderr)

@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
+
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // Exit codes shared by every command.
@@ -85,6 +87,7 @@ func lookup(cmds []*command, name string) *command {
 }
 
 func main() {
+	procs.Raise() // spare Ps for goroutines woken while workers are in system calls
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	os.Exit(runSignals(commands(), os.Args[1:], os.Stdout, os.Stderr, sigs, func() { signal.Stop(sigs) }))
