@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/safetensors"
 	"github.com/qconv/qconv/internal/editdist"
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // newFlagSet returns a FlagSet for a command that reports errors through
@@ -342,14 +342,16 @@ func workersFlag(fs *flag.FlagSet) *int {
 	return n
 }
 
-// resolveWorkers checks a -j value and turns 0 into the number of CPUs.
-// If ok is false, command cmd must return code.
+// resolveWorkers checks a -j value and turns 0 into the number of CPUs
+// the process may use (procs.CPUs: its affinity mask, a cgroup CPU limit,
+// or GOMAXPROCS in the environment). If ok is false, command cmd must
+// return code.
 func resolveWorkers(cmd string, n int, stderr io.Writer) (workers, code int, ok bool) {
 	if n < 0 {
 		return 0, usageError(stderr, cmd, "-j %d: want 0 (all CPUs) or more", n), false
 	}
 	if n == 0 {
-		n = runtime.NumCPU()
+		n = procs.CPUs()
 	}
 	return n, exitOK, true
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -182,4 +184,46 @@ func FuzzParsePart(f *testing.F) {
 			t.Errorf("parsePart(%q) = %+v", s, p)
 		}
 	})
+}
+
+// TestConvertDefaultWorkers runs this test binary with GOMAXPROCS=3 in the
+// environment (TestHelperDefaultWorkers converts there): -j 0 means the
+// CPUs the process may use as Go's runtime sees them at start (which
+// follows GOMAXPROCS and cgroup CPU limits), not runtime.NumCPU.
+func TestConvertDefaultWorkers(t *testing.T) {
+	if os.Getenv("QCONV_WORKERS_HELPER") != "" {
+		t.Skip("helper process")
+	}
+	dst := filepath.Join(t.TempDir(), "out")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperDefaultWorkers$")
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=3", "QCONV_WORKERS_HELPER="+dst)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	_, after, ok := strings.Cut(string(out), "SUMMARY ")
+	if !ok {
+		t.Fatalf("helper printed no summary:\n%s", out)
+	}
+	var sum struct {
+		Workers int `json:"workers"`
+	}
+	if err := json.NewDecoder(strings.NewReader(after)).Decode(&sum); err != nil {
+		t.Fatalf("%v:\n%s", err, out)
+	}
+	if sum.Workers != 3 {
+		t.Errorf("with GOMAXPROCS=3, convert ran %d workers, want 3", sum.Workers)
+	}
+}
+
+func TestHelperDefaultWorkers(t *testing.T) {
+	dst := os.Getenv("QCONV_WORKERS_HELPER")
+	if dst == "" {
+		t.Skip("only as TestConvertDefaultWorkers's helper")
+	}
+	code, stdout, stderr := qconv("convert", "--json", "--progress=never", filepath.Join(models, "tiny-llama-bf16"), dst)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	fmt.Printf("SUMMARY %s\n", stdout)
 }

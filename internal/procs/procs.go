@@ -28,14 +28,24 @@ import (
 // and docs/benchmark.md.
 const Spare = 2
 
-// Raise adds Spare to GOMAXPROCS and returns the new value, unless the
-// GOMAXPROCS environment variable is set: then the user's value stays,
-// and Raise returns it.
+// cpus is GOMAXPROCS as the runtime set it at start, before Raise.
+var cpus = runtime.GOMAXPROCS(0)
+
+// CPUs returns the number of CPUs the process may use, as Go's runtime
+// determined it at start: the CPUs of its affinity mask, fewer under a
+// cgroup CPU limit (a container's, a Kubernetes pod's), or the GOMAXPROCS
+// environment variable where it is set. It is what "-j 0" means; Raise
+// does not change it. (runtime.NumCPU ignores cgroup limits: on a 64-CPU
+// node a pod limited to 4 CPUs would run 64 workers.)
+func CPUs() int { return cpus }
+
+// Raise sets GOMAXPROCS to CPUs() + Spare and returns the new value,
+// unless the GOMAXPROCS environment variable is set: then the user's
+// value stays, and Raise returns it.
 func Raise() int {
-	n := runtime.GOMAXPROCS(0)
 	if os.Getenv("GOMAXPROCS") != "" {
-		return n
+		return runtime.GOMAXPROCS(0)
 	}
-	runtime.GOMAXPROCS(n + Spare)
-	return n + Spare
+	runtime.GOMAXPROCS(cpus + Spare)
+	return cpus + Spare
 }
