@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // DefaultMaxShardSize is the largest output file, in bytes, before the
@@ -58,8 +58,8 @@ type Options struct {
 	// dots included. Skip wins over Include.
 	Skip, Include []string
 	// Workers is the number of goroutines that quantize in parallel. Zero
-	// means runtime.NumCPU(); 1 runs every job in order on the calling
-	// goroutine (the reference path).
+	// means procs.CPUs() (the CPUs the process may use); 1 runs every job
+	// in order on the calling goroutine (the reference path).
 	Workers int
 	// MaxShardSize is the largest output shard in bytes, as transformers'
 	// max_shard_size; a tensor larger than it gets a shard of its own.
@@ -193,7 +193,7 @@ func (o *Options) settings() (*settings, error) {
 		return nil, fmt.Errorf("convert: invalid number of workers %d", s.workers)
 	}
 	if s.workers == 0 {
-		s.workers = runtime.NumCPU()
+		s.workers = procs.CPUs()
 	}
 	if s.maxShard < 0 {
 		return nil, fmt.Errorf("convert: invalid max shard size %d", s.maxShard)

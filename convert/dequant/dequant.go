@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -21,6 +20,7 @@ import (
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
 	"github.com/qconv/qconv/formats/safetensors"
+	"github.com/qconv/qconv/internal/procs"
 	"github.com/qconv/qconv/internal/pyjson"
 )
 
@@ -49,8 +49,8 @@ type Options struct {
 	// weight's quant-state dtype and leaves dense tensors unchanged.
 	DType dtype.DType
 	// Workers is the number of goroutines working in parallel. Zero means
-	// runtime.GOMAXPROCS(0); 1 runs every job in order on the calling
-	// goroutine. The output does not depend on it.
+	// procs.CPUs() (the CPUs the process may use); 1 runs every job in
+	// order on the calling goroutine. The output does not depend on it.
 	Workers int
 	// MaxShardSize is the largest output file in bytes, as transformers'
 	// max_shard_size. Zero means DefaultMaxShardSize.
@@ -362,7 +362,7 @@ func (p *plan) write(ctx context.Context, work *outdir.Dir, sum *Summary) error 
 	}
 	workers := p.opts.Workers
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs.CPUs()
 	}
 	var done, count atomic.Int64
 	err := jobs.Run(ctx, workers, 2*workers, slices.Values(js), newScratch, func(_ context.Context, s *scratch, j job) error {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // Output says what Merge writes.
@@ -385,7 +385,7 @@ func prepare(ck *checkpoint.Checkpoint, a *Adapter, opts Options) (*prepared, er
 
 	workers := opts.Convert.Workers
 	if workers <= 0 {
-		workers = runtime.NumCPU()
+		workers = procs.CPUs()
 	}
 	cache := newFactorCache(2*workers + 4)
 	adDir, err := filepath.Abs(a.Dir)

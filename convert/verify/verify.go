@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"slices"
 	"sync/atomic"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/qconv/qconv/formats/bnb"
 	"github.com/qconv/qconv/formats/checkpoint"
 	"github.com/qconv/qconv/formats/dtype"
+	"github.com/qconv/qconv/internal/procs"
 )
 
 // DefaultJobElements is the number of elements one job compares: at most
@@ -33,8 +33,9 @@ const denseUnit = 1 << 16
 // Options controls Compare. The zero value uses every CPU.
 type Options struct {
 	// Workers is the number of goroutines comparing in parallel. Zero
-	// means runtime.GOMAXPROCS(0); 1 compares every job in order on the
-	// calling goroutine. The report does not depend on it.
+	// means procs.CPUs() (the CPUs the process may use); 1 compares every
+	// job in order on the calling goroutine. The report does not depend on
+	// it.
 	Workers int
 	// JobElements is the number of elements per job (rounded up, for a
 	// quantized weight, to whole groups of 256 blocks). Zero means
@@ -225,7 +226,7 @@ func newScratch() *scratch { return new(scratch) }
 // is returned.
 func (v *verifier) run(ctx context.Context, workers int, progress func(done, total int64)) error {
 	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
+		workers = procs.CPUs()
 	}
 	var total int64
 	for _, j := range v.jobs {

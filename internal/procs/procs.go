@@ -14,8 +14,9 @@
 // runnable goroutine run while another is in the kernel; the number of
 // workers is set separately (-j).
 //
-// It is for the qconv commands' main functions. It is not for library
-// code: GOMAXPROCS is the whole process's setting.
+// CPUs is the default number of workers everywhere in qconv, library and
+// commands. Raise is for the qconv commands' main functions only, not for
+// library code: GOMAXPROCS is the whole process's setting.
 package procs
 
 import (
