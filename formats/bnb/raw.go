@@ -488,29 +488,10 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 				}
 			}
 		}
-		// st[j] is the largest magnitude pattern, plus 1<<16 if an element
-		// is a BF16 subnormal (which F16 ignores). A block is fast where
-		// the reciprocal table has an entry for it, lo <= st < hi: no BF16
-		// subnormal, infinity or NaN; for F16, no infinity or NaN and an
-		// absmax of at least 2^-14. All-zero blocks get r = +Inf.
-		rcp, lo, hi, mask := bt, uint32(0x80), uint32(0x7f80), ^uint32(0)
 		if f16 {
-			rcp, lo, hi, mask = ft, 0x0400, 0x7c00, 0xffff
-		}
-		for j, s := range st[:nb] {
-			s &= mask
-			slow[j] = false
-			switch {
-			case s == 0:
-				am[j], rs[j] = 0, float32(math.Inf(1))
-			case s < lo || s >= hi:
-				am[j], rs[j] = 0, 0
-				slow[j], anySlow = true, true
-			case f16:
-				am[j], rs[j] = math.Float32frombits(s<<13+(127-15)<<23), rcp[s]
-			default:
-				am[j], rs[j] = math.Float32frombits(s<<16), rcp[s]
-			}
+			anySlow = f16Scales(am, rs[:nb], slow[:nb], st[:nb], ft)
+		} else {
+			anySlow = bf16Scales(am, rs[:nb], slow[:nb], st[:nb], bt)
 		}
 		if k.tab != nil {
 			out := dst[b0*k.bs/2 : (b0+nb)*k.bs/2]
@@ -543,6 +524,49 @@ func (k *rawKernel) half(dst []byte, absmax []float32, src []byte, f16 bool) int
 		}
 	}
 	return nonFinite
+}
+
+// bf16Scales sets the absmax am[j] and reciprocal rs[j] of each block
+// from its statistics st[j] (the largest magnitude pattern, plus 1<<16 if
+// an element is a BF16 subnormal), and reports whether a block is slow[j]:
+// a block is fast where the reciprocal table rcp has an entry for it,
+// 0x80 <= st < 0x7f80 (no subnormal, infinity or NaN). All-zero blocks get
+// r = +Inf; slow ones am = r = 0, for the reference path to fill in. (A
+// loop of its own, apart from half's many live values, which kept the
+// compiler spilling in the loop.)
+func bf16Scales(am, rs []float32, slow []bool, st []uint32, rcp *[0x8000]float32) (anySlow bool) {
+	am, rs, slow = am[:len(st)], rs[:len(st)], slow[:len(st)]
+	for j, s := range st {
+		a, r, sl := math.Float32frombits(s<<16), rcp[s&0x7fff], false
+		if s-0x80 >= 0x7f80-0x80 {
+			a, r = 0, float32(math.Inf(1))
+			if s != 0 {
+				r, sl, anySlow = 0, true, true
+			}
+		}
+		am[j], rs[j], slow[j] = a, r, sl
+	}
+	return anySlow
+}
+
+// f16Scales is bf16Scales for F16 blocks: st[j] & 0xffff is the largest
+// magnitude pattern (the subnormal bit does not matter), and a block is
+// fast where 0x0400 <= it < 0x7c00 (no infinity or NaN, and an absmax of
+// at least 2^-14, as encodeF16's scaled multiply needs).
+func f16Scales(am, rs []float32, slow []bool, st []uint32, rcp *[0x8000]float32) (anySlow bool) {
+	am, rs, slow = am[:len(st)], rs[:len(st)], slow[:len(st)]
+	for j, s := range st {
+		s &= 0xffff
+		a, r, sl := math.Float32frombits(s<<13+(127-15)<<23), rcp[s&0x7fff], false
+		if s-0x0400 >= 0x7c00-0x0400 {
+			a, r = 0, float32(math.Inf(1))
+			if s != 0 {
+				r, sl, anySlow = 0, true, true
+			}
+		}
+		am[j], rs[j], slow[j] = a, r, sl
+	}
+	return anySlow
 }
 
 // f32 quantizes (or takes the absmax of) the F32 elements of src with the
