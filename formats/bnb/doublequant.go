@@ -91,8 +91,10 @@ func doubleQuantInto(codes []byte, nestedAbsmax, absmax []float32, offset float3
 		am := math.Float32frombits(mx >> 1)
 		nestedAbsmax[b] = am
 		r := rcpApproxT(rcp, am)
-		for i, v := range blk {
-			out[i] = q8.quantizeFinite(ftz(v * r))
+		if !dq8SIMD(out, blk, r, q8) {
+			for i, v := range blk {
+				out[i] = q8.quantizeFinite(ftz(v * r))
+			}
 		}
 	}
 }

@@ -58,6 +58,12 @@ func stats32AVX2(out *uint32, src *byte, nblocks, bs int)
 //go:noescape
 func roundBF16AVX2(dst, src *byte, n int)
 
+// dq8AVX512 sets out[i] to quantizeFinite(ftz(src[i]*r)) by lut, the
+// quantizer8 table, for i < n &^ 15.
+//
+//go:noescape
+func dq8AVX512(out *byte, src *float32, n int, r float32, lut *uint32)
+
 func cpuid(eaxArg, ecxArg uint32) (eax, ebx, ecx, edx uint32)
 
 func xgetbv0() (eax uint32)
@@ -198,5 +204,25 @@ func blockStats32SIMD(st []uint32, src []byte, bs int) bool {
 		panic("bnb: blockStats32SIMD: short buffers")
 	}
 	stats32AVX2(&st[0], &src[0], len(st), bs)
+	return true
+}
+
+// dq8SIMD sets out[i] to q.quantizeFinite(ftz(src[i]*r)) for every i <
+// len(src), src holding finite values, and reports whether the CPU has
+// the vector kernel (false: nothing done).
+func dq8SIMD(out []byte, src []float32, r float32, q *quantizer8) bool {
+	if !useAVX512 || len(src) == 0 {
+		return false
+	}
+	if len(out) < len(src) {
+		panic("bnb: dq8SIMD: short buffers")
+	}
+	v := len(src) &^ 15
+	if v > 0 {
+		dq8AVX512(&out[0], &src[0], v, r, &q.lut[0])
+	}
+	for i := v; i < len(src); i++ {
+		out[i] = q.quantizeFinite(ftz(src[i] * r))
+	}
 	return true
 }

@@ -290,6 +290,16 @@ DATA bf16nan<>+24(SB)/4, $0x00007fc0
 DATA bf16nan<>+28(SB)/4, $0x00007fc0
 GLOBL bf16nan<>(SB), RODATA|NOPTR, $32
 
+// Constants of the double quantization's code selection.
+DATA signbit<>+0(SB)/4, $0x80000000
+GLOBL signbit<>(SB), RODATA|NOPTR, $4
+
+DATA low17<>+0(SB)/4, $0x0001ffff
+GLOBL low17<>(SB), RODATA|NOPTR, $4
+
+DATA low16<>+0(SB)/4, $0x0000ffff
+GLOBL low16<>(SB), RODATA|NOPTR, $4
+
 // func encodeBF16NF4AVX2(out, src *byte, rs *float32, nblocks, bs int)
 TEXT ·encodeBF16NF4AVX2(SB), NOSPLIT, $0-40
 	MOVQ out+0(FP), DI
@@ -1615,6 +1625,45 @@ loop:
 	VMOVDQU Y2, (DI)
 	ADDQ $64, SI
 	ADDQ $32, DI
+	DECQ CX
+	JNZ loop
+done:
+	VZEROUPPER
+	RET
+
+// func dq8AVX512(out *byte, src *float32, n int, r float32, lut *uint32)
+TEXT ·dq8AVX512(SB), NOSPLIT, $0-40
+	MOVQ out+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	VBROADCASTSS r+24(FP), Z15
+	MOVQ lut+32(FP), BX
+	SHRQ $4, CX
+	JZ done
+	VPBROADCASTD infbits<>(SB), Z14
+	VPBROADCASTD signbit<>(SB), Z13
+	VPBROADCASTD low17<>(SB), Z12
+	VPBROADCASTD low16<>(SB), Z11
+	VPBROADCASTD one<>(SB), Z10
+loop:
+	VMULPS (SI), Z15, Z0
+	VPTESTMD Z14, Z0, K1
+	VPANDD Z13, Z0, Z1
+	VMOVDQA32 Z0, K1, Z1
+	VPSRAD $31, Z1, Z2
+	VPORD Z13, Z2, Z2
+	VPXORD Z1, Z2, Z2
+	VPSRLD $16, Z2, Z3
+	KXNORW K2, K2, K2
+	VPGATHERDD (BX)(Z3*4), K2, Z4
+	VPANDD Z12, Z4, Z5
+	VPANDD Z11, Z2, Z6
+	VPCMPUD $5, Z5, Z6, K3
+	VPSRLD $24, Z4, Z4
+	VPADDD Z10, Z4, K3, Z4
+	VPMOVDB Z4, (DI)
+	ADDQ $64, SI
+	ADDQ $16, DI
 	DECQ CX
 	JNZ loop
 done:

@@ -35,3 +35,8 @@ func encodeBlocks32SIMD(out, src []byte, rs []float32, bs int, q QuantType) bool
 func blockStats32SIMD(st []uint32, src []byte, bs int) bool {
 	return false
 }
+
+// dq8SIMD reports false: this build has no vector kernels.
+func dq8SIMD(out []byte, src []float32, r float32, q *quantizer8) bool {
+	return false
+}

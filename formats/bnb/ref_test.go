@@ -592,3 +592,63 @@ func TestDoubleQuantFusedPath(t *testing.T) {
 		}
 	}
 }
+
+// TestDQ8SIMD checks the vector code selection of double quantization
+// against the kernel's literal search (not the table the vector kernel
+// reads): with r = 1 on the keys at and next to every step of the map
+// and on random finite values, and with random reciprocals, including
+// products that flush to zero; lengths that are not multiples of 16 take
+// the scalar tail.
+func TestDQ8SIMD(t *testing.T) {
+	if !haveAVX512 {
+		t.Skip("no AVX-512 on this CPU or build")
+	}
+	q := dynamicQuantizer()
+	var vals []float32
+	for i, e := range q.lut {
+		if st := e & 0x1ffff; st < 1<<16 {
+			for d := -2; d <= 2; d++ {
+				key := uint32(i)<<16 | st
+				key = uint32(int64(key) + int64(d))
+				if key >= 0x007fffff && key <= 0xff800000 && key != 0x007fffff && key != 0xff800000 {
+					vals = append(vals, fromKey(key))
+				}
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(7, 11))
+	for range 1 << 16 {
+		u := rng.Uint32()
+		if u&0x7f800000 == 0x7f800000 {
+			continue // no infinities or NaNs: the finite path only
+		}
+		vals = append(vals, math.Float32frombits(u))
+	}
+	vals = append(vals, 0, float32(math.Copysign(0, -1)), 1e-40, -1e-40, 1, -1, math.MaxFloat32, -math.MaxFloat32)
+	check := func(name string, src []float32, r float32) {
+		t.Helper()
+		got := make([]byte, len(src))
+		if !dq8SIMD(got, src, r, q) {
+			t.Fatal("dq8SIMD declined on an AVX-512 CPU")
+		}
+		for i, v := range src {
+			if want := q.search(ftz(v * r)); got[i] != want {
+				t.Fatalf("%s: value %g (%#08x) · r %g: code %d, want %d", name, v, math.Float32bits(v), r, got[i], want)
+			}
+		}
+	}
+	check("r=1", vals, 1)
+	check("r=1, odd length", vals[:len(vals)-5], 1)
+	for range 200 {
+		r := float32(math.Ldexp(1+rng.Float64(), rng.IntN(80)-40))
+		n := rng.IntN(300)
+		src := make([]float32, n)
+		for i := range src {
+			src[i] = float32(rng.NormFloat64()) / r
+			if rng.IntN(50) == 0 {
+				src[i] = float32(math.Ldexp(rng.Float64(), -140)) // flushes
+			}
+		}
+		check("random r", src, r)
+	}
+}
