@@ -2,9 +2,10 @@ package convert
 
 import (
 	"cmp"
-	"hash/crc32"
 	"slices"
 	"sync"
+
+	"github.com/qconv/qconv/internal/crc32c"
 )
 
 // The done marker of an output file holds the file's CRC-32C (state.go).
@@ -12,57 +13,7 @@ import (
 // each piece as it writes it (the data is in the cache then) and combines
 // the pieces' CRCs in file order once the file is complete.
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// crcPoly is the CRC-32C polynomial, bit-reversed as hash/crc32 uses it.
-const crcPoly = crc32.Castagnoli
-
-// multModP returns a(x)·b(x) modulo the CRC polynomial, for polynomials in
-// the reflected representation of the CRC (the top bit is x^0).
-func multModP(a, b uint32) uint32 {
-	var p uint32
-	for m := uint32(1) << 31; m != 0; m >>= 1 {
-		if a&m != 0 {
-			p ^= b
-		}
-		// b *= x
-		if b&1 != 0 {
-			b = b>>1 ^ crcPoly
-		} else {
-			b >>= 1
-		}
-	}
-	return p
-}
-
-// x2nModP[k] is x^(2^k) modulo the CRC polynomial.
-var x2nModP = func() (t [64]uint32) {
-	p := uint32(1) << 30 // x^1
-	for k := range t {
-		t[k] = p
-		p = multModP(p, p)
-	}
-	return t
-}()
-
-// x8nModP returns x^(8n) modulo the CRC polynomial: the factor that
-// appending n zero bytes applies to a CRC register.
-func x8nModP(n int64) uint32 {
-	p := uint32(1) << 31 // x^0
-	for k := 3; n != 0; k++ {
-		if n&1 != 0 {
-			p = multModP(x2nModP[k%64], p)
-		}
-		n >>= 1
-	}
-	return p
-}
-
-// crcCombine returns the CRC-32C of the concatenation A‖B, given crcA =
-// CRC(A), crcB = CRC(B) and lenB = len(B).
-func crcCombine(crcA, crcB uint32, lenB int64) uint32 {
-	return multModP(x8nModP(lenB), crcA) ^ crcB
-}
+var castagnoli = crc32c.Table
 
 // A crcPiece is the CRC-32C of the bytes written at [off, off+n).
 type crcPiece struct {
@@ -82,7 +33,7 @@ func (f *crcRecorder) add(off int64, b []byte) {
 	if len(b) == 0 {
 		return
 	}
-	c := crc32.Checksum(b, castagnoli)
+	c := crc32c.Checksum(b)
 	n := int64(len(b))
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -91,7 +42,7 @@ func (f *crcRecorder) add(off int64, b []byte) {
 	// small tensors do not cost a piece each.
 	for k := len(f.pieces) - 1; k >= max(0, len(f.pieces)-4); k-- {
 		if p := &f.pieces[k]; p.off+p.n == off {
-			p.crc, p.n = crcCombine(p.crc, c, n), p.n+n
+			p.crc, p.n = crc32c.Combine(p.crc, c, n), p.n+n
 			return
 		}
 	}
@@ -109,7 +60,7 @@ func (f *crcRecorder) sum(size int64) (crc uint32, ok bool) {
 		if p.off != at {
 			return 0, false
 		}
-		crc = crcCombine(crc, p.crc, p.n)
+		crc = crc32c.Combine(crc, p.crc, p.n)
 		at += p.n
 	}
 	return crc, at == size

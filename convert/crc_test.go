@@ -11,32 +11,6 @@ import (
 	"testing"
 )
 
-func TestCRCCombine(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for range 200 {
-		a := make([]byte, rng.IntN(3000))
-		b := make([]byte, rng.IntN(3000))
-		for i := range a {
-			a[i] = byte(rng.Uint32())
-		}
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		want := crc32.Checksum(append(a[:len(a):len(a)], b...), castagnoli)
-		got := crcCombine(crc32.Checksum(a, castagnoli), crc32.Checksum(b, castagnoli), int64(len(b)))
-		if got != want {
-			t.Fatalf("combine of %d and %d bytes: %08x, want %08x", len(a), len(b), got, want)
-		}
-	}
-	// Long runs of zeros exercise the high powers of x.
-	zeros := make([]byte, 5<<20)
-	head := []byte("qconv")
-	want := crc32.Checksum(append(head, zeros...), castagnoli)
-	if got := crcCombine(crc32.Checksum(head, castagnoli), crc32.Checksum(zeros, castagnoli), int64(len(zeros))); got != want {
-		t.Errorf("combine with 5 MiB of zeros: %08x, want %08x", got, want)
-	}
-}
-
 func TestCRCRecorder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	data := make([]byte, 100_000)
