@@ -489,8 +489,14 @@ func round() {
 	w("\tVPACKUSDW Y3, Y2, Y2")
 	w("\tVPERMQ $0xd8, Y2, Y2")
 	w("\tVMOVDQU Y2, (DI)")
-	w("\tADDQ $64, SI")
-	w("\tADDQ $32, DI")
+	loopEnd(64, 32)
+}
+
+// loopEnd ends a kernel of one loop counted down in CX: advance SI and DI
+// by the bytes of a step, loop, and return.
+func loopEnd(src, dst int) {
+	w("\tADDQ $%d, SI", src)
+	w("\tADDQ $%d, DI", dst)
 	w("\tDECQ CX")
 	w("\tJNZ loop")
 	w("done:")
@@ -537,14 +543,7 @@ func dq8() {
 	w("\tVPSRLD $24, Z4, Z4")
 	w("\tVPADDD Z10, Z4, K3, Z4")
 	w("\tVPMOVDB Z4, (DI)")
-	w("\tADDQ $64, SI")
-	w("\tADDQ $16, DI")
-	w("\tDECQ CX")
-	w("\tJNZ loop")
-	w("done:")
-	w("\tVZEROUPPER")
-	w("\tRET")
-	w("")
+	loopEnd(64, 16)
 }
 
 func main() {
